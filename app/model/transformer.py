@@ -1,0 +1,260 @@
+"""Llama-family decoder layers (RMSNorm, RoPE, GQA, SwiGLU) that run mixed batches on slot caches.
+
+Shared by the Qwen2 LLM runtime and the speech decoder. A batch is a list of rows, one per
+sequence, each bringing any number of new tokens: a prefill of several tokens and a decode of one
+can sit side by side. `BatchLayout` turns the rows into padded tensors, cache write indices and an
+attention mask once per forward; every layer then reuses it.
+
+Parameter names follow Hugging Face's Llama/Qwen2 layout (`self_attn.q_proj`, `mlp.gate_proj`,
+`input_layernorm`, ...) so checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """Dimensions of one decoder layer."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    qkv_bias: bool
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, as Llama and Qwen2 do."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position tables (the default, unscaled rule)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        # Computed on the fly rather than held as a buffer: it costs head_dim/2 numbers and lets
+        # models be built on the meta device and loaded without any buffer to restore.
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for integer positions of any shape, with a trailing head_dim axis."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=positions.device)
+        inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))
+        freqs = positions.to(torch.float32)[..., None] * inv_freq
+        angles = torch.cat([freqs, freqs], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, T, heads, D) by tables of shape (B, T, D)."""
+    cos = cos[:, :, None, :]
+    sin = sin[:, :, None, :]
+    return x * cos + _rotate_half(x) * sin
+
+
+@dataclass
+class BatchLayout:
+    """Where each row's new tokens go in the padded batch, in the cache and in attention.
+
+    Built once per forward and shared by all layers. `slots` is None for layers that run without a
+    cache (bidirectional blocks that only attend to their own tokens).
+    """
+
+    num_new: list[int]
+    valid: torch.Tensor  # (B, T) True for real tokens
+    mask: torch.Tensor  # (B, 1, T, K) True where a query may attend to a key
+    cos: torch.Tensor  # (B, T, head_dim)
+    sin: torch.Tensor
+    slots: torch.Tensor | None  # (B,)
+    key_len: int
+    write_rows: torch.Tensor  # (N,) batch index of every real token
+    write_cols: torch.Tensor  # (N,) position in the padded row
+    write_slots: torch.Tensor | None  # (N,) cache slot of every real token
+    write_positions: torch.Tensor | None  # (N,) cache index of every real token
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.num_new)
+
+    @property
+    def max_new(self) -> int:
+        return self.valid.shape[1]
+
+    def pad(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Stack rows of shape (n_i, H) into (B, T, H), zero-padded."""
+        first = rows[0]
+        padded = first.new_zeros((len(rows), self.max_new, first.shape[-1]))
+        padded[self.write_rows, self.write_cols] = torch.cat(rows, dim=0)
+        return padded
+
+    def last_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, H): each row's last real token."""
+        index = torch.tensor([n - 1 for n in self.num_new], device=x.device)
+        return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+def build_layout(
+    num_new: list[int],
+    rotary: RotaryEmbedding,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    slots: list[int] | None = None,
+    past_lengths: list[int] | None = None,
+    rope_starts: list[int] | None = None,
+    causal: list[bool] | bool = True,
+) -> BatchLayout:
+    """Describe a batch of rows: row i brings `num_new[i]` tokens after `past_lengths[i]` cached ones.
+
+    `rope_starts[i]` is the rotary position of row i's first new token (default: its past length;
+    the speech decoder restarts positions at 0 after its prefix). A causal row's token t sees the
+    past and its own tokens up to t; a non-causal row sees all of its tokens.
+    """
+    batch = len(num_new)
+    if batch == 0 or min(num_new) < 1:
+        raise ValueError(f"every row needs at least one new token, got {num_new}")
+    past = past_lengths if past_lengths is not None else [0] * batch
+    starts = rope_starts if rope_starts is not None else past
+    causal_rows = causal if isinstance(causal, list) else [causal] * batch
+    max_new = max(num_new)
+
+    new_counts = torch.tensor(num_new, device=device)
+    cols = torch.arange(max_new, device=device)
+    valid = cols[None, :] < new_counts[:, None]
+    write_rows, write_cols = valid.nonzero(as_tuple=True)
+
+    past_t = torch.tensor(past, device=device)
+    positions = torch.tensor(starts, device=device)[:, None] + cols[None, :]
+    cos, sin = rotary.tables(positions, dtype)
+
+    key_len = max(p + n for p, n in zip(past, num_new, strict=True))
+    keys = torch.arange(key_len, device=device)
+    total = (past_t + new_counts)[:, None, None]
+    mask = keys[None, None, :] < total  # (B, 1, K): keys that exist for the row
+    query_abs = past_t[:, None] + cols[None, :]  # (B, T)
+    causal_t = torch.tensor(causal_rows, device=device)[:, None, None]
+    causal_ok = keys[None, None, :] <= query_abs[:, :, None]
+    mask = mask & (causal_ok | ~causal_t)  # (B, T, K)
+    # Padded queries must still see one key, or softmax over nothing yields NaN.
+    mask = mask | (~valid[:, :, None] & (keys[None, None, :] == 0))
+
+    write_slots = write_positions = slot_t = None
+    if slots is not None:
+        slot_t = torch.tensor(slots, device=device)
+        write_slots = slot_t[write_rows]
+        write_positions = past_t[write_rows] + write_cols
+    return BatchLayout(
+        num_new=list(num_new),
+        valid=valid,
+        mask=mask[:, None],
+        cos=cos,
+        sin=sin,
+        slots=slot_t,
+        key_len=key_len,
+        write_rows=write_rows,
+        write_cols=write_cols,
+        write_slots=write_slots,
+        write_positions=write_positions,
+    )
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with optional qkv bias, reading and writing a slot cache."""
+
+    def __init__(self, dims: LayerDims) -> None:
+        super().__init__()
+        self.dims = dims
+        q_size = dims.num_heads * dims.head_dim
+        kv_size = dims.num_kv_heads * dims.head_dim
+        self.q_proj = nn.Linear(dims.hidden_size, q_size, bias=dims.qkv_bias)
+        self.k_proj = nn.Linear(dims.hidden_size, kv_size, bias=dims.qkv_bias)
+        self.v_proj = nn.Linear(dims.hidden_size, kv_size, bias=dims.qkv_bias)
+        self.o_proj = nn.Linear(q_size, dims.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: BatchLayout,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        batch, length, _ = x.shape
+        d = self.dims
+        q = self.q_proj(x).view(batch, length, d.num_heads, d.head_dim)
+        k = self.k_proj(x).view(batch, length, d.num_kv_heads, d.head_dim)
+        v = self.v_proj(x).view(batch, length, d.num_kv_heads, d.head_dim)
+        q = apply_rotary(q, layout.cos, layout.sin)
+        k = apply_rotary(k, layout.cos, layout.sin)
+        if cache is not None:
+            if layout.slots is None or layout.write_slots is None:
+                raise ValueError("a cached layer needs a layout built with slots")
+            key_buffer, value_buffer = cache
+            key_buffer[layout.write_slots, layout.write_positions] = k[layout.write_rows, layout.write_cols]
+            value_buffer[layout.write_slots, layout.write_positions] = v[layout.write_rows, layout.write_cols]
+            k = key_buffer[layout.slots, : layout.key_len]
+            v = value_buffer[layout.slots, : layout.key_len]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=layout.mask,
+            enable_gqa=d.num_kv_heads != d.num_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, d.num_heads * d.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward block: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x))."""
+
+    def __init__(self, dims: LayerDims) -> None:
+        super().__init__()
+        self.self_attn = Attention(dims)
+        self.mlp = SwiGLU(dims.hidden_size, dims.intermediate_size)
+        self.input_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: BatchLayout,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), layout, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
