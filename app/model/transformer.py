@@ -127,20 +127,21 @@ def build_layout(
     slots: list[int] | None = None,
     past_lengths: list[int] | None = None,
     rope_starts: list[int] | None = None,
-    causal: list[bool] | bool = True,
+    bidirectional: list[int] | None = None,
 ) -> BatchLayout:
     """Describe a batch of rows: row i brings `num_new[i]` tokens after `past_lengths[i]` cached ones.
 
     `rope_starts[i]` is the rotary position of row i's first new token (default: its past length;
-    the speech decoder restarts positions at 0 after its prefix). A causal row's token t sees the
-    past and its own tokens up to t; a non-causal row sees all of its tokens.
+    the speech decoder restarts positions at 0 after its prefix). Every token sees the row's past.
+    The first `bidirectional[i]` new tokens also see each other (a conditioning block); every later
+    token sees what comes before it and itself (causal). Default 0: fully causal.
     """
     batch = len(num_new)
     if batch == 0 or min(num_new) < 1:
         raise ValueError(f"every row needs at least one new token, got {num_new}")
     past = past_lengths if past_lengths is not None else [0] * batch
     starts = rope_starts if rope_starts is not None else past
-    causal_rows = causal if isinstance(causal, list) else [causal] * batch
+    block = bidirectional if bidirectional is not None else [0] * batch
     max_new = max(num_new)
 
     new_counts = torch.tensor(num_new, device=device)
@@ -156,10 +157,10 @@ def build_layout(
     keys = torch.arange(key_len, device=device)
     total = (past_t + new_counts)[:, None, None]
     mask = keys[None, None, :] < total  # (B, 1, K): keys that exist for the row
-    query_abs = past_t[:, None] + cols[None, :]  # (B, T)
-    causal_t = torch.tensor(causal_rows, device=device)[:, None, None]
-    causal_ok = keys[None, None, :] <= query_abs[:, :, None]
-    mask = mask & (causal_ok | ~causal_t)  # (B, T, K)
+    # Query t of row b sees keys below past + max(t + 1, block): causal after the leading block.
+    block_t = torch.tensor(block, device=device)[:, None]
+    visible = past_t[:, None] + torch.maximum(cols[None, :] + 1, block_t)  # (B, T)
+    mask = mask & (keys[None, None, :] < visible[:, :, None])  # (B, T, K)
     # Padded queries must still see one key, or softmax over nothing yields NaN.
     mask = mask | (~valid[:, :, None] & (keys[None, None, :] == 0))
 

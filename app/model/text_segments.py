@@ -1,0 +1,90 @@
+"""When the answer text is cut into segments for the speech decoder, and how a segment is cleaned.
+
+These follow the published server's rules (its offline script is looser): a segment ends at
+sentence punctuation once at least 4 tokens have accumulated; commas and colons also end one for
+the first segment of a reply or after 20 tokens; tokens that decode to a partial UTF-8 character
+(U+FFFD) are held until complete; a reply stops after a token cap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SENTENCE_END = tuple("。：？！.?!\n")
+SOFT_END = tuple(",，:")
+TERMINAL = tuple("。？！.?!")
+
+
+def post_process(text: str) -> str:
+    """Normalise segment text before re-tokenising it for the speech decoder."""
+    text = text.replace("、", "，")
+    text = re.sub(r"[()（）]", ",", text)
+    text = re.sub(r"[\n\t*_`~\\]", "", text)
+    text = re.sub(r"([.:])\s+", r"\1", text)
+    has_chinese = re.search(r"[\u4e00-\u9fff]", text) is not None
+    text = re.sub(
+        r"(^|\s)(\d+)\.(?!\d)", lambda m: f"{m.group(1)}{m.group(2)}{'：' if has_chinese else ':'}", text
+    )
+    text = text.strip()
+    if not text:
+        return text
+    if text[-1] in ",，;；:：":
+        text = text[:-1]
+    if not text.endswith(TERMINAL):
+        text += "。"
+    return text
+
+
+@dataclass
+class Segment:
+    """A run of answer tokens to speak: their ids, their LLM hidden-state rows, and the text."""
+
+    token_ids: list[int] = field(default_factory=list)
+    hidden_rows: list = field(default_factory=list)
+    text: str = ""
+
+
+@dataclass
+class Segmenter:
+    """Accumulates (token, hidden, text piece) and says when a segment is complete."""
+
+    min_tokens: int = 4
+    soft_after_tokens: int = 20
+    current: Segment = field(default_factory=Segment)
+    segments_emitted: int = 0
+    _pending_text: str = ""
+
+    def push(self, token_id: int, hidden, piece: str) -> Segment | None:
+        """Add one token; returns the finished segment when this token closes one."""
+        self.current.token_ids.append(token_id)
+        self.current.hidden_rows.append(hidden)
+        self._pending_text += piece
+        if "\ufffd" in self._pending_text:
+            return None
+        self.current.text += self._pending_text
+        self._pending_text = ""
+        count = len(self.current.token_ids)
+        text = self.current.text
+        if count < self.min_tokens:
+            return None
+        if text.endswith(SENTENCE_END) and not re.search(r"\d\.$", text):
+            return self._cut()
+        soft_allowed = self.segments_emitted == 0 or count >= self.soft_after_tokens
+        if soft_allowed and text.endswith(SOFT_END):
+            return self._cut()
+        return None
+
+    def flush(self) -> Segment | None:
+        """The rest of the reply, if any text remains."""
+        self.current.text += self._pending_text.replace("\ufffd", "")
+        self._pending_text = ""
+        if not self.current.token_ids or not self.current.text.strip():
+            self.current = Segment()
+            return None
+        return self._cut()
+
+    def _cut(self) -> Segment:
+        segment, self.current = self.current, Segment()
+        self.segments_emitted += 1
+        return segment
