@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
-from torch import nn
 
 AUDIO_PLACEHOLDER = "<audio>"
 IM_START = "<|im_start|>"
@@ -80,21 +79,3 @@ class PromptTokens:
     @property
     def turn_opening(self) -> list[int]:
         return [self.im_end, *self.user_prefix]
-
-
-class DuplexHead(nn.Module):
-    """Prompt embeddings, the unused task table (kept for strict loading) and the state head."""
-
-    def __init__(self, llm_hidden: int, prompt_num: int, task_num: int, num_states: int) -> None:
-        super().__init__()
-        self.prompt_embeddings = nn.Embedding(prompt_num, llm_hidden)
-        self.task_embeddings = nn.Embedding(task_num, llm_hidden)
-        self.predictor_head = nn.Linear(llm_hidden, num_states)
-
-    def prompts(self) -> torch.Tensor:
-        """All prompt vectors, (prompt_num, hidden)."""
-        return self.prompt_embeddings.weight
-
-    def state_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Post-norm last hidden state(s) -> state logits."""
-        return self.predictor_head(hidden).float()

@@ -88,6 +88,28 @@ def write_tokenizer(folder: Path, vocab_size: int = 600) -> int:
     return tokenizer.get_vocab_size()
 
 
+def _silence_unprintable_tokens(model, folder: Path) -> None:
+    """Zero the LM-head rows of lone bytes, control characters and padding rows.
+
+    With random weights the best logit is large and positive, so a zero row is never the argmax:
+    greedy answers are made of printable word pieces instead of broken UTF-8.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    head = model.lm_head.weight
+    for token_id in range(head.shape[0]):
+        if token_id >= len(tokenizer):
+            head[token_id] = 0.0
+            continue
+        text = tokenizer.decode([token_id])
+        keep = token_id == tokenizer.convert_tokens_to_ids("<|im_end|>") or (
+            text and "\ufffd" not in text and text.isprintable() and not text.startswith("<|")
+        )
+        if not keep:
+            head[token_id] = 0.0
+
+
 def write_tiny_qwen2(
     folder: str | Path,
     *,
@@ -130,6 +152,7 @@ def write_tiny_qwen2(
             for name, param in model.named_parameters():
                 if param.dim() == 2:
                     param.normal_(0.0, 0.15 if "embed" not in name else 1.0)
+            _silence_unprintable_tokens(model, folder)
         model.save_pretrained(folder, safe_serialization=True)
     finally:
         torch.random.set_rng_state(generator_state)

@@ -1,0 +1,165 @@
+"""Console commands: `freeze-omni infer`, `freeze-omni make-tiny`, `freeze-omni serve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
+
+Without --model-path/--llm-path every command uses the embedded default: a tiny model with
+random weights, made on first use under ~/.cache/freeze-omni-serve/tiny (or $FREEZE_OMNI_HOME).
+It runs every stage for real but answers with noise; point the paths at a real checkpoint
+(the published Freeze-Omni layout plus a Qwen2-7B-Instruct folder) to get real answers.
+"""
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model-path", type=Path, help="Freeze-Omni checkpoint folder (audiollm/, decoder/, codec/, server.json)"
+    )
+    group.add_argument("--llm-path", type=Path, help="Hugging Face Qwen2 folder (config, weights, tokenizer)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    group.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16"
+    )
+
+
+def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    if (args.model_path is None) != (args.llm_path is None):
+        raise SystemExit("error: give both --model-path and --llm-path, or neither (to use the embedded default)")
+    if args.model_path is not None:
+        return args.model_path, args.llm_path
+    from app.model.defaults import ensure_default_model
+
+    paths = ensure_default_model()
+    return paths.model_path, paths.llm_path
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from app.model.checkpoint import load_freeze_omni
+    from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline
+    from app.model.sampling import LLMSampling
+    from app.model.wav import WavError, read_wav, resample, write_wav
+
+    try:
+        samples, rate = read_wav(args.input_wav)
+    except (OSError, WavError) as error:
+        raise SystemExit(f"error: cannot read {args.input_wav}: {error}") from error
+    if len(samples) == 0:
+        raise SystemExit(f"error: {args.input_wav} holds no audio")
+    samples = resample(samples, rate, INPUT_RATE)
+    model_path, llm_path = _resolve_model_paths(args)
+    model = load_freeze_omni(model_path, llm_path, device=args.device, dtype=args.dtype)
+    options = InferOptions(
+        sampling=LLMSampling(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy
+        ),
+        decoder_top_k=args.decoder_top_k,
+        decoder_greedy=args.greedy,
+        seed=args.seed,
+        max_new_tokens=args.max_tokens,
+        system_role=args.system_prompt,
+    )
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    result = OfflinePipeline(model).run(samples, options)
+    elapsed = time.perf_counter() - started
+    write_wav(args.output_wav, result.audio, OUTPUT_RATE)
+    audio_s = len(result.audio) / OUTPUT_RATE
+    input_s = len(samples) / INPUT_RATE
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "llm_token_ids": result.token_ids,
+                    "state_probs": [list(p) for p in result.state_probs],
+                    "states": result.states,
+                    "codec_token_ids": result.codec_ids,
+                    "output_wav": str(args.output_wav),
+                    "input_seconds": round(input_s, 3),
+                    "output_seconds": round(audio_s, 3),
+                    "timings": {k: round(v, 4) for k, v in result.timings.items()},
+                }
+            )
+        )
+    else:
+        print(f"answer: {result.text}")
+        print(
+            f"wrote {audio_s:.2f} s of 24 kHz audio to {args.output_wav} "
+            f"({input_s:.2f} s in, {elapsed:.2f} s, real-time factor {elapsed / max(input_s + audio_s, 1e-9):.3f})"
+        )
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from app.model.tiny import make_tiny
+
+    paths = make_tiny(args.dir, seed=args.seed)
+    print(f"--model-path {paths.model_path} --llm-path {paths.llm_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freeze-omni", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    infer = commands.add_parser(
+        "infer",
+        help="answer one spoken question offline: WAV in, 24 kHz WAV out",
+        description="Run one offline turn: the whole input WAV (any sample rate, resampled to 16 kHz) "
+        "is the question; the spoken answer is written as a 24 kHz WAV.",
+    )
+    _add_model_args(infer)
+    infer.add_argument("--input-wav", type=Path, required=True, help="the question (WAV, any rate)")
+    infer.add_argument("--output-wav", type=Path, required=True, help="where to write the answer")
+    sampling = infer.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float, default=0.8, help="LLM temperature (default 0.8)")
+    sampling.add_argument("--top-k", type=int, default=20, help="LLM top-k (default 20)")
+    sampling.add_argument("--top-p", type=float, default=0.8, help="LLM top-p (default 0.8)")
+    sampling.add_argument("--decoder-top-k", type=int, help="speech decoder top-k (default: server.json, 2)")
+    sampling.add_argument("--greedy", action="store_true", help="argmax everywhere: deterministic output")
+    sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sampling.add_argument("--max-tokens", type=int, default=128, help="answer length cap in LLM tokens")
+    infer.add_argument("--system-prompt", help="system role text (default: the checkpoint's template)")
+    infer.add_argument(
+        "--json", action="store_true", help="print text, token ids, state probabilities and codec ids as JSON"
+    )
+    infer.set_defaults(func=_cmd_infer)
+
+    tiny = commands.add_parser(
+        "make-tiny",
+        help="write a tiny random Freeze-Omni checkpoint and Qwen2 folder",
+        description="Write DIR/checkpoints (Freeze-Omni layout) and DIR/Qwen2-tiny with random "
+        "weights from a fixed seed. Used as the embedded default and as the test fixture.",
+    )
+    tiny.add_argument("dir", type=Path, help="output folder")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_make_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
