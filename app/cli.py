@@ -22,7 +22,9 @@ It runs every stage for real but answers with noise; point the paths at a real c
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--model-path", type=Path, help="Freeze-Omni checkpoint folder (audiollm/, decoder/, codec/, server.json)"
+        "--model-path",
+        type=Path,
+        help="Freeze-Omni checkpoint folder (audiollm/, decoder/, codec/, server.json)",
     )
     group.add_argument("--llm-path", type=Path, help="Hugging Face Qwen2 folder (config, weights, tokenizer)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -33,7 +35,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     if (args.model_path is None) != (args.llm_path is None):
-        raise SystemExit("error: give both --model-path and --llm-path, or neither (to use the embedded default)")
+        raise SystemExit(
+            "error: give both --model-path and --llm-path, or neither (to use the embedded default)"
+        )
     if args.model_path is not None:
         return args.model_path, args.llm_path
     from app.model.defaults import ensure_default_model

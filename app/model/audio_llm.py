@@ -94,7 +94,10 @@ class AudioLLM(nn.Module):
 
     @torch.inference_mode()
     def encode_chunks(
-        self, feats: torch.Tensor, encoder_states: list[EncoderState], adapter_caches: list[torch.Tensor | None]
+        self,
+        feats: torch.Tensor,
+        encoder_states: list[EncoderState],
+        adapter_caches: list[torch.Tensor | None],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 19, 80) fbank of one chunk per session -> (B, 2, llm_hidden) LLM input vectors."""
         encoded = self.encoder.forward_chunks(feats, encoder_states)

@@ -87,26 +87,38 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
         return name
     if name == "auto":
         return torch.float32 if device.type == "cpu" else torch.bfloat16
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}")
     return table[name]
 
 
-def load_audio_llm(model_path: Path, llm_hidden: int, *, device: torch.device, dtype: torch.dtype) -> AudioLLM:
+def load_audio_llm(
+    model_path: Path, llm_hidden: int, *, device: torch.device, dtype: torch.dtype
+) -> AudioLLM:
     """Build from train.yaml and load final.pt; CMVN from the checkpoint if there, else the JSON file."""
     train_yaml = _require(model_path / TRAIN_YAML, "--model-path must hold the Freeze-Omni layout")
     config = AudioLLMConfig.from_train_yaml(yaml.safe_load(train_yaml.read_text()))
     with torch.device("meta"):
         audio = AudioLLM(config, llm_hidden)
-    state = read_torch_checkpoint(_require(model_path / AUDIOLLM_WEIGHTS, "the audio LLM weights are missing"))
+    state = read_torch_checkpoint(
+        _require(model_path / AUDIOLLM_WEIGHTS, "the audio LLM weights are missing")
+    )
     weights = WeightSet()
     weights.add(state, str(model_path / AUDIOLLM_WEIGHTS))
     cmvn_keys = {"encoder.global_cmvn.mean", "encoder.global_cmvn.istd"}
     load_state_dict_strict(audio, weights, device=device, dtype=dtype, optional=cmvn_keys)
     if not cmvn_keys <= set(weights.keys()):
-        stats = CmvnStats.from_json(_require(model_path / CMVN_FILE, "no CMVN in final.pt nor a global_cmvn file"))
+        stats = CmvnStats.from_json(
+            _require(model_path / CMVN_FILE, "no CMVN in final.pt nor a global_cmvn file")
+        )
         mean, istd = stats.mean_istd()
         audio.encoder.global_cmvn.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
         audio.encoder.global_cmvn.istd = torch.as_tensor(istd, dtype=torch.float32, device=device)
@@ -116,7 +128,9 @@ def load_audio_llm(model_path: Path, llm_hidden: int, *, device: torch.device, d
 
 
 def load_speech_decoder(model_path: Path, *, device: torch.device, dtype: torch.dtype) -> SpeechDecoder:
-    config = SpeechDecoderConfig.from_file(_require(model_path / DECODER_JSON, "the speech decoder config is missing"))
+    config = SpeechDecoderConfig.from_file(
+        _require(model_path / DECODER_JSON, "the speech decoder config is missing")
+    )
     with torch.device("meta"):
         decoder = SpeechDecoder(config)
     path = _require(model_path / DECODER_WEIGHTS, "the speech decoder weights are missing")
@@ -162,8 +176,12 @@ def load_freeze_omni(
     if im_end is None or im_end == tokenizer.unk_token_id:
         raise CheckpointError(f"the tokenizer in {llm_path} has no {IM_END} token: not a Qwen chat tokenizer")
     if audio.config.eod_id is not None and audio.config.eod_id != im_end:
-        log.warning("train.yaml eod_id %s differs from the tokenizer's %s id %s; using the tokenizer's",
-                    audio.config.eod_id, IM_END, im_end)
+        log.warning(
+            "train.yaml eod_id %s differs from the tokenizer's %s id %s; using the tokenizer's",
+            audio.config.eod_id,
+            IM_END,
+            im_end,
+        )
     encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
     prompt_tokens = PromptTokens(
         im_end=im_end,

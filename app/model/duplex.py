@@ -10,7 +10,7 @@ Quirks of the published model kept on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
@@ -19,7 +19,7 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 
 
-class ListenState(str, Enum):
+class ListenState(StrEnum):
     """What the state head decides after a listen chunk."""
 
     LISTEN = "cl"  # state 0: keep listening

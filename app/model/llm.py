@@ -105,7 +105,9 @@ class Qwen2Body(nn.Module):
     def __init__(self, config: Qwen2Config) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config.layer_dims()) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config.layer_dims()) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
 
@@ -164,7 +166,9 @@ class Qwen2Runtime(nn.Module):
         return LLMStepOutput(hidden=hidden, logits=logits, logit_rows=logit_rows)
 
 
-def load_qwen2(folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Qwen2Runtime:
+def load_qwen2(
+    folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Qwen2Runtime:
     """Load a Hugging Face Qwen2 folder into our runtime, strictly.
 
     `dtype` defaults to fp32 on CPU and the checkpoint's own dtype elsewhere.

@@ -33,7 +33,7 @@ def text_turn_embeds(model: FreezeOmni, text: str) -> torch.Tensor:
 
 
 def answer_start_embeds(model: FreezeOmni) -> torch.Tensor:
-    """"<|im_end|>\\n<|im_start|>assistant\\n": closes the user turn and opens the answer."""
+    """The assistant header (`<|im_end|>`, newline, `<|im_start|>assistant`, newline): opens the answer."""
     return model.llm.embed(model.prompt_tokens.assistant_suffix)
 
 

@@ -126,7 +126,9 @@ def test_batched_segments_equal_each_alone() -> None:
     cache = decoder.new_cache(3, 128)
     slots = [cache.allocate() for _ in inputs]
     prefixes = [p.shape[0] for p, _ in inputs]
-    rows = decoder.prepare_segments([SegmentInput(s, p, t) for s, (p, t) in zip(slots, inputs)], cache)
+    rows = decoder.prepare_segments(
+        [SegmentInput(s, p, t) for s, (p, t) in zip(slots, inputs, strict=True)], cache
+    )
     logits = decoder.forward_ar(rows, cache, prefixes)
     got = [[logits[i]] for i in range(3)]
     for _ in range(4):
@@ -134,8 +136,8 @@ def test_batched_segments_equal_each_alone() -> None:
         logits = decoder.forward_ar(decoder.token_rows(slots, tokens), cache, prefixes)
         for i in range(3):
             got[i].append(logits[i])
-    for g, a in zip(got, alone):
-        for x, y in zip(g, a):
+    for g, a in zip(got, alone, strict=True):
+        for x, y in zip(g, a, strict=True):
             torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
 
