@@ -20,7 +20,7 @@ from app.model.adapter import AdapterConfig
 from app.model.audio_llm import AudioLLM, AudioLLMConfig
 from app.model.checkpoint import save_freeze_omni
 from app.model.cmvn import CmvnStats
-from app.model.codec import CodecConfig, CodecDecoder
+from app.model.codec import CodecConfig, CodecDecoder, init_unit_gain
 from app.model.codec_stream import ServerConfig
 from app.model.encoder import EncoderConfig
 from app.model.frontend import fbank_whole
@@ -109,7 +109,7 @@ def make_tiny(root: str | Path, *, seed: int = 0) -> TinyPaths:
         audio.encoder.global_cmvn.mean.copy_(torch.from_numpy(mean))
         audio.encoder.global_cmvn.istd.copy_(torch.from_numpy(istd))
 
-        codec = CodecDecoder(CodecConfig.tiny(channels=32)).eval()
+        codec = init_unit_gain(CodecDecoder(CodecConfig.tiny(channels=32)), seed).eval()
         decoder_config = SpeechDecoderConfig(
             hidden_size=llm_hidden // 4,
             codec_vocab=codec.config.n_codes,
