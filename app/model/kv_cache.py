@@ -75,11 +75,15 @@ class SlotKVCache:
     def fork(self, slot: int) -> int:
         """A new slot holding a copy of `slot`'s used prefix (one copy, at branch time)."""
         new_slot = self.allocate()
-        length = self.lengths[slot]
-        self.keys[:, new_slot, :length] = self.keys[:, slot, :length]
-        self.values[:, new_slot, :length] = self.values[:, slot, :length]
-        self.lengths[new_slot] = length
+        self.copy_slot(slot, new_slot)
         return new_slot
+
+    def copy_slot(self, source: int, target: int) -> None:
+        """Make `target` (a slot the caller owns) a copy of `source`'s used prefix."""
+        length = self.lengths[source]
+        self.keys[:, target, :length] = self.keys[:, source, :length]
+        self.values[:, target, :length] = self.values[:, source, :length]
+        self.lengths[target] = length
 
     def truncate(self, slot: int, length: int) -> None:
         """Forget everything after `length` tokens."""

@@ -44,6 +44,7 @@ class InferOptions:
     seed: int = 0
     max_new_tokens: int = 128  # the published offline script's cap
     max_speech_tokens: int = 1000  # per segment, as published
+    max_segment_tokens: int = 80  # cut a segment that finds no punctuation (the engine's default)
     system_role: str | None = None
     llm_max_len: int = 4096
 
@@ -138,7 +139,7 @@ class OfflinePipeline:
         """Generate the answer text; return its token ids and its segments."""
         model = self.model
         detok = IncrementalDetokenizer(model.tokenizer)
-        segmenter = Segmenter()
+        segmenter = Segmenter(max_tokens=options.max_segment_tokens)
         segments: list[Segment] = []
         token_ids: list[int] = []
         out = model.llm.forward_rows([LLMRow(slot, answer_start_embeds(model), want_logits=True)], cache)

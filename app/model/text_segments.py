@@ -1,9 +1,8 @@
 """When the answer text is cut into segments for the speech decoder, and how a segment is cleaned.
 
 These follow the published server's rules (its offline script is looser): a segment ends at
-sentence punctuation once at least 4 tokens have accumulated; commas and colons also end one for
-the first segment of a reply or after 20 tokens; tokens that decode to a partial UTF-8 character
-(U+FFFD) are held until complete; a reply stops after a token cap.
+sentence punctuation once at least 4 tokens have accumulated (a '.' after a digit does not count);
+commas and colons also end one for the first segment of a reply or after 20 tokens.
 """
 
 from __future__ import annotations
@@ -47,25 +46,28 @@ class Segment:
 
 @dataclass
 class Segmenter:
-    """Accumulates (token, hidden, text piece) and says when a segment is complete."""
+    """Accumulates (token, hidden, text piece) and says when a segment is complete.
+
+    Text pieces come from an incremental detokeniser that already holds back partial UTF-8
+    characters. `max_tokens` is our addition: a segment that finds no punctuation is cut there,
+    which bounds the speech decoder's prefix and the wait for first audio.
+    """
 
     min_tokens: int = 4
     soft_after_tokens: int = 20
+    max_tokens: int | None = None
     current: Segment = field(default_factory=Segment)
     segments_emitted: int = 0
-    _pending_text: str = ""
 
     def push(self, token_id: int, hidden, piece: str) -> Segment | None:
         """Add one token; returns the finished segment when this token closes one."""
         self.current.token_ids.append(token_id)
         self.current.hidden_rows.append(hidden)
-        self._pending_text += piece
-        if "\ufffd" in self._pending_text:
-            return None
-        self.current.text += self._pending_text
-        self._pending_text = ""
+        self.current.text += piece
         count = len(self.current.token_ids)
         text = self.current.text
+        if self.max_tokens is not None and count >= self.max_tokens:
+            return self._cut()
         if count < self.min_tokens:
             return None
         if text.endswith(SENTENCE_END) and not re.search(r"\d\.$", text):
@@ -77,8 +79,6 @@ class Segmenter:
 
     def flush(self) -> Segment | None:
         """The rest of the reply, if any text remains."""
-        self.current.text += self._pending_text.replace("\ufffd", "")
-        self._pending_text = ""
         if not self.current.token_ids or not self.current.text.strip():
             self.current = Segment()
             return None

@@ -1,0 +1,57 @@
+"""What the engine hands back to its callers: chunk decisions and the events of an answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from app.model.duplex import ListenState
+
+
+class AnswerStatus(StrEnum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ChunkDecision:
+    """The state head's verdict on one 160 ms chunk, and what the engine did about it."""
+
+    state: ListenState
+    probs: tuple[float, float, float]
+    chunk_index: int
+    answer_id: str | None = None  # set when this chunk started an answer
+    skipped: bool = False  # the turn ended before this chunk was heard
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New answer text (and the LLM token ids it came from)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AudioDelta:
+    """New answer audio: float32 mono at 24 kHz, and the codec tokens decoded so far."""
+
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class AnswerDone:
+    """The answer ended; `text` is all of it, `stats` holds timings."""
+
+    status: AnswerStatus
+    text: str
+    token_ids: tuple[int, ...]
+    codec_ids: tuple[tuple[int, ...], ...]
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+AnswerEvent = TextDelta | AudioDelta | AnswerDone

@@ -1,0 +1,325 @@
+"""The mechanism of a step: turns a plan into batched forwards, stage by stage, on one replica.
+
+Runs in the replica's worker thread. It mutates only the session states named in the plan (the
+engine loop does not touch them while a step runs) and returns what happened as data.
+
+Stages, each one batched across sessions and split into forwards of at most `max_batch` rows:
+1. encoder + adapter over every planned 160 ms chunk;
+2. the LLM over mixed rows: listen rows, answer-opening rows and decode rows;
+3. the speech decoder over new segments' conditioning rows and decode rows;
+4. the codec over every ready token window.
+If a batched forward raises, its rows are retried one by one so that only the guilty session fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, TextDelta
+from app.engine.scheduler import StepPlan
+from app.engine.settings import EngineSettings
+from app.engine.state import AnswerPhase, AnswerState, PendingChunk, SessionState, SpeechSegment
+from app.model.checkpoint import FreezeOmni
+from app.model.codec_stream import decode_windows
+from app.model.duplex import decide_state
+from app.model.kv_cache import SlotKVCache
+from app.model.llm import LLMRow
+from app.model.sampling import sample_llm_token, sample_top_k
+from app.model.speech_decoder import SegmentInput
+from app.model.turn_parts import segment_condition, turn_opening_embeds
+
+log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+
+
+@dataclass
+class StepOutcome:
+    """What one step produced, for the engine loop to deliver."""
+
+    decisions: list[tuple[SessionState, PendingChunk, ChunkDecision]] = field(default_factory=list)
+    events: list[tuple[SessionState, AnswerState, AnswerEvent]] = field(default_factory=list)
+    failures: list[tuple[SessionState, str]] = field(default_factory=list)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
+    """Split into runs of at most `size` items."""
+    return [items[i : i + size] for i in range(0, len(items), max(size, 1))]
+
+
+class StepRunner:
+    """Executes plans on one model replica and its caches."""
+
+    def __init__(
+        self, model: FreezeOmni, llm_cache: SlotKVCache, decoder_cache: SlotKVCache, settings: EngineSettings
+    ) -> None:
+        self.model = model
+        self.llm_cache = llm_cache
+        self.decoder_cache = decoder_cache
+        self.settings = settings
+        self._opening = turn_opening_embeds(model)
+        self._top_k = settings.decoder_top_k or model.server.decoder_top_k
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> StepOutcome:
+        started = time.perf_counter()
+        outcome = StepOutcome()
+        failed: set[str] = set()
+        vectors = self._encode(plan.listen, outcome, failed)
+        self._llm(plan, vectors, outcome, failed)
+        self._speech(plan.speech, outcome, failed)
+        self._codec(plan.codec, outcome, failed)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _isolated(
+        self,
+        items: Sequence[Item],
+        session_of: Callable[[Item], SessionState],
+        prepare: Callable[[Item], object],
+        forward: Callable[[list[object]], list[object]],
+        finish: Callable[[Item, object], None],
+        outcome: StepOutcome,
+        failed: set[str],
+    ) -> int:
+        """Prepare each item once, run forwards in batches, then finish each item.
+
+        A failing batch is retried item by item, so only the guilty session fails; `forward` must
+        therefore be safe to retry (it may not consume per-session state). Returns the items run.
+        """
+        prepared: list[tuple[Item, object]] = []
+        for item in items:
+            if session_of(item).session_id in failed:
+                continue
+            try:
+                prepared.append((item, prepare(item)))
+            except Exception:  # noqa: BLE001 - one session's bad state fails that session
+                self._fail(session_of(item), outcome, failed)
+        for batch in batches(prepared, self.settings.max_batch):
+            try:
+                results = list(zip(batch, forward([inputs for _, inputs in batch]), strict=True))
+            except Exception:  # noqa: BLE001
+                results = []
+                for pair in batch:
+                    try:
+                        results.append((pair, forward([pair[1]])[0]))
+                    except Exception:  # noqa: BLE001
+                        self._fail(session_of(pair[0]), outcome, failed)
+            for (item, _), result in results:
+                try:
+                    finish(item, result)
+                except Exception:  # noqa: BLE001
+                    self._fail(session_of(item), outcome, failed)
+        return len(prepared)
+
+    def _fail(self, session: SessionState, outcome: StepOutcome, failed: set[str]) -> None:
+        log.exception("session %s failed during a step", session.session_id)
+        failed.add(session.session_id)
+        outcome.failures.append((session, "internal error while processing this session"))
+
+    # -- stage 1: encoder + adapter ------------------------------------------------------------
+    def _encode(
+        self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]
+    ) -> dict[str, torch.Tensor]:
+        vectors: dict[str, torch.Tensor] = {}
+        audio = self.model.audio
+
+        def prepare(session: SessionState) -> tuple:
+            turn = session.listen
+            feats = torch.from_numpy(turn.fbank.accept_chunk(turn.pending[0].samples))
+            return feats, turn
+
+        def forward(inputs: list) -> list:
+            feats = torch.stack([f for f, _ in inputs]).to(self.model.device)
+            turns = [t for _, t in inputs]
+            out, caches = audio.encode_chunks(
+                feats, [t.encoder_state for t in turns], [t.adapter_cache for t in turns]
+            )
+            return list(zip(out, caches, strict=True))
+
+        def finish(session: SessionState, result: tuple) -> None:
+            session.listen.adapter_cache = result[1]
+            vectors[session.session_id] = result[0]
+
+        outcome.batch_sizes["encoder"] = self._isolated(
+            sessions, lambda s: s, prepare, forward, finish, outcome, failed
+        )
+        return vectors
+
+    # -- stage 2: the LLM ---------------------------------------------------------------------
+    def _llm(
+        self, plan: StepPlan, vectors: dict[str, torch.Tensor], outcome: StepOutcome, failed: set[str]
+    ) -> None:
+        model = self.model
+        work: list[tuple[SessionState, str]] = [(s, "listen") for s in plan.listen if s.session_id in vectors]
+        work += [(s, "answer") for s in plan.answer]
+
+        def take_prefill(session: SessionState) -> list[torch.Tensor]:
+            parts = [session.prefill] if session.prefill is not None else []
+            session.prefill = None
+            return parts
+
+        def prepare(item: tuple[SessionState, str]) -> LLMRow:
+            session, kind = item
+            if kind == "listen":
+                turn = session.listen
+                audio_vectors = vectors[session.session_id].to(model.dtype)
+                fed = torch.cat([self._opening, audio_vectors]) if turn.chunks_fed == 0 else audio_vectors
+                turn.embeds.append(fed.cpu())
+                if turn.forked:
+                    parts = [turn.prefill] if turn.prefill is not None else []
+                    turn.prefill = None
+                else:
+                    parts = take_prefill(session)
+                return LLMRow(turn.slot, torch.cat([*parts, fed]))
+            answer = session.answer
+            parts = take_prefill(session)
+            fed = (
+                answer.start_embeds
+                if answer.phase == AnswerPhase.START
+                else model.llm.embed([answer.last_token])
+            )
+            answer.history_entry.parts.append(fed.cpu())
+            return LLMRow(session.main_slot, torch.cat([*parts, fed]), want_logits=True)
+
+        def forward(rows: list) -> list:
+            out = model.llm.forward_rows(rows, self.llm_cache)
+            logits = iter(out.logits) if out.logits is not None else iter(())
+            return [(out.hidden[i], next(logits) if row.want_logits else None) for i, row in enumerate(rows)]
+
+        def finish(item: tuple[SessionState, str], result: tuple) -> None:
+            session, kind = item
+            hidden, logits = result
+            if kind == "listen":
+                self._after_listen(session, hidden, outcome)
+            else:
+                self._after_answer_step(session, hidden, logits, outcome)
+
+        outcome.batch_sizes["llm"] = self._isolated(
+            work, lambda item: item[0], prepare, forward, finish, outcome, failed
+        )
+
+    def _after_listen(self, session: SessionState, hidden: torch.Tensor, outcome: StepOutcome) -> None:
+        turn = session.listen
+        decision = decide_state(self.model.audio.state_logits(hidden), self.settings.state_threshold)
+        chunk = turn.pending.popleft()
+        outcome.decisions.append(
+            (session, chunk, ChunkDecision(decision.state, decision.probs, chunk_index=turn.chunks_fed))
+        )
+        turn.chunks_fed += 1
+
+    def _after_answer_step(
+        self, session: SessionState, hidden: torch.Tensor, logits: torch.Tensor, outcome: StepOutcome
+    ) -> None:
+        answer = session.answer
+        answer.phase = AnswerPhase.TEXT
+        token = sample_llm_token(logits, session.sampling, session.llm_rng)
+        if token == self.model.eod_id or len(answer.token_ids) >= answer.max_tokens:
+            # The published model never feeds the <|im_end|> it samples: the next turn opens with it.
+            answer.last_token = None
+            answer.phase = AnswerPhase.SPEECH_ONLY
+            if last := answer.segmenter.flush():
+                answer.pending_segments.append(last)
+            return
+        answer.token_ids.append(token)
+        answer.last_token = token
+        piece = answer.detokenizer.push(token)
+        answer.text += piece
+        if segment := answer.segmenter.push(token, hidden, piece):
+            answer.pending_segments.append(segment)
+        outcome.events.append((session, answer, TextDelta(piece, (token,))))
+
+    # -- stage 3: the speech decoder -------------------------------------------------------------
+    def _speech(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> None:
+        decoder = self.model.decoder
+        cache = self.decoder_cache
+
+        def prepare(session: SessionState) -> tuple:
+            answer = session.answer
+            if answer.segment is None:
+                prefix, text = segment_condition(self.model, answer.pending_segments.popleft())
+                answer.segment = SpeechSegment(slot=cache.allocate(), prefix_length=prefix.shape[0])
+                return answer.segment, SegmentInput(answer.segment.slot, prefix, text), None
+            return answer.segment, None, answer.segment.last_token
+
+        def forward(inputs: list) -> list:
+            lengths = {segment.slot: cache.lengths[segment.slot] for segment, _, _ in inputs}
+            try:
+                starts = [seg_input for _, seg_input, _ in inputs if seg_input is not None]
+                opening = iter(decoder.prepare_segments(starts, cache))
+                feeding = [(segment.slot, token) for segment, seg_input, token in inputs if seg_input is None]
+                fed = iter(
+                    decoder.token_rows([s for s, _ in feeding], [t for _, t in feeding]) if feeding else []
+                )
+                rows = [next(opening) if seg_input is not None else next(fed) for _, seg_input, _ in inputs]
+                return list(
+                    decoder.forward_ar(rows, cache, [segment.prefix_length for segment, _, _ in inputs])
+                )
+            except Exception:
+                for slot, length in lengths.items():  # undo partial writes so a retry starts clean
+                    cache.truncate(slot, length)
+                raise
+
+        def finish(session: SessionState, logits: torch.Tensor) -> None:
+            self._after_speech_step(session, logits)
+
+        outcome.batch_sizes["decoder"] = self._isolated(
+            sessions, lambda s: s, prepare, forward, finish, outcome, failed
+        )
+
+    def _after_speech_step(self, session: SessionState, logits: torch.Tensor) -> None:
+        decoder = self.model.decoder
+        answer = session.answer
+        segment = answer.segment
+        token = sample_top_k(
+            decoder.mask_non_codes(logits), self._top_k, session.decoder_rng, self.settings.decoder_greedy
+        )
+        if token != decoder.config.eos:
+            segment.tokens.append(token)
+            answer.chunker.push(token)
+            segment.last_token = token
+        if token == decoder.config.eos or len(segment.tokens) >= self.settings.max_speech_tokens:
+            self.end_segment(answer)
+
+    def end_segment(self, answer: AnswerState) -> None:
+        """Close the answer's current speech segment and give its decoder slot back."""
+        segment = answer.segment
+        if segment is None:
+            return
+        self.decoder_cache.free(segment.slot)
+        answer.codec_ids.append(segment.tokens)
+        answer.chunker.end_segment()
+        answer.segment = None
+
+    # -- stage 4: the codec -----------------------------------------------------------------------
+    def _codec(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> None:
+        work = [
+            (s, w) for s in sessions if s.session_id not in failed for w in s.answer.chunker.ready_windows()
+        ]
+
+        def finish(item: tuple, samples) -> None:
+            session, window = item
+            answer = session.answer
+            for packet in answer.chunker.feed(window.index, samples):
+                if answer.first_audio_at is None:
+                    answer.first_audio_at = time.perf_counter()
+                answer.audio_samples += len(packet)
+                outcome.events.append((session, answer, AudioDelta(packet)))
+
+        # Windows of one chunker come back in order: batches keep the plan's order.
+        outcome.batch_sizes["codec"] = self._isolated(
+            work,
+            lambda item: item[0],
+            lambda item: item[1],
+            lambda windows: decode_windows(self.model.codec, windows),
+            finish,
+            outcome,
+            failed,
+        )
