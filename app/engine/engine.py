@@ -288,11 +288,9 @@ class Engine:
         system = system_prefill_embeds(self.model, session.role)
         history = session.history
         dropped = 0
-        while (
-            history
-            and system.shape[0] + sum(e.length for e in history) + settings.turn_reserve
-            > settings.llm_max_len
-        ):
+        # Keep at most half the room history may use, so that re-reads stay rare.
+        budget = (settings.llm_max_len - settings.turn_reserve - system.shape[0]) // 2
+        while history and sum(e.length for e in history) > budget:
             oldest = history[0].turn
             history = [e for e in history if e.turn != oldest]
             dropped += 1
