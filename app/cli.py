@@ -53,6 +53,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline
     from app.model.sampling import LLMSampling
     from app.model.wav import WavError, read_wav, resample, write_wav
+    from app.model.weights import CheckpointError
 
     try:
         samples, rate = read_wav(args.input_wav)
@@ -62,7 +63,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.input_wav} holds no audio")
     samples = resample(samples, rate, INPUT_RATE)
     model_path, llm_path = _resolve_model_paths(args)
-    model = load_freeze_omni(model_path, llm_path, device=args.device, dtype=args.dtype)
+    try:
+        model = load_freeze_omni(model_path, llm_path, device=args.device, dtype=args.dtype)
+    except (FileNotFoundError, CheckpointError, ValueError) as error:
+        raise SystemExit(f"error: cannot load the model: {error}") from error
     options = InferOptions(
         sampling=LLMSampling(
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy

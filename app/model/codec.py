@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.model.weights import CheckpointError
+from app.model.weights import CheckpointError, WeightSet, load_state_dict_strict
 
 RESBLOCK_SLOPE = 0.1
 CONFIG_FILE = "model.json"
@@ -384,42 +384,33 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def load_codec_state_dict(model: CodecDecoder, checkpoint: Mapping[str, Any]) -> None:
+def load_codec_state_dict(
+    model: CodecDecoder, checkpoint: Mapping[str, Any], source: str = "codec checkpoint"
+) -> None:
     """Load a `{generator, quantizer[, encoder]}` checkpoint strictly, folding weight norm.
 
     The encoder section is ignored (decoding never uses it). Any missing, unexpected or
-    wrongly-shaped key raises `CodecCheckpointError` naming the key and the shapes. A model built
-    on the meta device is given the checkpoint's tensors.
+    wrongly-shaped key raises a `CheckpointError` naming the key, `source` and the shapes. A model
+    built on the meta device is given the checkpoint's tensors.
     """
-    flat: dict[str, torch.Tensor] = {}
+    weights = WeightSet()
     for section in ("generator", "quantizer"):
         if section not in checkpoint:
-            raise CodecCheckpointError(f"codec checkpoint has no '{section}' section")
-        for key, value in fold_weight_norm_state_dict(checkpoint[section]).items():
-            flat[f"{section}.{key}"] = value
-    expected = model.state_dict()
-    problems = [
-        f"missing key {k} (model expects shape {_shape(v)})" for k, v in expected.items() if k not in flat
-    ]
-    problems += [f"unexpected key {k} with shape {_shape(v)}" for k, v in flat.items() if k not in expected]
-    problems += [
-        f"key {k} has shape {_shape(v)} in the checkpoint but {_shape(expected[k])} in the model"
-        for k, v in flat.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if problems:
-        raise CodecCheckpointError("codec checkpoint does not fit the model: " + "; ".join(problems))
-    # A model built on the meta device takes the checkpoint's tensors as they are.
-    on_meta = any(p.is_meta for p in model.parameters())
-    model.load_state_dict(flat, strict=True, assign=on_meta)
+            raise CodecCheckpointError(f"{source} has no '{section}' section (expected generator, quantizer)")
+        weights.add(fold_weight_norm_state_dict(checkpoint[section]), source, prefix=f"{section}.")
+    load_state_dict_strict(model, weights, device="cpu", dtype=torch.float32)
 
 
 def load_codec(codec_dir: str | Path, device: torch.device | str = "cpu") -> CodecDecoder:
     """Build the codec from `codec_dir/model.json`, load `codec_dir/final.pt`, fp32, eval mode."""
     codec_dir = Path(codec_dir)
-    model = CodecDecoder(CodecConfig.from_file(codec_dir / CONFIG_FILE))
-    checkpoint = torch.load(codec_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    load_codec_state_dict(model, checkpoint)
+    config_path, weights_path = codec_dir / CONFIG_FILE, codec_dir / CHECKPOINT_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the codec needs model.json and final.pt")
+    model = CodecDecoder(CodecConfig.from_file(config_path))
+    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
+    load_codec_state_dict(model, checkpoint, source=str(weights_path))
     return model.to(device=device, dtype=torch.float32).eval()
 
 

@@ -83,6 +83,8 @@ class OfflinePipeline:
     @torch.inference_mode()
     def run(self, samples_16k: np.ndarray, options: InferOptions = InferOptions()) -> TurnResult:
         model = self.model
+        if len(samples_16k) == 0:
+            raise ValueError("the question holds no audio")
         started = time.perf_counter()
         llm_rng = torch.Generator().manual_seed(options.seed)
         decoder_rng = torch.Generator().manual_seed(options.seed + 1)

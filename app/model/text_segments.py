@@ -20,11 +20,12 @@ def post_process(text: str) -> str:
     text = text.replace("、", "，")
     text = re.sub(r"[()（）]", ",", text)
     text = re.sub(r"[\n\t*_`~\\]", "", text)
-    text = re.sub(r"([.:])\s+", r"\1", text)
     has_chinese = re.search(r"[\u4e00-\u9fff]", text) is not None
     text = re.sub(
         r"(^|\s)(\d+)\.(?!\d)", lambda m: f"{m.group(1)}{m.group(2)}{'：' if has_chinese else ':'}", text
     )
+    # After the list markers, so that removing the space after "1." cannot hide the marker.
+    text = re.sub(r"([.:：])\s+", r"\1", text)
     text = text.strip()
     if not text:
         return text
