@@ -117,6 +117,35 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from app.config import Settings
+    from app.serving import run_server
+
+    devices = args.devices.split(",") if args.devices else ([args.device] if args.device else None)
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "model_path": args.model_path,
+            "llm_path": args.llm_path,
+            "devices": devices,
+            "dtype": args.dtype,
+            "max_sessions": args.max_sessions,
+            "api_keys": args.api_key or None,
+            "idle_timeout_s": args.idle_timeout,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    if (settings.model_path is None) != (settings.llm_path is None):
+        raise SystemExit(
+            "error: give both --model-path and --llm-path, or neither (to use the embedded default)"
+        )
+    run_server(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freeze-omni", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print text, token ids, state probabilities and codec ids as JSON"
     )
     infer.set_defaults(func=_cmd_infer)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server: OpenAI-Realtime WebSocket, REST turns, the browser page",
+        description="Serve /v1/realtime (OpenAI Realtime protocol), POST /v1/turns, /healthz, /readyz, "
+        "/metrics and the browser page at /. Every setting can also come from the environment as "
+        "FREEZE_OMNI_<NAME> (see README); flags win.",
+    )
+    _add_model_args(serve)
+    serve.set_defaults(device=None, dtype=None)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--devices", help="comma-separated devices, one model replica each (e.g. cuda:0,cuda:1)"
+    )
+    serve.add_argument("--max-sessions", type=int, help="concurrent sessions per replica (default 16)")
+    serve.add_argument(
+        "--api-key", action="append", help="accept this API key (repeatable); none: open server"
+    )
+    serve.add_argument("--idle-timeout", type=float, help="seconds without client events before closing")
+    serve.set_defaults(func=_cmd_serve)
 
     tiny = commands.add_parser(
         "make-tiny",

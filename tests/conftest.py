@@ -60,3 +60,87 @@ def spoken_16k(spoken_wav: Path) -> np.ndarray:
 
     samples, rate = read_wav(spoken_wav)
     return resample(samples, rate, 16000)
+
+
+class LiveServer:
+    """A real uvicorn server on a loopback port, running in its own thread and event loop."""
+
+    def __init__(self, settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from app.serving import GracefulServer, uvicorn_config
+
+        self.settings = settings
+        config = uvicorn_config(settings)
+        config.log_level = "warning"
+        self.server: uvicorn.Server = GracefulServer(config)
+        self.app = config.app
+        self.thread = threading.Thread(target=self.server.run, name="live-server", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}/v1/realtime"
+
+    @property
+    def state(self):
+        """The app's `ServerState` (engines, metrics, live sessions)."""
+        return self.app.state.server
+
+    def start(self, timeout: float = 60.0) -> LiveServer:
+        import time
+        import urllib.request
+
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the server on {self.base_url} did not become ready in {timeout} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def start_server(tiny_model_dir: TinyPaths):
+    """Factory: `start_server(**settings)` starts a live server on the tiny model; stopped at the end."""
+    from app.config import Settings
+
+    servers: list[LiveServer] = []
+
+    def start(**overrides) -> LiveServer:
+        values = {
+            "model_path": tiny_model_dir.model_path,
+            "llm_path": tiny_model_dir.llm_path,
+            "port": free_port(),
+            "max_sessions": 4,
+            "seed": 0,
+        }
+        values.update(overrides)
+        server = LiveServer(Settings(**values)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -530,14 +530,10 @@ class Engine:
             return decision
         if decision.state == ListenState.ANSWER or too_long:
             stream = self._commit(session)
-            return ChunkDecision(
-                decision.state,
-                decision.probs,
-                decision.chunk_index,
-                answer_id=stream.answer_id if stream else None,
-            )
+            return replace(decision, answer_id=stream.answer_id if stream else None, turn_ended=True)
         if decision.state == ListenState.IGNORE:
             self._drop(session)
+            return replace(decision, turn_ended=True)
         return decision
 
 

@@ -25,6 +25,7 @@ class ChunkDecision:
     chunk_index: int
     answer_id: str | None = None  # set when this chunk started an answer
     skipped: bool = False  # the turn ended before this chunk was heard
+    turn_ended: bool = False  # the engine ended the listen turn on this verdict (answer or ignore)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,15 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class SegmentText:
+    """The text of the segment whose audio follows: lets a client show text as it is spoken."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class AudioDelta:
-    """New answer audio: float32 mono at 24 kHz, and the codec tokens decoded so far."""
+    """New answer audio: float32 mono at 24 kHz."""
 
     samples: np.ndarray
 
@@ -54,4 +62,4 @@ class AnswerDone:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-AnswerEvent = TextDelta | AudioDelta | AnswerDone
+AnswerEvent = TextDelta | SegmentText | AudioDelta | AnswerDone

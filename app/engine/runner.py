@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import torch
 
-from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, TextDelta
+from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, SegmentText, TextDelta
 from app.engine.scheduler import StepPlan
 from app.engine.settings import EngineSettings
 from app.engine.state import AnswerPhase, AnswerState, PendingChunk, SessionState, SpeechSegment
@@ -244,7 +244,9 @@ class StepRunner:
         def prepare(session: SessionState) -> tuple:
             answer = session.answer
             if answer.segment is None:
-                prefix, text = segment_condition(self.model, answer.pending_segments.popleft())
+                segment = answer.pending_segments.popleft()
+                outcome.events.append((session, answer, SegmentText(segment.text)))
+                prefix, text = segment_condition(self.model, segment)
                 answer.segment = SpeechSegment(slot=cache.allocate(), prefix_length=prefix.shape[0])
                 return answer.segment, SegmentInput(answer.segment.slot, prefix, text), None
             return answer.segment, None, answer.segment.last_token

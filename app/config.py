@@ -1,0 +1,83 @@
+"""Settings: the one place configuration is read (environment `FREEZE_OMNI_*`, then CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.engine.settings import EngineSettings
+from app.model.sampling import LLMSampling
+
+
+class Settings(BaseSettings):
+    """Every limit, path and policy of the server. Each field is `FREEZE_OMNI_<NAME>` in the env."""
+
+    model_config = SettingsConfigDict(env_prefix="FREEZE_OMNI_", extra="ignore")
+
+    # -- server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # -- model
+    model_path: Path | None = Field(None, description="Freeze-Omni checkpoint folder; default: embedded tiny")
+    llm_path: Path | None = Field(None, description="Hugging Face Qwen2 folder; default: embedded tiny")
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["cpu"], description="one replica per device"
+    )
+    dtype: str = "auto"
+
+    # -- capacity and limits
+    max_sessions: int = Field(16, ge=1, description="sessions per replica")
+    llm_max_len: int = Field(4096, ge=256, description="tokens of conversation per session")
+    max_answer_tokens: int = Field(500, ge=1)
+    max_turn_seconds: float = Field(60.0, gt=0, description="a longer user turn is answered")
+    max_message_bytes: int = Field(
+        16 * 2**20, ge=1024, description="larger WebSocket messages close with 1009"
+    )
+    max_pending_audio_seconds: float = Field(10.0, gt=0, description="unheard input beyond this is an error")
+    idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
+    audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
+    audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
+    engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
+    max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
+    max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
+    rest_timeout_s: float = Field(120.0, gt=0)
+    shutdown_grace_s: float = Field(5.0, ge=0)
+
+    # -- turn taking defaults (clients may change them with session.update)
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+    vad_prefix_padding_ms: int = Field(300, ge=0)
+    vad_silence_ms: int = Field(500, ge=0, description="silence that ends a turn the state head left open")
+    state_threshold: float = Field(0.5, gt=0, lt=1)
+
+    # -- sampling
+    temperature: float = 0.8
+    top_k: int = 20
+    top_p: float = 0.8
+    seed: int | None = None
+
+    # -- auth
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty: no auth")
+
+    @field_validator("api_keys", "devices", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            max_sessions=self.max_sessions,
+            llm_max_len=self.llm_max_len,
+            max_answer_tokens=self.max_answer_tokens,
+            max_turn_chunks=max(1, int(self.max_turn_seconds / 0.16)),
+            max_audio_ahead_s=self.engine_audio_ahead_s,
+            state_threshold=self.state_threshold,
+            sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
+            seed=self.seed,
+        )

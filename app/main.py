@@ -1,0 +1,48 @@
+"""`create_app(settings)`: the FastAPI app; its lifespan loads the models and stops the engines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.config import Settings
+from app.routes import health, realtime, turns
+from app.server_state import ServerState
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Models load in the background after start; /readyz says when they are in."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServerState(settings)
+        app.state.server = state
+        if not settings.api_keys:
+            log.warning("no API keys configured: the server is open to anyone who can reach it")
+        state.start_loading()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="Freeze-Omni serving",
+        summary="Real-time speech-to-speech over the OpenAI Realtime protocol, and offline turns over REST",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(turns.router)
+    app.include_router(realtime.router)
+    if STATIC_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    return app

@@ -1,0 +1,56 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from app.server_state import ServerState
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Models are loaded and sessions can be served")
+async def readyz(request: Request) -> JSONResponse:
+    server: ServerState = request.app.state.server
+    if server.load_error is not None:
+        return JSONResponse({"status": "failed", "error": server.load_error}, status_code=503)
+    if server.pool is None:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    pool = server.pool
+    return JSONResponse(
+        {
+            "status": "ready",
+            "replicas": [e.name for e in pool.engines],
+            "capacity": pool.capacity,
+            "active_sessions": pool.active_sessions,
+            "auth": bool(server.settings.api_keys),
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    server: ServerState = request.app.state.server
+    gauges: dict[str, float] = {
+        "ready": float(server.ready),
+        "websocket_sessions": float(len(server.sessions)),
+    }
+    rows: dict[str, tuple[int, int]] = {}
+    if server.pool is not None:
+        engines = server.pool.engines
+        gauges["engine_sessions"] = float(server.pool.active_sessions)
+        gauges["engine_capacity"] = float(server.pool.capacity)
+        gauges["queue_depth_chunks"] = float(sum(e.pending_chunks() for e in engines))
+        gauges["engine_steps"] = float(sum(e.stats.steps for e in engines))
+        gauges["engine_busy_seconds"] = sum(e.stats.step_seconds for e in engines)
+        for engine in engines:
+            for stage, count in engine.stats.rows.items():
+                total, forwards = rows.get(stage, (0, 0))
+                rows[stage] = (total + count, forwards + engine.stats.forwards_with_rows.get(stage, 0))
+    return PlainTextResponse(server.metrics.render(gauges, rows), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,84 @@
+"""What the running app holds: settings, metrics, the engine pool once loaded, live sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.engine.engine import Engine
+from app.engine.pool import EnginePool
+from app.metrics import Metrics
+from app.model.checkpoint import load_freeze_omni
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """Created by the app's lifespan; models load in the background so health checks answer at once."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    pool: EnginePool | None = None
+    load_error: str | None = None
+    sessions: set = field(default_factory=set)  # live RealtimeSession objects
+    started_at: float = field(default_factory=time.monotonic)
+    _load_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pool is not None
+
+    def start_loading(self) -> None:
+        self._load_task = asyncio.create_task(self._load(), name="load-models")
+
+    async def wait_ready(self) -> None:
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    async def _load(self) -> None:
+        settings = self.settings
+        try:
+            model_path, llm_path = settings.model_path, settings.llm_path
+            if model_path is None or llm_path is None:
+                from app.model.defaults import ensure_default_model
+
+                paths = await asyncio.to_thread(ensure_default_model)
+                model_path, llm_path = paths.model_path, paths.llm_path
+                log.info("using the embedded default model (tiny, random weights) from %s", paths.root)
+            engines = []
+            for index, device in enumerate(settings.devices):
+                model = await asyncio.to_thread(
+                    load_freeze_omni, model_path, llm_path, device=device, dtype=settings.dtype
+                )
+                engines.append(Engine(model, settings.engine_settings(), name=f"replica-{index}-{device}"))
+            pool = EnginePool(engines)
+            await pool.start()
+            self.pool = pool
+            log.info(
+                "ready: %d replica(s), %d session places, %.1f s after start",
+                len(engines),
+                pool.capacity,
+                time.monotonic() - self.started_at,
+            )
+        except Exception as error:  # noqa: BLE001 - reported by /readyz and the logs
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.exception("loading the model failed; the server stays up to report it on /readyz")
+
+    async def close_sessions(self, code: int, reason: str) -> None:
+        """Close every live session (graceful shutdown)."""
+        sessions = list(self.sessions)
+        await asyncio.gather(
+            *(s.shutdown(code, reason, grace_s=self.settings.shutdown_grace_s) for s in sessions),
+            return_exceptions=True,
+        )
+
+    async def stop(self) -> None:
+        await self.close_sessions(1001, "server shutting down")
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.pool is not None:
+            await self.pool.stop()

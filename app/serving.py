@@ -1,0 +1,43 @@
+"""Running the app under uvicorn, with a shutdown that says goodbye to every session (close 1001)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+
+
+class GracefulServer(uvicorn.Server):
+    """Closes our sessions with 1001 ("going away") before uvicorn closes the connections itself."""
+
+    async def shutdown(self, sockets=None) -> None:
+        state = getattr(self.config.app.state, "server", None)
+        if state is not None:
+            await state.close_sessions(1001, "server shutting down")
+        await super().shutdown(sockets=sockets)
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    """The uvicorn settings that carry our limits (message size, shutdown grace)."""
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+
+
+def run_server(settings: Settings) -> None:
+    print(
+        f"serving on http://{settings.host}:{settings.port}  "
+        "(page: /, realtime: ws /v1/realtime, REST: POST /v1/turns, /readyz, /metrics)",
+        flush=True,
+    )
+    asyncio.run(GracefulServer(uvicorn_config(settings)).serve())

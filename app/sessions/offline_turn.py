@@ -1,0 +1,70 @@
+"""A whole turn at once (REST): audio in, the spoken answer and its text out, through the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.engine.events import AnswerDone, AnswerStatus, AudioDelta
+from app.engine.pool import EnginePool
+
+CHUNK = 2560
+
+
+@dataclass
+class TurnAnswer:
+    """The answer of one offline turn."""
+
+    text: str
+    audio: np.ndarray  # float32, 24 kHz
+    status: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def answer_audio(
+    pool: EnginePool, samples_16k: np.ndarray, *, instructions: str | None = None, timeout_s: float = 120.0
+) -> TurnAnswer:
+    """Hear the whole question (the state head does not end it early), then answer it.
+
+    Raises `CapacityError` at once when no session place is free, `TimeoutError` after `timeout_s`.
+    """
+    started = time.perf_counter()
+    ref = await pool.open_session(role=instructions)
+    try:
+        return await asyncio.wait_for(_run(ref, samples_16k, started), timeout_s)
+    finally:
+        await pool.close_session(ref.session_id)
+
+
+async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
+    engine, sid = ref.engine, ref.session_id
+    padded = np.concatenate([samples_16k, np.zeros((-len(samples_16k)) % CHUNK, dtype=np.float32)])
+    for start in range(0, len(padded), CHUNK):
+        await engine.feed_chunk(sid, padded[start : start + CHUNK], act=False)
+    heard = time.perf_counter()
+    stream = await engine.commit_listen(sid)
+    pieces: list[np.ndarray] = []
+    first_audio = None
+    done: AnswerDone | None = None
+    async for event in stream:
+        if isinstance(event, AudioDelta):
+            first_audio = first_audio or time.perf_counter()
+            pieces.append(event.samples)
+        elif isinstance(event, AnswerDone):
+            done = event
+    finished = time.perf_counter()
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    timings = {
+        "listen_s": heard - started,
+        "answer_s": finished - heard,
+        "total_s": finished - started,
+        "input_s": len(samples_16k) / 16000,
+        "output_s": len(audio) / 24000,
+    }
+    if first_audio is not None:
+        timings["first_audio_after_question_s"] = first_audio - heard
+    status = done.status.value if done is not None else AnswerStatus.FAILED.value
+    return TurnAnswer(text=done.text if done else "", audio=audio, status=status, timings=timings)

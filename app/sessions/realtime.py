@@ -1,0 +1,539 @@
+"""One Realtime conversation: client events in, turn taking, engine calls, server events out.
+
+The route hands every WebSocket message to `handle_message` and gives us two callables (send an
+event, close the socket); nothing here knows about sockets or tensors.
+
+Turn taking with `server_vad`: the VAD opens a listen turn on speech (its pre-roll is fed without
+letting the state head end the turn, as the published server does); every later 160 ms chunk,
+silence included, goes to the engine, whose state head ends the turn: "answer" starts a response
+(cancelling one in progress: barge-in), "ignore" drops the turn. If the head never fires, the
+VAD's end of speech answers anyway. With turn detection off, the client commits and asks for a
+response itself (push to talk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.config import Settings
+from app.engine.engine import AnswerStream
+from app.engine.errors import EngineError, SessionClosedError
+from app.engine.events import ChunkDecision
+from app.engine.pool import EnginePool, SessionRef
+from app.metrics import Metrics
+from app.model.duplex import ListenState
+from app.sessions import events as ev
+from app.sessions.audio_formats import (
+    AudioFormatError,
+    InputAudioConverter,
+    OutputAudioConverter,
+)
+from app.sessions.outbound import Outbound
+from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
+
+log = logging.getLogger(__name__)
+CHUNK = 2560  # 160 ms at 16 kHz
+MODEL_RATE = 16000
+
+
+@dataclass
+class _FeedItem:
+    """Work for the feeder task, tagged with the listen turn it belongs to."""
+
+    kind: str  # "chunk" | "commit" | "drop"
+    turn: int
+    samples: np.ndarray | None = None
+    act: bool = False
+
+
+class RealtimeSession:
+    """The protocol state of one connection."""
+
+    def __init__(
+        self,
+        pool: EnginePool,
+        settings: Settings,
+        send: Callable[[ev.ServerEvent], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        metrics: Metrics,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._close_socket = close
+        self.metrics = metrics
+        self.outbound = Outbound(send, ahead_s=settings.audio_ahead_s)
+        self.config = ev.SessionConfig(
+            turn_detection=ev.TurnDetection(
+                aggressiveness=settings.vad_aggressiveness,
+                prefix_padding_ms=settings.vad_prefix_padding_ms,
+                silence_duration_ms=settings.vad_silence_ms,
+            )
+        )
+        self.ref: SessionRef | None = None
+        self.last_activity = time.monotonic()
+        self._tasks: list[asyncio.Task] = []
+        self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
+        self._closed = False
+        # listen turn (our side)
+        self._turn = 0
+        self._listening = False  # audio goes to the engine
+        self._awaiting_response = False  # a committed user turn waits for response.create
+        self._user_item_id: str | None = None
+        self._speech_stopped_sent = False
+        self._preroll_left = 0
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffered_chunks = 0
+        self._pending_text: list[str] = []
+        self._last_item_id: str | None = None
+        # response
+        self._streamer: ResponseStreamer | None = None
+        self._streamer_task: asyncio.Task | None = None
+        self._apply_formats()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Take a place in the engine (or raise CapacityError) and greet the client."""
+        self.ref = await self.pool.open_session()
+        self.metrics.sessions_opened += 1
+        self._tasks = [
+            asyncio.create_task(self.outbound.run(), name="outbound"),
+            asyncio.create_task(self._feeder(), name="feeder"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        self.outbound.put(ev.SessionCreated(session=self.config))
+
+    async def close(self) -> None:
+        """Free everything; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.ref is not None:
+            with contextlib.suppress(EngineError):
+                await self.pool.close_session(self.ref.session_id)
+        if self._streamer_task is not None:
+            self._streamer_task.cancel()
+        self.outbound.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in [*self._tasks, self._streamer_task]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
+        """Server-side end: cancel the answer, let queued events out briefly, close the socket."""
+        if self.ref is not None and self._streamer is not None:
+            self._streamer.cancel_reason = "client_cancelled"
+            with contextlib.suppress(EngineError):
+                await self.ref.engine.cancel_answer(self.ref.session_id, reason)
+        await self.outbound.drain(grace_s)
+        await self._close_socket(code, reason)
+
+    # -- inbound ----------------------------------------------------------------------------------
+    async def handle_message(self, raw: str | bytes) -> None:
+        """Handle one WebSocket message: a JSON event, or binary pcm (a raw append)."""
+        self.last_activity = time.monotonic()
+        if isinstance(raw, bytes):
+            await self._append_audio(raw, event_id=None)
+            return
+        try:
+            event = ev.parse_client_event(raw)
+            await self._dispatch(event)
+        except ev.ProtocolError as error:
+            self._error(error)
+
+    def _error(self, error: ev.ProtocolError) -> None:
+        self.metrics.count_error(str(error.code))
+        self.outbound.put(error.to_event())
+
+    def _client_error(self, code: str, message: str, event_id: str | None, param: str | None = None) -> None:
+        self.metrics.count_error(code)
+        self.outbound.put(
+            ev.ErrorEvent(error=ev.ErrorDetail(code=code, message=message, event_id=event_id, param=param))
+        )
+
+    async def _dispatch(self, event: ev.ClientEventBase) -> None:
+        handlers = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": lambda e: self._append_audio(e.audio_bytes, e.event_id),
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.truncate": self._item_truncate,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.retrieve": self._unsupported,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._response_cancel,
+        }
+        await handlers[event.type](event)
+
+    async def _unsupported(self, event: ev.ClientEventBase) -> None:
+        self._client_error(
+            "unsupported_event", f"{event.type} is not supported by this server", event.event_id
+        )
+
+    # -- session.update -----------------------------------------------------------------------------
+    def _apply_formats(self) -> None:
+        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_RATE)
+        self.output_converter = OutputAudioConverter(self.config.output_format.wire)
+        detection = self.config.turn_detection
+        self.vad: VadGate | None = None
+        if detection is not None:
+            aggressiveness = detection.aggressiveness
+            if aggressiveness is None:
+                aggressiveness = self.settings.vad_aggressiveness
+            self.vad = VadGate(
+                VadSettings(
+                    aggressiveness=aggressiveness,
+                    prefix_padding_ms=detection.prefix_padding_ms,
+                    silence_duration_ms=detection.silence_duration_ms,
+                )
+            )
+
+    async def _session_update(self, event: ev.SessionUpdate) -> None:
+        before = self.config
+        self.config = self.config.apply(event.session)
+        formats_changed = (
+            before.input_format != self.config.input_format
+            or before.output_format != self.config.output_format
+            or before.turn_detection != self.config.turn_detection
+        )
+        if formats_changed:
+            if self._listening:
+                await self._drop_listen()
+            self._apply_formats()
+        if before.instructions != self.config.instructions and self.ref is not None:
+            await self.ref.engine.set_instructions(self.ref.session_id, self.config.instructions or None)
+        self.outbound.put(ev.SessionUpdated(session=self.config))
+
+    # -- audio in and turn taking ---------------------------------------------------------------------
+    async def _append_audio(self, data: bytes, event_id: str | None) -> None:
+        try:
+            samples = self.input_converter.push(data)
+        except AudioFormatError as error:
+            self._client_error("invalid_audio", str(error), event_id)
+            return
+        if self.vad is None:  # push to talk: everything appended is the user's turn
+            if not self._listening and not self._awaiting_response:
+                self._open_turn(audio_start_ms=0)
+            if self._listening:
+                self._buffer_audio(samples, act=False)
+            return
+        for item in self.vad.push(samples):
+            if isinstance(item, SpeechStarted):
+                self._on_speech_started(item)
+            elif isinstance(item, VadAudio):
+                if self._listening:
+                    self._buffer_audio(item.samples, act=self._acting())
+            elif isinstance(item, SpeechStopped):
+                self._on_speech_stopped(item)
+
+    def _acting(self) -> bool:
+        detection = self.config.turn_detection
+        return self._preroll_left <= 0 and detection is not None and detection.create_response
+
+    def _on_speech_started(self, started: SpeechStarted) -> None:
+        detection = self.config.turn_detection
+        if self._listening or self._awaiting_response:
+            return
+        if self._streamer is not None and detection is not None and not detection.interrupt_response:
+            return  # the client asked us not to be interrupted
+        self._open_turn(started.audio_start_ms)
+        self._preroll_left = len(started.audio)
+        self._buffer_audio(started.audio, act=False)
+
+    def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
+        if not self._listening:
+            return
+        self._send_speech_stopped(stopped.audio_end_ms)
+        # The state head had its chance during the silence: answer now (fallback), once all the
+        # audio heard so far has been fed.
+        self._flush_partial_chunk(act=False)
+        self._feed.put_nowait(_FeedItem("commit", self._turn))
+
+    def _open_turn(self, audio_start_ms: int) -> None:
+        self._turn += 1
+        self._listening = True
+        self._speech_stopped_sent = False
+        self._user_item_id = ev.new_item_id()
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffered_chunks = 0
+        self.outbound.put(
+            ev.InputAudioBufferSpeechStarted(audio_start_ms=audio_start_ms, item_id=self._user_item_id)
+        )
+
+    def _send_speech_stopped(self, audio_end_ms: int | None = None) -> None:
+        if self._speech_stopped_sent or self._user_item_id is None:
+            return
+        self._speech_stopped_sent = True
+        end_ms = audio_end_ms if audio_end_ms is not None else (self.vad.clock_ms if self.vad else 0)
+        self.outbound.put(ev.InputAudioBufferSpeechStopped(audio_end_ms=end_ms, item_id=self._user_item_id))
+
+    def _buffer_audio(self, samples: np.ndarray, act: bool) -> None:
+        self._buffer = np.concatenate([self._buffer, samples.astype(np.float32)])
+        while len(self._buffer) >= CHUNK:
+            chunk, self._buffer = self._buffer[:CHUNK], self._buffer[CHUNK:]
+            self._queue_chunk(chunk, act and self._preroll_left <= 0)
+            self._preroll_left -= CHUNK
+
+    def _flush_partial_chunk(self, act: bool) -> None:
+        if len(self._buffer):
+            padded = np.concatenate([self._buffer, np.zeros(CHUNK - len(self._buffer), dtype=np.float32)])
+            self._buffer = np.zeros(0, dtype=np.float32)
+            self._queue_chunk(padded, act)
+
+    def _queue_chunk(self, chunk: np.ndarray, act: bool) -> None:
+        if self._feed.qsize() * CHUNK / MODEL_RATE > self.settings.max_pending_audio_seconds:
+            self._client_error(
+                "input_audio_overflow",
+                "the server cannot keep up with this input; audio was dropped (send audio in real time)",
+                None,
+            )
+            return
+        self._buffered_chunks += 1
+        self._feed.put_nowait(_FeedItem("chunk", self._turn, chunk, act))
+
+    async def _feeder(self) -> None:
+        """Feed chunks and turn commands to the engine in order; act on the state head's verdicts."""
+        while True:
+            item = await self._feed.get()
+            if self.ref is None or (item.kind != "drop" and item.turn != self._turn):
+                continue  # the turn it belonged to has ended
+            engine, sid = self.ref.engine, self.ref.session_id
+            try:
+                if item.kind == "chunk":
+                    decision = await engine.feed_chunk(sid, item.samples, act=item.act)
+                    await self._on_decision(item.turn, decision)
+                elif item.kind == "commit":
+                    if self._listening or self._awaiting_response:
+                        self._committed_events()
+                        stream = await engine.commit_listen(sid)
+                        self._end_turn()
+                        if stream is not None:
+                            await self._start_response(stream)
+                elif item.kind == "drop":
+                    await engine.drop_listen(sid)
+            except SessionClosedError as error:
+                await self._fail(str(error))
+                return
+
+    async def _on_decision(self, turn: int, decision: ChunkDecision) -> None:
+        if decision.skipped or turn != self._turn:
+            return
+        if decision.state == ListenState.ANSWER:
+            if decision.answer_id is not None:  # the engine answered: our turn is over
+                self._send_speech_stopped()
+                self._committed_events()
+                self._end_turn()
+                stream = self.ref.engine.answer_stream(self.ref.session_id)
+                if stream is not None and stream.answer_id == decision.answer_id:
+                    await self._start_response(stream)
+            elif self.config.turn_detection is not None and not self.config.turn_detection.create_response:
+                # The turn is over but the client starts responses itself.
+                self._send_speech_stopped()
+                self._committed_events()
+                self._listening = False
+                self._awaiting_response = True
+                self._reset_vad()
+        elif decision.state == ListenState.IGNORE and decision.turn_ended:
+            # Noise or a backchannel: the engine dropped the turn; an answer in progress goes on.
+            self._send_speech_stopped()
+            self.outbound.put(ev.InputAudioBufferCleared())
+            self._end_turn()
+
+    def _committed_events(self) -> None:
+        if self._user_item_id is None:
+            return
+        item = ev.ConversationItem(
+            id=self._user_item_id,
+            type="message",
+            role="user",
+            status="completed",
+            content=[ev.ContentPart(type="input_audio", transcript=None)],
+        )
+        self.outbound.put(
+            ev.InputAudioBufferCommitted(item_id=self._user_item_id, previous_item_id=self._last_item_id)
+        )
+        self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
+        self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
+        self._last_item_id = self._user_item_id
+
+    def _end_turn(self) -> None:
+        self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
+        self._listening = False
+        self._awaiting_response = False
+        self._user_item_id = None
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._reset_vad()
+
+    def _reset_vad(self) -> None:
+        if self.vad is not None:
+            self.vad.reset()
+
+    async def _drop_listen(self) -> None:
+        self._end_turn()
+        self._feed.put_nowait(_FeedItem("drop", self._turn))
+
+    # -- input_audio_buffer.commit / clear --------------------------------------------------------------
+    async def _commit(self, event: ev.InputAudioBufferCommit) -> None:
+        if not self._listening or (self._buffered_chunks == 0 and len(self._buffer) == 0):
+            self._client_error(
+                "input_audio_buffer_commit_empty",
+                "the input audio buffer is empty: append audio before committing",
+                event.event_id,
+            )
+            return
+        self._flush_partial_chunk(act=False)
+        self._send_speech_stopped()
+        self._listening = False
+        self._awaiting_response = True
+        self._committed_events()
+        self._user_item_id = None
+
+    async def _clear(self, event: ev.InputAudioBufferClear) -> None:
+        if self._listening or self._awaiting_response:
+            await self._drop_listen()
+        self.input_converter.reset()
+        self.outbound.put(ev.InputAudioBufferCleared())
+
+    # -- conversation items -------------------------------------------------------------------------
+    async def _item_create(self, event: ev.ConversationItemCreate) -> None:
+        item = event.item
+        if item.type != "message":
+            self._client_error(
+                "unsupported_item", f"items of type {item.type} are not supported", event.event_id
+            )
+            return
+        item = item.model_copy(update={"id": item.id or ev.new_item_id(), "status": "completed"})
+        texts = [
+            p.text for p in item.content or [] if p.type in ("input_text", "text", "output_text") and p.text
+        ]
+        audio = [p.audio_bytes for p in item.content or [] if p.type == "input_audio" and p.audio_bytes]
+        if item.role == "user" and audio:
+            if self._listening or self._awaiting_response:
+                await self._drop_listen()
+            self._turn += 1
+            self._listening = True
+            self._user_item_id = item.id
+            try:
+                samples = InputAudioConverter(self.config.input_format.wire, MODEL_RATE)
+                audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
+            except AudioFormatError as error:
+                self._client_error("invalid_audio", str(error), event.event_id)
+                return
+            self._buffer_audio(audio_16k, act=False)
+            self._flush_partial_chunk(act=False)
+            self._listening = False
+            self._awaiting_response = True
+            self._user_item_id = None
+        elif item.role == "user" and texts:
+            self._pending_text.append(" ".join(texts))
+        self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
+        self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
+        self._last_item_id = item.id
+
+    async def _item_truncate(self, event: ev.ConversationItemTruncate) -> None:
+        self.outbound.put(
+            ev.ConversationItemTruncated(
+                item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
+            )
+        )
+
+    async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
+        self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
+
+    # -- responses ----------------------------------------------------------------------------------------
+    async def _response_create(self, event: ev.ResponseCreate) -> None:
+        if self._streamer is not None:
+            self._client_error(
+                "conversation_already_has_active_response",
+                "a response is in progress: cancel it first or wait for response.done",
+                event.event_id,
+            )
+            return
+        engine, sid = self.ref.engine, self.ref.session_id
+        if self._awaiting_response or self._listening:
+            self._flush_partial_chunk(act=False)
+            self._feed.put_nowait(_FeedItem("commit", self._turn))
+            return
+        if self._pending_text:
+            text, self._pending_text = "\n".join(self._pending_text), []
+            await self._start_response(await engine.text_turn(sid, text))
+            return
+        self._client_error(
+            "nothing_to_respond_to",
+            "there is no user input to respond to: append and commit audio, or create a user item first",
+            event.event_id,
+        )
+
+    async def _response_cancel(self, event: ev.ClientEventBase) -> None:
+        if self._streamer is None:
+            self._client_error(
+                "response_cancel_not_active", "there is no response in progress", event.event_id
+            )
+            return
+        self._streamer.cancel_reason = "client_cancelled"
+        await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
+
+    async def _start_response(self, stream: AnswerStream) -> None:
+        previous = self._streamer_task
+        if previous is not None and not previous.done():
+            # A barge-in: the engine has already ended the old answer; its events come first.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(previous), timeout=5)
+        streamer = ResponseStreamer(
+            stream=stream,
+            outbound=self.outbound,
+            converter=OutputAudioConverter(self.config.output_format.wire),
+            delta_ms=self.settings.audio_delta_ms,
+            started_at=time.perf_counter(),
+        )
+        self._streamer = streamer
+        self._streamer_task = asyncio.create_task(
+            self._run_streamer(streamer), name=f"response-{stream.answer_id}"
+        )
+
+    async def _run_streamer(self, streamer: ResponseStreamer) -> None:
+        done = await streamer.run()
+        status = done.status.value if done is not None else "failed"
+        self.metrics.count_response(status)
+        if done is not None and "first_audio_latency_s" in done.stats:
+            self.metrics.first_audio_s.append(done.stats["first_audio_latency_s"])
+            answer_s = done.stats.get("answer_seconds", 0.0)
+            if done.stats.get("audio_seconds"):
+                self.metrics.real_time_factor.append(answer_s / done.stats["audio_seconds"])
+        if self._streamer is streamer:
+            self._streamer = None
+        if status == "failed":
+            await self._fail(done.reason if done is not None else "the answer failed")
+
+    async def _fail(self, message: str) -> None:
+        self.outbound.put(
+            ev.ErrorEvent(error=ev.ErrorDetail(type="server_error", code="session_failed", message=message))
+        )
+        await self.outbound.drain(1.0)
+        await self._close_socket(1011, "session failed")
+
+    # -- timers -----------------------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.idle_timeout_s / 4))
+            idle = time.monotonic() - self.last_activity
+            if idle > self.settings.idle_timeout_s and self._streamer is None:
+                self._client_error(
+                    "idle_timeout",
+                    f"no client event for {self.settings.idle_timeout_s:g} s: closing the session",
+                    None,
+                )
+                await self.outbound.drain(1.0)
+                await self._close_socket(1000, "idle timeout")
+                return
