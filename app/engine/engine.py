@@ -373,6 +373,7 @@ class Engine:
             self._cancel_answer(session, "interrupted by the user (barge-in)")
             session.main_slot, session.spare_slot = listen.slot, session.main_slot
             self.llm_cache.truncate(session.spare_slot, 0)
+            session.prefill = listen.prefill  # the branch's own pending prefill (normally none)
         session.history = listen.history
         session.history.append(HistoryEntry(listen.turn, listen.embeds))
         stream = self._start_answer(session, self._answer_start, listen.turn)

@@ -1,13 +1,15 @@
-"""One connection's outgoing events, in order, with answer audio paced to real time.
+"""One connection's outgoing events: a control lane sent at once, and a paced lane for responses.
 
-Audio of a response is sent at most `ahead_s` ahead of real-time playback (as Pipecat paces its
-output), so that when the user barges in there is little queued audio to flush: `purge` drops what
-a cancelled response still had waiting, and the client has at most `ahead_s` buffered.
+Control events (errors, session and input-buffer events) never wait behind answer audio. Events of
+a response keep their order, and its audio is sent at most `ahead_s` ahead of real-time playback
+(as Pipecat paces its output), so that when the user barges in there is little queued audio to
+flush: `purge` drops what a cancelled response still had waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,11 +34,12 @@ class _Pace:
 
 @dataclass
 class Outbound:
-    """A FIFO of events; audio items wait for their turn in real time."""
+    """Two FIFOs; the response lane's audio waits for its turn in real time."""
 
     send: Callable[[ServerEvent], Awaitable[None]]
     ahead_s: float = 0.5
-    _items: deque[_Item] = field(default_factory=deque)
+    _control: deque[_Item] = field(default_factory=deque)
+    _responses: deque[_Item] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _pace: dict[str, _Pace] = field(default_factory=dict)
     _closed: bool = False
@@ -44,34 +47,31 @@ class Outbound:
     def put(
         self, event: ServerEvent, response_id: str | None = None, on_sent: Callable[[], None] | None = None
     ) -> None:
-        """Queue an event; tagged with `response_id` it is dropped if that response is purged."""
-        self._items.append(_Item(event=event, response_id=response_id, on_sent=on_sent))
+        """Queue an event: with `response_id` in that response's ordered lane, else at once."""
+        lane = self._responses if response_id is not None else self._control
+        lane.append(_Item(event=event, response_id=response_id, on_sent=on_sent))
         self._ready.set()
 
     def put_audio(
         self, event: ServerEvent, response_id: str, seconds: float, on_sent: Callable[[], None] | None = None
     ) -> None:
         """Queue an audio delta of `seconds` of playback; it leaves no earlier than pacing allows."""
-        self._items.append(
+        self._responses.append(
             _Item(event=event, response_id=response_id, audio_seconds=seconds, on_sent=on_sent)
         )
         self._ready.set()
 
-    def then(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once everything queued before it has been sent."""
-        self._items.append(_Item(on_sent=callback))
+    def then(self, callback: Callable[[], None], response_id: str) -> None:
+        """Run `callback` once everything queued before it for the response has been sent."""
+        self._responses.append(_Item(response_id=response_id, on_sent=callback))
         self._ready.set()
 
     def purge(self, response_id: str) -> int:
         """Drop every queued item of a response; returns how many were dropped."""
-        kept = deque(item for item in self._items if item.response_id != response_id)
-        dropped = len(self._items) - len(kept)
-        self._items = kept
+        kept = deque(item for item in self._responses if item.response_id != response_id)
+        dropped = len(self._responses) - len(kept)
+        self._responses = kept
         return dropped
-
-    def audio_sent_seconds(self, response_id: str) -> float:
-        pace = self._pace.get(response_id)
-        return pace.sent_seconds if pace else 0.0
 
     def close(self) -> None:
         self._closed = True
@@ -80,36 +80,45 @@ class Outbound:
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything queued has been sent."""
         deadline = time.monotonic() + timeout
-        while self._items and time.monotonic() < deadline and not self._closed:
+        while (self._control or self._responses) and time.monotonic() < deadline and not self._closed:
             await asyncio.sleep(0.01)
 
     async def run(self) -> None:
-        """Send items in order until closed."""
+        """Send items until closed: control first, then the response lane as pacing allows."""
         while not self._closed:
-            if not self._items:
+            if self._control:
+                await self._emit(self._control.popleft())
+                continue
+            if not self._responses:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            item = self._items[0]
-            if item.audio_seconds > 0:
-                wait = self._wait_for(item)
-                if wait > 0:
-                    await asyncio.sleep(min(wait, 0.05))
-                    continue  # re-check: the item may have been purged meanwhile
-            self._items.popleft()
+            item = self._responses[0]
+            wait = self._wait_for(item)
+            if wait > 0:
+                # Wake early for control events or a purge; otherwise when the audio is due.
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), min(wait, 0.05))
+                continue
+            self._responses.popleft()
             if item.audio_seconds > 0:
                 pace = self._pace.setdefault(item.response_id, _Pace())
                 if pace.started is None:
                     pace.started = time.monotonic()
                 pace.sent_seconds += item.audio_seconds
-            if item.event is not None:
-                await self.send(item.event)
-            if item.on_sent is not None:
-                item.on_sent()
+            await self._emit(item)
+
+    async def _emit(self, item: _Item) -> None:
+        if item.event is not None:
+            await self.send(item.event)
+        if item.on_sent is not None:
+            item.on_sent()
 
     def _wait_for(self, item: _Item) -> float:
+        if item.audio_seconds <= 0:
+            return 0.0
         pace = self._pace.get(item.response_id)
         if pace is None or pace.started is None:
             return 0.0
-        played = time.monotonic() - pace.started
-        return pace.sent_seconds - self.ahead_s - played
+        return pace.sent_seconds - self.ahead_s - (time.monotonic() - pace.started)

@@ -58,6 +58,10 @@ class ResponseStreamer:
     def __post_init__(self) -> None:
         self.response_id = self.stream.answer_id
 
+    def _emit(self, event) -> None:
+        """Queue an event in this response's ordered lane."""
+        self.outbound.put(event, self.response_id)
+
     def _content(self, **extra) -> dict:
         return dict(response_id=self.response_id, item_id=self.item_id, **extra)
 
@@ -69,11 +73,10 @@ class ResponseStreamer:
 
     async def run(self) -> AnswerDone:
         """Send the whole response; returns the engine's final event."""
-        out = self.outbound
-        out.put(ResponseCreated(response=RealtimeResponse(id=self.response_id, status="in_progress")))
-        out.put(ResponseOutputItemAdded(response_id=self.response_id, item=self._item("in_progress")))
-        out.put(ConversationItemAdded(item=self._item("in_progress")))
-        out.put(
+        self._emit(ResponseCreated(response=RealtimeResponse(id=self.response_id, status="in_progress")))
+        self._emit(ResponseOutputItemAdded(response_id=self.response_id, item=self._item("in_progress")))
+        self._emit(ConversationItemAdded(item=self._item("in_progress")))
+        self._emit(
             ResponseContentPartAdded(**self._content(part=ContentPart(type="output_audio", transcript="")))
         )
         done: AnswerDone | None = None
@@ -139,16 +142,16 @@ class ResponseStreamer:
         def final_events() -> None:
             text = self.transcript_sent if transcript is None else transcript
             item = self._item(item_status, text)
-            out.put(ResponseOutputAudioDone(**self._content()))
-            out.put(ResponseOutputAudioTranscriptDone(**self._content(transcript=text)))
-            out.put(
+            self._emit(ResponseOutputAudioDone(**self._content()))
+            self._emit(ResponseOutputAudioTranscriptDone(**self._content(transcript=text)))
+            self._emit(
                 ResponseContentPartDone(
                     **self._content(part=ContentPart(type="output_audio", transcript=text))
                 )
             )
-            out.put(ResponseOutputItemDone(response_id=self.response_id, item=item))
-            out.put(ConversationItemDone(item=item))
-            out.put(
+            self._emit(ResponseOutputItemDone(response_id=self.response_id, item=item))
+            self._emit(ConversationItemDone(item=item))
+            self._emit(
                 ResponseDone(
                     response=RealtimeResponse(
                         id=self.response_id,
@@ -164,7 +167,9 @@ class ResponseStreamer:
             )
 
         if status == AnswerStatus.COMPLETED:
-            out.then(final_events)  # after the last audio: the transcript is all that was sent
+            out.then(
+                final_events, self.response_id
+            )  # after the last audio: the transcript is all that was sent
         else:
             final_events()
 
