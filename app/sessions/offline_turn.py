@@ -42,10 +42,17 @@ async def answer_audio(
 async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
     engine, sid = ref.engine, ref.session_id
     padded = np.concatenate([samples_16k, np.zeros((-len(samples_16k)) % CHUNK, dtype=np.float32)])
+    stream = None
     for start in range(0, len(padded), CHUNK):
-        await engine.feed_chunk(sid, padded[start : start + CHUNK], act=False)
+        decision = await engine.feed_chunk(sid, padded[start : start + CHUNK], act=False)
+        if decision.answer_id is not None:  # the turn reached its length limit: answered already
+            stream = engine.answer_stream(sid)
+            break
     heard = time.perf_counter()
-    stream = await engine.commit_listen(sid)
+    if stream is None:
+        stream = await engine.commit_listen(sid)
+    if stream is None:
+        raise RuntimeError("the engine did not start an answer for this turn")
     pieces: list[np.ndarray] = []
     first_audio = None
     done: AnswerDone | None = None

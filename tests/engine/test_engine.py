@@ -328,3 +328,22 @@ def test_instructions_change_the_next_answer_and_keep_history(tiny_model) -> Non
             await engine.stop()
 
     assert asyncio.run(main("You are a pirate. Answer in riddles.")) != asyncio.run(main(None))
+
+
+def test_a_turn_at_its_length_limit_is_answered(tiny_model, question_wavs) -> None:
+    async def main():
+        engine = Engine(tiny_model, greedy_settings(max_turn_chunks=3))
+        await engine.start()
+        try:
+            sid = await engine.open_session(seed=4)
+            chunks = chunks_of(question_wavs[0])
+            decisions = [await engine.feed_chunk(sid, chunks[i], act=False) for i in range(3)]
+            assert [d.answer_id is not None for d in decisions] == [False, False, True]
+            stream = engine.answer_stream(sid)
+            assert stream is not None and stream.answer_id == decisions[-1].answer_id
+            done, audio, _ = await collect(stream)
+            assert done.status == AnswerStatus.COMPLETED and len(audio) > 0
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
