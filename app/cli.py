@@ -134,6 +134,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "max_sessions": args.max_sessions,
             "api_keys": args.api_key or None,
             "idle_timeout_s": args.idle_timeout,
+            "ssl_keyfile": args.ssl_keyfile,
+            "ssl_certfile": args.ssl_certfile,
         }.items()
         if value is not None
     }
@@ -195,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", action="append", help="accept this API key (repeatable); none: open server"
     )
     serve.add_argument("--idle-timeout", type=float, help="seconds without client events before closing")
+    serve.add_argument(
+        "--ssl-keyfile", type=Path, help="TLS key file: serve https/wss (needed for a phone's mic)"
+    )
+    serve.add_argument("--ssl-certfile", type=Path, help="TLS certificate file")
     serve.set_defaults(func=_cmd_serve)
 
     tiny = commands.add_parser(

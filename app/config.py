@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    ssl_keyfile: Path | None = Field(
+        None, description="TLS key (browsers need https for the mic off localhost)"
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate")
 
     # -- model
     model_path: Path | None = Field(None, description="Freeze-Omni checkpoint folder; default: embedded tiny")

@@ -27,7 +27,11 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws_max_size=settings.max_message_bytes,
+        # Above our own limit, so the app can send its error event before closing with 1009;
+        # uvicorn's own limit still stops anything absurdly large.
+        ws_max_size=2 * settings.max_message_bytes,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
@@ -35,8 +39,9 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def run_server(settings: Settings) -> None:
+    scheme = "https" if settings.ssl_certfile else "http"
     print(
-        f"serving on http://{settings.host}:{settings.port}  "
+        f"serving on {scheme}://{settings.host}:{settings.port}  "
         "(page: /, realtime: ws /v1/realtime, REST: POST /v1/turns, /readyz, /metrics)",
         flush=True,
     )

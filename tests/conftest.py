@@ -74,7 +74,6 @@ class LiveServer:
 
         self.settings = settings
         config = uvicorn_config(settings)
-        config.log_level = "warning"
         self.server: uvicorn.Server = GracefulServer(config)
         self.app = config.app
         self.thread = threading.Thread(target=self.server.run, name="live-server", daemon=True)
@@ -135,6 +134,7 @@ def start_server(tiny_model_dir: TinyPaths):
             "port": free_port(),
             "max_sessions": 4,
             "seed": 0,
+            "log_level": "warning",
         }
         values.update(overrides)
         server = LiveServer(Settings(**values)).start()

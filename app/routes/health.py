@@ -18,10 +18,11 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="Models are loaded and sessions can be served")
 async def readyz(request: Request) -> JSONResponse:
     server: ServerState = request.app.state.server
+    auth = bool(server.settings.api_keys)
     if server.load_error is not None:
-        return JSONResponse({"status": "failed", "error": server.load_error}, status_code=503)
+        return JSONResponse({"status": "failed", "error": server.load_error, "auth": auth}, status_code=503)
     if server.pool is None:
-        return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "loading", "auth": auth}, status_code=503)
     pool = server.pool
     return JSONResponse(
         {
@@ -29,7 +30,7 @@ async def readyz(request: Request) -> JSONResponse:
             "replicas": [e.name for e in pool.engines],
             "capacity": pool.capacity,
             "active_sessions": pool.active_sessions,
-            "auth": bool(server.settings.api_keys),
+            "auth": auth,
         }
     )
 

@@ -461,7 +461,11 @@ class RealtimeSession:
             )
             return
         engine, sid = self.ref.engine, self.ref.session_id
-        if self._awaiting_response or self._listening:
+        if self._pending_text and not self._awaiting_response:
+            # A typed turn wins over speech still in progress, which is dropped.
+            if self._listening:
+                await self._drop_listen()
+        elif self._awaiting_response or self._listening:
             self._flush_partial_chunk(act=False)
             self._feed.put_nowait(_FeedItem("commit", self._turn))
             return

@@ -1,0 +1,490 @@
+// The page: connect, stream the microphone, play the answers, show what is going on.
+//
+// The visible state is derived from a few facts (is the user speaking, does audio play, is an
+// answer on its way) every time one of them changes, rather than set by each event handler:
+// that keeps "speaking" true exactly while audio plays, whatever order the events come in.
+// `window.__stateLog` and friends record what happened, for the browser tests.
+
+import { RealtimeClient, describeClose, describeError, serverStatus } from "./realtime-client.js";
+import { Player, decodePcm16, encodePcm16 } from "./player.js";
+import { microphoneUnavailableReason, startMicrophone } from "./microphone.js";
+
+const INPUT_RATE = 24000; // what we tell the server we send (the worklet resamples to it)
+const RETRY_FIRST_MS = 500; // busy server (1013): 0.5 s, 1 s, 2 s ... 8 s, as the OpenAI SDK does
+const RETRY_MAX_MS = 8000;
+const RETRY_TRIES = 8;
+
+const $ = (selector) => document.querySelector(selector);
+const ui = {
+  connect: $("#connect"),
+  mic: $("#mic"),
+  state: $("#state"),
+  stateText: $("#state-text"),
+  notice: $("#notice"),
+  log: $("#log"),
+  keyForm: $("#key-form"),
+  key: $("#api-key"),
+  textForm: $("#text-form"),
+  text: $("#text"),
+  instructionsForm: $("#instructions-form"),
+  instructions: $("#instructions"),
+};
+
+// What the tests read.
+window.__stateLog = [];
+window.__audio = { deltas: 0, secondsScheduled: 0, secondsSent: 0 };
+window.__firstAudioLatenciesMs = [];
+window.__lastStopLatencyMs = null; // cancelling response.done -> output found silent
+window.__lastStopCallMs = null; // cancelling response.done -> every source stopped
+window.__lastStop = null; // {sources: how many were stopped, wasSounding: audio was heard then}
+
+const page = {
+  wanted: false, // the user wants a connection (we retry while this holds)
+  retries: 0,
+  retryTimer: null,
+  apiKey: sessionStorage.getItem("apiKey") || "",
+  idleClosed: false,
+  micProblem: null, // why there is no microphone, if there is none
+  sessionReady: false,
+  outputRate: 24000,
+  userSpeaking: false,
+  speech: null, // the user's spoken turn in progress: {startMs, endMs} on the server's audio clock
+  awaitingAnswer: false, // a user turn ended; its answer has not started yet
+  turnEndedAt: null, // performance.now() when the user's turn ended: first-audio latency from here
+  response: null, // the answer in progress: {id, itemId, bubble, firstStart, scheduledS}
+  cancelled: new Set(), // responses whose late audio must not play
+  queuedText: null, // typed while an answer ran: sent once it is cancelled
+  instructionsSent: false,
+  shownState: null,
+};
+let audioContext = null;
+let player = null;
+let microphone = null;
+const client = new RealtimeClient({ onOpen, onEvent, onClose });
+
+// -- state ------------------------------------------------------------------------------------------
+
+function currentState() {
+  if (page.userSpeaking) return "listening";
+  if (player?.playing) return "speaking";
+  if (page.awaitingAnswer || page.response) return "thinking";
+  return "idle";
+}
+
+function refreshState() {
+  const state = currentState();
+  if (state === page.shownState) return;
+  page.shownState = state;
+  window.__stateLog.push({ state, t: performance.now() });
+  if (window.__stateLog.length > 1000) window.__stateLog.splice(0, 500); // a long talk stays light
+  ui.state.dataset.state = state;
+  ui.stateText.textContent = state;
+}
+
+function notify(message, kind = "info") {
+  ui.notice.textContent = message;
+  ui.notice.dataset.kind = kind;
+}
+
+function setConnected(connected) {
+  ui.connect.textContent = connected || page.wanted ? "Disconnect" : "Connect";
+  document.body.classList.toggle("connected", connected);
+}
+
+// -- the conversation log -----------------------------------------------------------------------------
+
+const SPEAKERS = { user: "You", assistant: "Assistant" };
+
+/** Append a turn to the log; returns its entry (its `.text` grows as the transcript streams). */
+function addEntry(role, text) {
+  ui.log.querySelector(".empty")?.remove();
+  const entry = document.createElement("li");
+  entry.className = role;
+  const speaker = document.createElement("span");
+  speaker.className = "sr-only";
+  speaker.textContent = `${SPEAKERS[role]}: `;
+  const body = document.createElement("p");
+  body.className = "text";
+  body.textContent = text;
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  entry.append(speaker, body, meta);
+  keepScrolled(() => ui.log.append(entry));
+  return entry;
+}
+
+function appendText(entry, text) {
+  keepScrolled(() => entry.querySelector(".text").append(text));
+}
+
+function addMeta(entry, text) {
+  const meta = entry.querySelector(".meta");
+  keepScrolled(() => (meta.textContent = meta.textContent ? `${meta.textContent} · ${text}` : text));
+}
+
+// Follow the conversation as it grows, unless the reader has scrolled up to read back.
+function keepScrolled(change) {
+  const log = ui.log;
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  change();
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+// -- connecting ------------------------------------------------------------------------------------------
+
+async function connect() {
+  page.wanted = true;
+  setConnected(false);
+  if (page.retries === 0) notify("Connecting…"); // while retrying, "server busy" stays up
+  const status = await serverStatus();
+  if (!page.wanted) return;
+  if (status.auth && !page.apiKey) {
+    askForKey("This server needs an API key.");
+    return;
+  }
+  try {
+    client.connect(page.apiKey);
+  } catch {
+    forgetKey();
+    askForKey("That key cannot be sent to a server (it has characters a browser refuses). Check it.");
+  }
+}
+
+function disconnect() {
+  page.wanted = false;
+  clearTimeout(page.retryTimer);
+  client.close();
+  stopMicrophone();
+  stopPlayback();
+  setConnected(false);
+  notify("Disconnected.");
+}
+
+function forgetKey() {
+  page.apiKey = "";
+  sessionStorage.removeItem("apiKey");
+}
+
+function askForKey(message) {
+  page.wanted = false;
+  setConnected(false);
+  ui.keyForm.hidden = false;
+  notify(message, "error");
+  ui.key.focus();
+}
+
+async function ensureAudio() {
+  // Created on a click, so the browser lets it play sound.
+  if (!audioContext) {
+    audioContext = new AudioContext({ latencyHint: "interactive" });
+    player = new Player(audioContext, { cushionS: 0.1, onChange: refreshState });
+  }
+  if (audioContext.state !== "running") await audioContext.resume();
+}
+
+async function startMicrophoneOnce() {
+  if (microphone) return;
+  const unavailable = microphoneUnavailableReason();
+  if (unavailable) {
+    page.micProblem = unavailable;
+    notify(unavailable, "error");
+    return;
+  }
+  try {
+    microphone = await startMicrophone(audioContext, { rate: INPUT_RATE, onChunk: sendAudio });
+    page.micProblem = null;
+  } catch (error) {
+    page.micProblem = `No microphone (${error.message}). Typed messages still work.`;
+    notify(page.micProblem, "error");
+  }
+  if (!page.wanted) stopMicrophone(); // disconnected while the browser was asking
+}
+
+function stopMicrophone() {
+  microphone?.stop();
+  microphone = null;
+}
+
+function sendAudio(pcm16) {
+  if (!page.sessionReady || !ui.mic.checked) return;
+  client.send({ type: "input_audio_buffer.append", audio: encodePcm16(pcm16) });
+  window.__audio.secondsSent += pcm16.length / INPUT_RATE;
+}
+
+function onOpen() {
+  setConnected(true);
+  notify("Connected.");
+  page.idleClosed = false;
+}
+
+function onClose({ code, opened }) {
+  page.sessionReady = false;
+  setConnected(false);
+  stopPlayback();
+  Object.assign(page, {
+    userSpeaking: false,
+    speech: null,
+    awaitingAnswer: false,
+    turnEndedAt: null,
+    response: null,
+    queuedText: null,
+  });
+  refreshState();
+  if (!page.wanted) return; // we closed it ourselves
+  if (code === 1013) return retryLater();
+  if (!opened) return explainRefusal();
+  if (code === 1008) {
+    forgetKey();
+    return askForKey(describeClose(code, { opened }));
+  }
+  page.wanted = false;
+  stopMicrophone();
+  setConnected(false);
+  notify(describeClose(code, { opened, idle: page.idleClosed }), code === 1000 ? "info" : "error");
+}
+
+// A refused handshake looks the same to a page whatever the reason (the browser hides the HTTP
+// status), so ask the server what it wants.
+async function explainRefusal() {
+  const status = await serverStatus();
+  if (!page.wanted) return;
+  if (status.auth) {
+    forgetKey();
+    askForKey("The server refused the API key. Enter a valid one.");
+  } else if (status.status === "loading") {
+    retryLater();
+  } else {
+    page.wanted = false;
+    stopMicrophone();
+    setConnected(false);
+    notify(describeClose(1006, { opened: false }), "error");
+  }
+}
+
+function retryLater() {
+  if (page.retries >= RETRY_TRIES) {
+    page.wanted = false;
+    stopMicrophone();
+    setConnected(false);
+    notify("The server stayed busy. Press Connect to try again later.", "error");
+    return;
+  }
+  const delayMs = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** page.retries);
+  page.retries += 1;
+  setConnected(false);
+  notify(`Server busy, retrying in ${(delayMs / 1000).toFixed(1)} s…`, "error");
+  page.retryTimer = setTimeout(() => page.wanted && connect(), delayMs);
+}
+
+// -- server events ------------------------------------------------------------------------------------------
+
+function onEvent(event, receivedAt) {
+  const handler = HANDLERS[event.type];
+  if (handler) handler(event, receivedAt);
+  refreshState();
+}
+
+const HANDLERS = {
+  "session.created": () => {
+    page.retries = 0;
+    const session = { type: "realtime", audio: { input: { format: { type: "audio/pcm", rate: INPUT_RATE } } } };
+    if (ui.instructions.value.trim()) session.instructions = ui.instructions.value;
+    client.send({ type: "session.update", session });
+    page.sessionReady = true; // appends sent from now on follow the format declared above
+    if (page.micProblem) notify(`Connected. ${page.micProblem}`, "error");
+    else notify("Connected. Speak, or type a message.");
+  },
+  "session.updated": ({ session }) => {
+    page.outputRate = session?.audio?.output?.format?.rate || 24000;
+    if (page.instructionsSent) notify("Instructions applied.");
+    page.instructionsSent = false;
+  },
+  "input_audio_buffer.speech_started": ({ audio_start_ms }) => {
+    page.userSpeaking = true;
+    page.speech = { startMs: audio_start_ms, endMs: null };
+  },
+  "input_audio_buffer.speech_stopped": ({ audio_end_ms }) => {
+    page.userSpeaking = false;
+    page.awaitingAnswer = true;
+    page.turnEndedAt = performance.now();
+    if (page.speech) page.speech.endMs = audio_end_ms;
+  },
+  "input_audio_buffer.committed": () => {
+    page.userSpeaking = false;
+    page.awaitingAnswer = true;
+    page.turnEndedAt ??= performance.now();
+    const { startMs, endMs } = page.speech ?? {};
+    const seconds = endMs > startMs ? ` (${((endMs - startMs) / 1000).toFixed(1)} s)` : "";
+    addEntry("user", `Spoken turn${seconds}`).classList.add("spoken");
+    page.speech = null;
+  },
+  "input_audio_buffer.cleared": () => {
+    // The model judged it noise or a backchannel: no answer comes, the running one goes on.
+    Object.assign(page, { userSpeaking: false, awaitingAnswer: false, turnEndedAt: null, speech: null });
+  },
+  "response.created": ({ response }) => {
+    page.awaitingAnswer = false;
+    page.response = { id: response.id, itemId: null, bubble: null, firstStart: null, scheduledS: 0 };
+  },
+  "response.output_audio_transcript.delta": ({ response_id, delta }) => {
+    const response = liveResponse(response_id);
+    if (!response) return;
+    appendText(response.bubble, delta);
+  },
+  "response.output_audio.delta": ({ response_id, item_id, delta }) => {
+    const response = liveResponse(response_id);
+    if (!response) return;
+    const samples = decodePcm16(delta);
+    const startAt = player.enqueue(samples, page.outputRate);
+    window.__audio.deltas += 1;
+    window.__audio.secondsScheduled += samples.length / page.outputRate;
+    response.scheduledS += samples.length / page.outputRate;
+    response.itemId = item_id;
+    if (response.firstStart === null) {
+      response.firstStart = startAt;
+      showFirstAudioLatency(response, startAt);
+    }
+  },
+  "response.done": ({ response }, receivedAt) => {
+    const current = page.response;
+    page.response = null;
+    if (response.status === "cancelled") {
+      page.cancelled.add(response.id);
+      stopForBargeIn(current, receivedAt);
+    } else if (response.status === "failed") {
+      const reason = response.status_details?.error?.message || "the answer failed";
+      notify(`The answer failed: ${reason}`, "error");
+    }
+    if (page.queuedText !== null) {
+      const text = page.queuedText;
+      page.queuedText = null;
+      sendText(text);
+    }
+  },
+  error: ({ error }) => {
+    if (error?.code === "idle_timeout") page.idleClosed = true;
+    if (error?.code === "response_cancel_not_active" && page.queuedText !== null) {
+      // The answer ended before our cancel arrived: the typed message can go now.
+      const text = page.queuedText;
+      page.queuedText = null;
+      sendText(text);
+      return;
+    }
+    notify(describeError(error), "error");
+  },
+};
+
+/** The running response if `id` is it, with its log entry made on first use. */
+function liveResponse(id) {
+  const response = page.response;
+  if (!response || response.id !== id || page.cancelled.has(id)) return null;
+  response.bubble ??= addEntry("assistant", "");
+  return response;
+}
+
+function showFirstAudioLatency(response, startAt) {
+  if (page.turnEndedAt === null) return;
+  // Until the sound starts: arrival, plus the time it waits in the jitter buffer.
+  const waitMs = Math.max(0, (startAt - audioContext.currentTime) * 1000);
+  const latencyMs = performance.now() - page.turnEndedAt + waitMs;
+  page.turnEndedAt = null;
+  window.__firstAudioLatenciesMs.push(latencyMs);
+  addMeta(response.bubble, `first audio ${Math.round(latencyMs)} ms`);
+}
+
+// -- barge-in ------------------------------------------------------------------------------------------------
+
+function stopPlayback() {
+  player?.stop();
+}
+
+/** The server ended the answer early (the user barged in, or we cancelled): silence it now, in
+ * this very event, and tell the server how much of it was heard. `speech_started` alone does not
+ * stop playback: the model may judge that speech a backchannel ("mhm") and keep talking. */
+function stopForBargeIn(response, receivedAt) {
+  const heardS = response?.firstStart == null ? 0 : audioContext.currentTime - response.firstStart;
+  window.__lastStopLatencyMs = null;
+  const wasSounding = player.sounding();
+  const stopped = player.stop();
+  window.__lastStopCallMs = performance.now() - receivedAt;
+  window.__lastStop = { sources: stopped, wasSounding };
+  player.whenSilent().then((silentAt) => {
+    window.__lastStopLatencyMs = silentAt === null ? null : silentAt - receivedAt;
+  });
+  if (!response?.bubble) return;
+  addMeta(response.bubble, "interrupted");
+  if (stopped && response.itemId) {
+    const heardMs = Math.round(1000 * Math.min(Math.max(heardS, 0), response.scheduledS));
+    client.send({
+      type: "conversation.item.truncate",
+      item_id: response.itemId,
+      content_index: 0,
+      audio_end_ms: heardMs,
+    });
+  }
+}
+
+// -- typed turns and instructions --------------------------------------------------------------------------
+
+function sendText(text) {
+  if (page.response) {
+    // One answer at a time: cancel the running one, send this when it has ended.
+    page.queuedText = text;
+    client.send({ type: "response.cancel" });
+    return;
+  }
+  addEntry("user", text);
+  client.send({
+    type: "conversation.item.create",
+    item: { type: "message", role: "user", content: [{ type: "input_text", text }] },
+  });
+  client.send({ type: "response.create" });
+  page.awaitingAnswer = true;
+  page.turnEndedAt = performance.now();
+  refreshState();
+}
+
+// -- wiring -----------------------------------------------------------------------------------------------------
+
+ui.connect.addEventListener("click", async () => {
+  if (page.wanted || client.isOpen) return disconnect();
+  ui.keyForm.hidden = true;
+  page.retries = 0;
+  await ensureAudio();
+  connect();
+  startMicrophoneOnce();
+});
+
+ui.keyForm.addEventListener("submit", async (submit) => {
+  submit.preventDefault();
+  page.apiKey = ui.key.value.trim();
+  sessionStorage.setItem("apiKey", page.apiKey);
+  ui.keyForm.hidden = true;
+  page.retries = 0;
+  await ensureAudio();
+  connect();
+  startMicrophoneOnce();
+});
+
+ui.textForm.addEventListener("submit", (submit) => {
+  submit.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  if (!page.sessionReady) return notify("Connect first, then send your message.", "error");
+  ui.text.value = "";
+  sendText(text);
+});
+
+// Muting in the middle of a sentence would leave the server waiting for its end: drop it instead.
+ui.mic.addEventListener("change", () => {
+  if (!ui.mic.checked && page.userSpeaking) client.send({ type: "input_audio_buffer.clear" });
+});
+
+ui.instructionsForm.addEventListener("submit", (submit) => {
+  submit.preventDefault();
+  if (!page.sessionReady) return notify("Instructions will be sent when you connect.");
+  page.instructionsSent = true;
+  client.send({ type: "session.update", session: { type: "realtime", instructions: ui.instructions.value } });
+});
+
+refreshState();

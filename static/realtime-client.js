@@ -1,0 +1,111 @@
+// The WebSocket side of the page: where to connect, how to pass the API key, what a close means.
+//
+// Browsers cannot set an Authorization header on a WebSocket, so the key travels the way the
+// OpenAI Realtime protocol defines for browsers: as a subprotocol `openai-insecure-api-key.<key>`
+// offered next to `realtime`.
+
+/** The Realtime URL of the server that served this page: wss: behind TLS, and relative to the
+ * page's folder so that a reverse proxy may serve us under a sub-path. */
+export function realtimeUrl(loc = window.location) {
+  const url = new URL("v1/realtime", loc.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+/** What `/readyz` says: `{ready, auth, status}`; `auth` is null when the server did not say. */
+export async function serverStatus() {
+  try {
+    const response = await fetch("readyz", { cache: "no-store" });
+    const body = await response.json();
+    return { ready: response.ok, auth: "auth" in body ? Boolean(body.auth) : null, status: body.status };
+  } catch {
+    return { ready: false, auth: null, status: "unreachable" };
+  }
+}
+
+/** One connection. Callbacks: onOpen(), onEvent(event, receivedAt), onClose({code, reason, opened});
+ * `receivedAt` is the message's arrival on the `performance.now()` clock. */
+export class RealtimeClient {
+  constructor({ onOpen, onEvent, onClose }) {
+    Object.assign(this, { onOpen, onEvent, onClose });
+    this.socket = null;
+  }
+
+  /** Dial; throws only for a key the browser refuses to put in a subprotocol. */
+  connect(apiKey) {
+    const protocols = ["realtime"];
+    if (apiKey) protocols.push(`openai-insecure-api-key.${apiKey}`);
+    const socket = new WebSocket(realtimeUrl(), protocols); // SyntaxError for odd characters
+    let opened = false;
+    socket.onopen = () => {
+      opened = true;
+      this.onOpen();
+    };
+    socket.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return; // not ours to handle: the server only sends JSON text frames
+      }
+      this.onEvent(event, message.timeStamp);
+    };
+    socket.onclose = (close) => {
+      if (this.socket === socket) this.socket = null;
+      this.onClose({ code: close.code, reason: close.reason, opened });
+    };
+    this.socket = socket;
+  }
+
+  get isOpen() {
+    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  /** Send one client event; silently dropped when not connected. */
+  send(event) {
+    if (this.isOpen) this.socket.send(JSON.stringify(event));
+  }
+
+  /** Close from our side (1000); the close callback still runs. */
+  close() {
+    if (this.socket) this.socket.close(1000, "bye");
+  }
+}
+
+// What each close code means to the person using the page. `retry`: try again by ourselves.
+const CLOSE_MESSAGES = {
+  1000: "Disconnected.",
+  1001: "The server is shutting down or restarting. Press Connect to start a new conversation.",
+  1008: "The server refused the API key. Enter a valid key to connect.",
+  1009: "A message was too large for the server, so it closed the connection. Press Connect to start again.",
+  1011: "The conversation failed on the server. Press Connect to start a new one.",
+  1013: "Server busy, retrying…",
+};
+
+/** A human sentence for a close code; `idle` when the server said it timed us out. */
+export function describeClose(code, { opened, idle }) {
+  if (code === 1000 && idle) return "Closed after a long silence (idle timeout). Press Connect to talk again.";
+  if (CLOSE_MESSAGES[code]) return CLOSE_MESSAGES[code];
+  if (!opened) return "Could not reach the server. Is it running? Press Connect to try again.";
+  return `The connection was lost (code ${code}). Press Connect to start again.`;
+}
+
+// Codes of `error` events, in words; the server's own message is shown for the rest.
+const ERROR_MESSAGES = {
+  capacity_exceeded: "Server busy: every conversation slot is taken.",
+  server_not_ready: "The server is still loading its model.",
+  idle_timeout: "Nothing was heard for a long time: the server is closing the conversation.",
+  invalid_api_key: "The API key was refused.",
+  message_too_large: "A message was too large for the server.",
+  session_failed: "The conversation failed on the server.",
+  internal_error: "The server hit an internal error.",
+  input_audio_overflow: "The server cannot keep up with the microphone; some audio was dropped.",
+  conversation_already_has_active_response: "Wait for the answer to finish before sending another.",
+};
+
+/** A human sentence for an `error` event. */
+export function describeError(error = {}) {
+  const known = ERROR_MESSAGES[error.code];
+  if (known) return known;
+  return `Server error: ${error.message || error.code || "unknown error"}`;
+}
