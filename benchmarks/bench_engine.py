@@ -4,10 +4,12 @@
     python benchmarks/bench_engine.py --random-7b --device cuda      # Qwen2-7B-shaped random weights
     python benchmarks/bench_engine.py --random-7b --shrink 16        # the same code path, CPU-sized
 
-Every simulated session streams a spoken question into the engine at real-time pace (one 160 ms
-chunk every 160 ms, `act=False`), commits the turn when its audio ends, and consumes the answer's
-events as a client would. For each number of sessions N the script checks that every session stayed
-real time and measures first-audio latency, once with batching (the engine's `max_batch`) and once
+Every simulated session is a conversation that lasts the whole measurement window (`--duration`):
+it streams a spoken question into the engine at real-time pace (one 160 ms chunk every 160 ms,
+`act=False`), commits the turn when its audio ends, plays the answer back in real time, pauses
+briefly and asks the next question, so all N sessions overlap all the time. For each number of
+sessions N the script checks that every session stayed real time and measures first-audio latency
+per turn and the audio made per second, once with batching (the engine's `max_batch`) and once
 with every forward forced to batch 1 (`max_batch=1`), interleaved in this one run. See
 benchmarks/README.md for what each figure means.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import shutil
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +37,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.engine import CHUNK_SAMPLES, AnswerStream, Engine  # noqa: E402
-from app.engine.events import AnswerDone, AudioDelta  # noqa: E402
+from app.engine.events import AnswerStatus, AudioDelta  # noqa: E402
+from app.engine.runner import StepRunner  # noqa: E402
 from app.engine.settings import EngineSettings  # noqa: E402
 from app.model.adapter import AdapterConfig  # noqa: E402
 from app.model.audio_llm import AudioLLM, AudioLLMConfig  # noqa: E402
@@ -65,11 +70,18 @@ QUESTIONS = [
     "Good morning, nice to meet you.",
     "Is it going to rain today?",
 ]
-LEGEND = """\
-(RT: every session kept real time; late: worst chunk verdict time minus the next chunk's due time;
- deficit: worst (time since first audio - audio received) at a packet; p50/p95: first-audio latency
- after the commit; all in ms. rows: LLM rows per step; in batch-1 mode they run as separate forwards)"""
 MODES = {"batched": None, "batch-1": 1}  # max_batch override per mode (None: the engine default)
+# Runner stages timed per run: (name shown, StepRunner method).
+STAGES = (("encoder", "_encode"), ("llm", "_llm"), ("decoder", "_speech"), ("codec", "_codec"))
+# Codec tokens per text token that --random-7b allows a segment (its decoder never ends one):
+# 10 x 25 ms = 0.25 s of speech per text token, an ordinary speaking rate.
+RANDOM_SPEECH_PER_TEXT_TOKEN = 10
+LEGEND = """\
+RT: every session kept real time over the window. turns: answers heard (committed questions).
+late: worst chunk verdict time minus the next chunk's due time. deficit: worst (time since an
+answer's first audio - its audio received), at a packet. p50/p95: first-audio latency after the
+end of the user's audio, over all turns. audio/s: answer audio delivered per second of the window,
+all sessions together. busy: share of the window the engine spent in steps. Times in ms."""
 
 
 # -- input audio -------------------------------------------------------------------------------
@@ -110,28 +122,44 @@ def chunks_of(samples: np.ndarray) -> list[np.ndarray]:
     return [padded[i : i + CHUNK_SAMPLES] for i in range(0, len(padded), CHUNK_SAMPLES)]
 
 
-# -- one simulated client ------------------------------------------------------------------------
+# -- one simulated conversation --------------------------------------------------------------------
 @dataclass
-class SessionResult:
-    """What one simulated client saw. Times in seconds; lateness and deficit < 0 mean margin."""
+class TurnResult:
+    """One question and its answer, as the client saw them. Times in seconds."""
 
-    worst_lateness: float = math.inf  # decision time - when the next chunk was due, worst chunk
-    worst_deficit: float | None = None  # elapsed since first audio - audio produced, at each packet
-    worst_stall: float | None = None  # how long playback had run dry when a packet came (info only)
-    first_audio_latency: float | None = None  # commit -> first AudioDelta
-    audio_seconds: float = 0.0
-    status: str = "not finished"
+    question_s: float
+    status: str = "asked"  # completed, capped, cut (window closed), failed, cancelled, no answer
+    first_audio_latency: float | None = None  # end of the user's audio -> first AudioDelta
+    audio_seconds: float = 0.0  # answer audio received before the window closed
+    worst_deficit: float | None = None  # elapsed since first audio - audio received, at each packet
+    worst_stall: float | None = None  # how long the player had run dry when a packet came (info only)
     error: str = ""
 
-    def real_time(self, slack: float, audio_slack: float) -> bool:
-        return (
-            not self.error
-            and self.status in ("completed", "capped")
-            and self.first_audio_latency is not None
-            and self.worst_lateness <= slack
-            and self.worst_deficit is not None
-            and self.worst_deficit <= audio_slack
-        )
+
+@dataclass
+class SessionResult:
+    """What one simulated client saw over the window. Lateness and deficit < 0 mean margin."""
+
+    worst_lateness: float = -math.inf  # decision time - when the next chunk was due, worst chunk
+    chunks: int = 0
+    turns: list[TurnResult] = field(default_factory=list)
+    error: str = ""
+
+    def problems(self, slack: float, audio_slack: float) -> list[str]:
+        """Why this session did not keep real time (empty when it did)."""
+        found = [self.error] if self.error else []
+        if self.worst_lateness > slack:
+            found.append("chunk verdict late")
+        for turn in self.turns:
+            if turn.status not in ("completed", "capped", "cut"):
+                found.append(f"answer {turn.status}{': ' + turn.error if turn.error else ''}")
+            elif turn.first_audio_latency is None:
+                found.append("answer without audio")
+            elif turn.worst_deficit is not None and turn.worst_deficit > audio_slack:
+                found.append("audio made slower than it plays")
+        if not self.turns and not self.error:
+            found.append("no question committed in the window")
+        return sorted(set(found))
 
 
 async def _sleep_until(moment: float) -> None:
@@ -145,155 +173,289 @@ async def _timed_decision(engine: Engine, session_id: str, chunk: np.ndarray, du
     return time.perf_counter() - due
 
 
-async def simulate_session(
-    engine: Engine, wav: np.ndarray, start_at: float, answer_cap_s: float, result: SessionResult
+async def converse(
+    engine: Engine,
+    questions: list[np.ndarray],
+    first_question: int,
+    start_at: float,
+    end_at: float,
+    args: argparse.Namespace,
+    result: SessionResult,
 ) -> None:
-    """Stream `wav` in real time, commit, then play the answer back; fills `result` as it goes."""
+    """Ask, listen to the answer, pause, ask again, until the window closes; fills `result`.
+
+    At the window's end a question being spoken is dropped and an answer being played is
+    cancelled; an answer still waiting for its first audio is waited for, so that every committed
+    turn has a first-audio latency.
+    """
     session_id = await engine.open_session()
     try:
-        await _sleep_until(start_at)
-        await engine.begin_listen(session_id)
-        decisions: list[asyncio.Task[float]] = []
-        for index, chunk in enumerate(chunks_of(wav)):
-            sent_at = start_at + (index + 1) * CHUNK_S  # the chunk's audio is complete now
-            await _sleep_until(sent_at)
-            due = sent_at + CHUNK_S  # its verdict must be back before the next chunk is
-            decisions.append(asyncio.create_task(_timed_decision(engine, session_id, chunk, due)))
-        committed_at = start_at + len(decisions) * CHUNK_S
-        stream = await engine.commit_listen(session_id)
-        result.worst_lateness = max(await asyncio.gather(*decisions))
-        if stream is None:
-            result.status, result.error = "no answer", "the turn was dropped"
-            return
-        await _play(engine, session_id, stream, committed_at, answer_cap_s, result)
+        start = start_at
+        for index in itertools.count(first_question):
+            if start + CHUNK_S > end_at:
+                break
+            wav = questions[index % len(questions)]
+            turn = TurnResult(question_s=len(wav) / INPUT_RATE)
+            asked = await _ask(engine, session_id, wav, start, end_at, result)
+            if asked is None:
+                break  # the window closed while the question was being spoken
+            stream, committed_at = asked
+            result.turns.append(turn)
+            if stream is None:
+                turn.status = "no answer"
+                break
+            play_end = await _hear(engine, session_id, stream, committed_at, end_at, args, turn)
+            if turn.status not in ("completed", "capped"):
+                break
+            start = max(play_end, time.perf_counter()) + args.pause
     finally:
         await engine.close_session(session_id)
 
 
-async def _play(
+async def _ask(
+    engine: Engine, session_id: str, wav: np.ndarray, start: float, end_at: float, result: SessionResult
+) -> tuple[AnswerStream | None, float] | None:
+    """Speak `wav` from `start` at real-time pace and commit; None if the window closed first."""
+    await _sleep_until(start)
+    await engine.begin_listen(session_id)
+    chunks = chunks_of(wav)
+    decisions: list[asyncio.Task[float]] = []
+    for index, chunk in enumerate(chunks):
+        sent_at = start + (index + 1) * CHUNK_S  # the chunk's audio is complete now
+        if sent_at > end_at:
+            break
+        await _sleep_until(sent_at)
+        due = sent_at + CHUNK_S  # its verdict must be back before the next chunk is
+        decisions.append(asyncio.create_task(_timed_decision(engine, session_id, chunk, due)))
+    spoken = len(decisions) == len(chunks)
+    stream = await engine.commit_listen(session_id) if spoken else None
+    lateness = await asyncio.gather(*decisions)
+    result.chunks += len(lateness)
+    result.worst_lateness = max([result.worst_lateness, *lateness])
+    if not spoken:
+        await engine.drop_listen(session_id)
+        return None
+    return stream, start + len(chunks) * CHUNK_S
+
+
+async def _hear(
     engine: Engine,
     session_id: str,
     stream: AnswerStream,
     committed_at: float,
-    answer_cap_s: float,
-    result: SessionResult,
-) -> None:
-    """Consume the answer as a player would: playback starts at the first packet."""
+    end_at: float,
+    args: argparse.Namespace,
+    turn: TurnResult,
+) -> float:
+    """Consume the answer as a player would; returns when its playback ends.
+
+    Playback starts at the first packet; a packet that comes after the queued audio ran out
+    plays from its arrival (a stall). The client cancels the answer after `--answer-seconds` of
+    audio, as a listener who has heard enough would, or when the window closes.
+    """
     first_at: float | None = None
-    capped = False
-    async for event in stream:
-        if not isinstance(event, AudioDelta):
+    play_end = committed_at
+    stopped = False
+    while stream.done is None:
+        wait = None if first_at is None or stopped else max(0.0, end_at - time.perf_counter())
+        try:
+            event = await asyncio.wait_for(stream.next_event(), wait)
+        except TimeoutError:
+            stopped, turn.status = True, "cut"
+            await engine.cancel_answer(session_id, "measurement window closed")
+            continue
+        if stopped or not isinstance(event, AudioDelta):
             continue
         now = time.perf_counter()
+        if now > end_at and first_at is not None:
+            stopped, turn.status = True, "cut"  # judged up to the window's end only
+            await engine.cancel_answer(session_id, "measurement window closed")
+            continue
         if first_at is None:
-            first_at = now
-            result.first_audio_latency = now - committed_at
-        elapsed = now - first_at
-        if result.audio_seconds > 0:  # the audio queued so far ran out at first_at + audio_seconds
-            result.worst_stall = _worst(result.worst_stall, elapsed - result.audio_seconds)
-        result.audio_seconds += len(event.samples) / OUTPUT_RATE
-        result.worst_deficit = _worst(result.worst_deficit, elapsed - result.audio_seconds)
-        if not capped and result.audio_seconds >= answer_cap_s:
-            capped = True  # the listener has heard enough: stop it, as a client would
+            first_at = play_end = now
+            turn.first_audio_latency = now - committed_at
+        elif now > play_end:
+            turn.worst_stall = _worst(turn.worst_stall, now - play_end)
+        turn.audio_seconds += len(event.samples) / OUTPUT_RATE
+        play_end = max(play_end, now) + len(event.samples) / OUTPUT_RATE
+        turn.worst_deficit = _worst(turn.worst_deficit, now - first_at - turn.audio_seconds)
+        if now > end_at:  # the first audio came after the window: count its latency, stop
+            stopped, turn.status = True, "cut"
+            await engine.cancel_answer(session_id, "measurement window closed")
+        elif turn.audio_seconds >= args.answer_seconds:
+            stopped, turn.status = True, "capped"
             await engine.cancel_answer(session_id, "benchmark cap")
-    done: AnswerDone = stream.done
-    result.status = "capped" if capped and done.status == "cancelled" else str(done.status)
-    if done.status == "failed":
-        result.error = done.reason
+    done = stream.done
+    if not stopped:
+        turn.status = str(done.status)
+        if done.status == AnswerStatus.FAILED:
+            turn.error = done.reason
+    elif done.status == AnswerStatus.FAILED:
+        turn.status, turn.error = "failed", done.reason
+    return play_end
 
 
 def _worst(current: float | None, value: float) -> float:
     return value if current is None else max(current, value)
 
 
-# -- one run: N sessions on a fresh engine -------------------------------------------------------
+# -- one run: N conversations on a fresh engine ------------------------------------------------------
 @dataclass
 class RunResult:
-    """N sessions in one mode, and the engine's own counters for the run."""
+    """N conversations in one mode over the window, and the engine's own counters for the run."""
 
     mode: str
     sessions: int
     real_time: bool
-    timed_out: bool
+    window_s: float
     wall_s: float
-    worst_lateness_ms: float
+    turns: int
+    chunks: int
+    worst_lateness_ms: float | None
     worst_deficit_ms: float | None
     worst_stall_ms: float | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
-    llm_rows_per_step: float
+    audio_s: float  # answer audio delivered within the window, all sessions
+    audio_per_s: float  # audio_s / window_s
+    busy: float  # engine step time / wall time of the run
     mean_step_ms: float
+    longest_step_ms: float
+    rows_per_step: dict[str, float]  # rows a step gathers per stage (batch-1 runs them one by one)
+    stage_share: dict[str, float]  # share of step time per stage
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass
+class StepClock:
+    """Time spent per runner stage, and the longest whole step, over one run."""
+
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    longest_step: float = 0.0
+
+
+def _clock_steps(runner: StepRunner, device: torch.device) -> StepClock:
+    """Wrap the runner's step and stage methods to time them (synchronising on a GPU)."""
+    clock = StepClock()
+    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    def timed(method: Callable, record: Callable[[float], None]) -> Callable:
+        def run(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                sync()
+                record(time.perf_counter() - began)
+
+        return run
+
+    def add_to(stage: str) -> Callable[[float], None]:
+        def record(seconds: float) -> None:
+            clock.stage_seconds[stage] += seconds
+
+        return record
+
+    def longest(seconds: float) -> None:
+        clock.longest_step = max(clock.longest_step, seconds)
+
+    for stage, attribute in STAGES:
+        if (method := getattr(runner, attribute, None)) is not None:
+            clock.stage_seconds[stage] = 0.0
+            setattr(runner, attribute, timed(method, add_to(stage)))
+    runner.execute = timed(runner.execute, longest)
+    return clock
+
+
 async def run_sessions(
-    model: FreezeOmni, settings: EngineSettings, wavs: list[np.ndarray], mode: str, args: argparse.Namespace
+    model: FreezeOmni,
+    settings: EngineSettings,
+    questions: list[np.ndarray],
+    mode: str,
+    args: argparse.Namespace,
 ) -> RunResult:
-    """Run `settings.max_sessions` simulated clients at once and judge whether all kept real time."""
+    """Run `settings.max_sessions` conversations for `--duration` s and judge whether all kept real time."""
     count = settings.max_sessions
     engine = Engine(model, settings, name=f"{mode}-{count}")
+    clock = _clock_steps(engine.runner, model.device)
     await engine.start()
     results = [SessionResult() for _ in range(count)]
-    started = time.perf_counter()
-    base = started + 0.2
-    # Starts spread over `stagger` seconds: not all in one step, yet overlapping almost fully.
+    begin = time.perf_counter() + 0.2
+    end_at = begin + args.stagger + args.duration
+    # First questions start spread over `stagger` seconds, so chunks fall in different steps;
+    # different question and answer lengths keep the turns out of step afterwards.
     tasks = [
         asyncio.create_task(
-            simulate_session(
-                engine, wavs[i % len(wavs)], base + i * args.stagger / count, args.answer_seconds, results[i]
-            )
+            converse(engine, questions, 5 * i, begin + i * args.stagger / count, end_at, args, results[i])
         )
         for i in range(count)
     ]
-    done, pending = await asyncio.wait(tasks, timeout=args.seconds_per_n)
+    done, pending = await asyncio.wait(tasks, timeout=end_at + args.grace - time.perf_counter())
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - begin
     stats = engine.stats
     await engine.stop()
     for task, result in zip(tasks, results, strict=True):
         if task in done and task.exception() is not None:
             result.error = f"{type(task.exception()).__name__}: {task.exception()}"
         elif task in pending:
-            result.error = f"not finished within {args.seconds_per_n:.0f} s"
+            result.error = f"still waiting for an answer {args.grace:.0f} s after the window"
     slack, audio_slack = args.slack_ms / 1000, args.audio_slack_ms / 1000
-    latencies = [r.first_audio_latency for r in results if r.first_audio_latency is not None]
-    deficits = [r.worst_deficit for r in results if r.worst_deficit is not None]
-    stalls = [r.worst_stall for r in results if r.worst_stall is not None]
-    forwards = stats.forwards_with_rows.get("llm", 0)
+    turns = [t for r in results for t in r.turns]
+    latencies = [t.first_audio_latency for t in turns if t.first_audio_latency is not None]
+    deficits = [t.worst_deficit for t in turns if t.worst_deficit is not None]
+    stalls = [t.worst_stall for t in turns if t.worst_stall is not None]
+    lateness = [r.worst_lateness for r in results if r.chunks]
+    window = args.stagger + args.duration
+    audio = sum(t.audio_seconds for t in turns)
+    step_total = sum(clock.stage_seconds.values())
+    problems = [p for r in results for p in r.problems(slack, audio_slack)]
     return RunResult(
         mode=mode,
         sessions=count,
-        real_time=all(r.real_time(slack, audio_slack) for r in results),
-        timed_out=bool(pending),
+        real_time=not problems,
+        window_s=window,
         wall_s=wall,
-        worst_lateness_ms=1000 * max(r.worst_lateness for r in results),
+        turns=len(turns),
+        chunks=sum(r.chunks for r in results),
+        worst_lateness_ms=1000 * max(lateness) if lateness else None,
         worst_deficit_ms=1000 * max(deficits) if deficits else None,
         worst_stall_ms=1000 * max(stalls) if stalls else None,
         latency_p50_ms=1000 * float(np.percentile(latencies, 50)) if latencies else None,
         latency_p95_ms=1000 * float(np.percentile(latencies, 95)) if latencies else None,
-        llm_rows_per_step=stats.rows.get("llm", 0) / forwards if forwards else 0.0,
+        audio_s=audio,
+        audio_per_s=audio / window,
+        busy=stats.step_seconds / wall,
         mean_step_ms=1000 * stats.step_seconds / stats.steps if stats.steps else 0.0,
-        failures=sorted({r.error or r.status for r in results if not r.real_time(slack, audio_slack)}),
+        rows_per_step={
+            stage: stats.rows.get(stage, 0) / stats.forwards_with_rows[stage]
+            for stage, _ in STAGES
+            if stats.forwards_with_rows.get(stage)
+        },
+        stage_share={stage: s / step_total for stage, s in clock.stage_seconds.items() if step_total},
+        longest_step_ms=1000 * clock.longest_step,
+        failures=sorted(set(problems)),
     )
 
 
 def sweep(
-    model: FreezeOmni, base: EngineSettings, wavs: list[np.ndarray], args: argparse.Namespace
+    model: FreezeOmni, base: EngineSettings, questions: list[np.ndarray], args: argparse.Namespace
 ) -> list[RunResult]:
     """For each N, run every mode still going; a mode stops after `--stop-after` failing N in a row.
 
-    Both modes run each N back to back, so machine load drifts alike for both.
+    Both modes run each N back to back (their order alternating), so machine load drifts alike.
     """
     failures_in_a_row = dict.fromkeys(MODES, 0)
     runs: list[RunResult] = []
-    for count in [n for n in args.sessions if n <= args.max_sessions]:
-        for mode, max_batch in MODES.items():
+    for position, count in enumerate(n for n in args.sessions if n <= args.max_sessions):
+        modes = list(MODES.items())
+        for mode, max_batch in modes if position % 2 == 0 else modes[::-1]:
             if failures_in_a_row[mode] >= args.stop_after:
                 continue
             settings = replace(base, max_sessions=count, max_batch=max_batch or base.max_batch)
-            run = asyncio.run(run_sessions(model, settings, wavs, mode, args))
+            run = asyncio.run(run_sessions(model, settings, questions, mode, args))
             runs.append(run)
             print(_progress_line(run), flush=True)
             failures_in_a_row[mode] = 0 if run.real_time else failures_in_a_row[mode] + 1
@@ -302,14 +464,14 @@ def sweep(
     return runs
 
 
-def warm_up(model: FreezeOmni, base: EngineSettings, wavs: list[np.ndarray]) -> None:
-    """Two unmeasured turns, one per mode, so first-call costs do not land on N=1."""
-    args = argparse.Namespace(
-        stagger=0.1, answer_seconds=1.0, seconds_per_n=120.0, slack_ms=1e9, audio_slack_ms=1e9
-    )
+def warm_up(
+    model: FreezeOmni, base: EngineSettings, questions: list[np.ndarray], args: argparse.Namespace
+) -> None:
+    """A short unmeasured run per mode, so first-call costs do not land on N=1."""
+    quick = argparse.Namespace(**{**vars(args), "duration": 4.0, "stagger": 0.1})
     for max_batch in (base.max_batch, 1):
         settings = replace(base, max_sessions=2, max_batch=max_batch)
-        asyncio.run(run_sessions(model, settings, wavs, "warm-up", args))
+        asyncio.run(run_sessions(model, settings, questions, "warm-up", quick))
 
 
 # -- random Qwen2-7B-shaped weights --------------------------------------------------------------
@@ -442,8 +604,8 @@ def _printable(tokenizer: object, token_id: int, im_end: int) -> bool:
 
 
 def random_settings(base: EngineSettings) -> EngineSettings:
-    """Segment cuts for random weights: about 10 codec tokens per text token, ordinary speech."""
-    return replace(base, max_segment_tokens=20, max_speech_tokens=200)
+    """Segment cuts for random weights, whose speech decoder never ends a segment itself."""
+    return replace(base, max_speech_tokens=RANDOM_SPEECH_PER_TEXT_TOKEN * base.max_segment_tokens)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -454,37 +616,40 @@ def _ms(value: float | None) -> str:
 def _progress_line(run: RunResult) -> str:
     verdict = "REAL TIME" if run.real_time else "not real time"
     why = "" if run.real_time else f" ({'; '.join(run.failures)[:120]})"
+    rows = " ".join(f"{stage} {value:.1f}" for stage, value in run.rows_per_step.items())
+    shares = " ".join(f"{stage} {100 * value:.0f}%" for stage, value in run.stage_share.items())
     return (
-        f"  [{run.mode:>7}] N={run.sessions:<3} {verdict}{why}: worst chunk lateness "
-        f"{_ms(run.worst_lateness_ms)} ms, worst audio deficit {_ms(run.worst_deficit_ms)} ms (stall "
-        f"{_ms(run.worst_stall_ms)} ms), first audio "
-        f"p50 {_ms(run.latency_p50_ms)} / p95 {_ms(run.latency_p95_ms)} ms, LLM rows/step "
-        f"{run.llm_rows_per_step:.1f}, step {run.mean_step_ms:.1f} ms, {run.wall_s:.1f} s"
+        f"  [{run.mode:>7}] N={run.sessions:<3} {verdict}{why}: {run.turns} turns, {run.chunks} chunks; "
+        f"worst chunk lateness {_ms(run.worst_lateness_ms)} ms, worst audio deficit "
+        f"{_ms(run.worst_deficit_ms)} ms (stall {_ms(run.worst_stall_ms)} ms); first audio p50 "
+        f"{_ms(run.latency_p50_ms)} / p95 {_ms(run.latency_p95_ms)} ms; audio {run.audio_s:.1f} s in "
+        f"{run.window_s:.0f} s = {run.audio_per_s:.2f} s/s; engine busy {100 * run.busy:.0f}%, step "
+        f"{run.mean_step_ms:.1f} ms (longest {run.longest_step_ms:.0f} ms); rows/step {rows}; step time {shares}"
+    )
+
+
+CELL = f"{'RT':>3} {'turns':>5} {'late':>6} {'deficit':>7} {'p50':>6} {'p95':>6} {'audio/s':>7} {'busy':>5}"
+
+
+def _cell(run: RunResult | None) -> str:
+    if run is None:
+        return f"{'(stopped)':^{len(CELL)}}"
+    return (
+        f"{'yes' if run.real_time else 'NO':>3} {run.turns:>5} {_ms(run.worst_lateness_ms):>6} "
+        f"{_ms(run.worst_deficit_ms):>7} {_ms(run.latency_p50_ms):>6} {_ms(run.latency_p95_ms):>6} "
+        f"{run.audio_per_s:>7.2f} {100 * run.busy:>4.0f}%"
     )
 
 
 def summarize(runs: list[RunResult]) -> dict:
-    """The side-by-side table, the capacity ratio and the latency ratio."""
+    """The side-by-side table, the capacity ratio, the latency ratio and the audio-rate ratio."""
     by_key = {(r.mode, r.sessions): r for r in runs}
     counts = sorted({r.sessions for r in runs})
-    header = f"{'N':>4} | " + " | ".join(f"{m:^40}" for m in MODES)
-    sub = f"{'':>4} | " + " | ".join(
-        f"{'RT':>3} {'late':>6} {'deficit':>7} {'p50':>6} {'p95':>6} {'rows':>5}" for _ in MODES
-    )
+    header = f"{'N':>4} | " + " | ".join(f"{m:^{len(CELL)}}" for m in MODES)
+    sub = f"{'':>4} | " + " | ".join(CELL for _ in MODES)
     print(f"\n{header}\n{sub}\n" + "-" * len(sub))
     for count in counts:
-        cells = []
-        for mode in MODES:
-            run = by_key.get((mode, count))
-            if run is None:
-                cells.append(f"{'(stopped)':^40}")
-                continue
-            verdict = "yes" if run.real_time else "NO"
-            cells.append(
-                f"{verdict:>3} {_ms(run.worst_lateness_ms):>6} {_ms(run.worst_deficit_ms):>7} "
-                f"{_ms(run.latency_p50_ms):>6} {_ms(run.latency_p95_ms):>6} {run.llm_rows_per_step:>5.1f}"
-            )
-        print(f"{count:>4} | " + " | ".join(cells))
+        print(f"{count:>4} | " + " | ".join(_cell(by_key.get((mode, count))) for mode in MODES))
     print(LEGEND)
     best = {m: max((r.sessions for r in runs if r.mode == m and r.real_time), default=0) for m in MODES}
     # "+": the largest N tried still kept real time, so the capacity may be higher.
@@ -499,16 +664,27 @@ def summarize(runs: list[RunResult]) -> dict:
         print(f"  ->  ratio {at_least}{summary['capacity_ratio']:.1f}x (the aim is >= 8x)")
     else:
         print("  ->  ratio undefined (batch-1 kept no N in real time)")
+    if all(best.values()):
+        rates = {m: by_key[(m, best[m])].audio_per_s for m in MODES}
+        summary["audio_per_s_at_capacity"] = rates
+        summary["audio_rate_ratio"] = rates["batched"] / rates["batch-1"]
+        print(
+            f"audio made per second at that capacity: batched {rates['batched']:.2f} s/s (N={best['batched']}),"
+            f" batch-1 {rates['batch-1']:.2f} s/s (N={best['batch-1']})  ->  "
+            f"{summary['audio_rate_ratio']:.1f}x"
+        )
     common = [n for n in counts if all(by_key.get((m, n)) and by_key[(m, n)].real_time for m in MODES)]
     if common:
         n = max(common)
         b1, bt = by_key[("batch-1", n)], by_key[("batched", n)]
         summary["latency_compared_at"] = n
         summary["latency_p50_ratio"] = b1.latency_p50_ms / bt.latency_p50_ms
+        summary["latency_p95_ratio"] = b1.latency_p95_ms / bt.latency_p95_ms
         print(
-            f"first-audio latency p50 at N={n} (largest N both keep in real time): batch-1 "
-            f"{b1.latency_p50_ms:.0f} ms / batched {bt.latency_p50_ms:.0f} ms "
-            f"= {summary['latency_p50_ratio']:.2f}x"
+            f"first-audio latency at N={n} (largest N both keep in real time): p50 batch-1 "
+            f"{b1.latency_p50_ms:.0f} / batched {bt.latency_p50_ms:.0f} ms = "
+            f"{summary['latency_p50_ratio']:.2f}x, p95 {b1.latency_p95_ms:.0f} / "
+            f"{bt.latency_p95_ms:.0f} ms = {summary['latency_p95_ratio']:.2f}x"
         )
     return summary
 
@@ -526,19 +702,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--random-7b", action="store_true", help="Qwen2-7B-shaped random weights, no checkpoint"
     )
     parser.add_argument("--shrink", type=int, default=1, help="with --random-7b: divide every width by this")
-    parser.add_argument("--max-answer-tokens", type=int, default=48, help="text tokens per answer")
     parser.add_argument(
-        "--answer-seconds", type=float, default=4.0, help="a client stops an answer after this much audio"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default on CPU: one fewer than the cores, left to the clients)",
     )
-    parser.add_argument(
-        "--sessions", default="1,2,4,8,12,16,24,32,48,64,96,128", help="session counts to try"
-    )
+    parser.add_argument("--sessions", default="1,4,8,12,16,24,32,48,64,96,128", help="session counts to try")
     parser.add_argument("--max-sessions", type=int, default=128, help="never try more sessions than this")
     parser.add_argument(
-        "--seconds-per-n", type=float, default=30.0, help="a run still going after this fails"
+        "--duration", type=float, default=20.0, help="seconds every conversation runs per N and mode"
     )
     parser.add_argument(
-        "--stagger", type=float, default=0.5, help="session starts are spread over this many s"
+        "--pause", type=float, default=0.3, help="s between an answer's end and the next question"
+    )
+    parser.add_argument(
+        "--stagger", type=float, default=1.0, help="first questions start spread over this many s"
+    )
+    parser.add_argument(
+        "--segment-tokens",
+        type=int,
+        default=6,
+        help="engine max_segment_tokens (text tokens per spoken segment)",
+    )
+    parser.add_argument("--max-answer-tokens", type=int, default=24, help="text tokens per answer")
+    parser.add_argument(
+        "--answer-seconds", type=float, default=6.0, help="a client stops an answer after this much audio"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="a run still waiting this long after the window fails"
     )
     parser.add_argument(
         "--stop-after", type=int, default=2, help="stop a mode after this many failing N in a row"
@@ -550,20 +742,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sessions = sorted({int(n) for n in args.sessions.split(",") if n.strip()})
     if (args.model_path is None) != (args.llm_path is None):
         parser.error("give both --model-path and --llm-path, or neither")
+    if args.segment_tokens < 1 or args.max_answer_tokens < 1 or args.duration <= 0:
+        parser.error("--segment-tokens, --max-answer-tokens and --duration must be positive")
     return args
+
+
+def engine_settings(args: argparse.Namespace, questions: list[np.ndarray]) -> EngineSettings:
+    """The engine's settings for the sweep, with cache room for every turn of a window."""
+    base = EngineSettings(
+        max_answer_tokens=args.max_answer_tokens, max_segment_tokens=args.segment_tokens, seed=0
+    )
+    # A turn holds its opening (~30 positions), two per chunk, and the answer; a window holds at
+    # most one turn per (shortest question + pause). Past the room the engine would re-read the
+    # conversation, a cost a session only pays after many turns, not every few seconds.
+    shortest = min(len(q) for q in questions) / INPUT_RATE
+    longest_chunks = max(math.ceil(len(q) / CHUNK_SAMPLES) for q in questions)
+    turns = math.ceil((args.duration + args.stagger) / (shortest + args.pause)) + 1
+    per_turn = 64 + 2 * longest_chunks + args.max_answer_tokens
+    return replace(base, llm_max_len=base.turn_reserve + 256 + turns * per_turn)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    wavs, source = spoken_questions(16)
-    base = EngineSettings(max_answer_tokens=args.max_answer_tokens, seed=0)
-    # Room for the system prompt and one turn; attention only reads the used part of a slot.
-    base = replace(base, llm_max_len=base.turn_reserve + 256)
+    if args.threads > 0 or device.type == "cpu":
+        # The simulated clients and the engine's event loop need a core of their own.
+        torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
+    questions, source = spoken_questions(16)
+    base = engine_settings(args, questions)
     loading = time.perf_counter()
     if args.random_7b:
-        model = build_random_model(device, dtype, args.shrink, np.concatenate(wavs))
+        model = build_random_model(device, dtype, args.shrink, np.concatenate(questions))
         base = random_settings(base)
         what = f"random Qwen2-7B-shaped weights, widths / {args.shrink}"
     else:
@@ -573,22 +783,31 @@ def main(argv: list[str] | None = None) -> None:
         model = load_freeze_omni(args.model_path, args.llm_path, device=device, dtype=dtype)
         what = f"{args.model_path} + {args.llm_path}"
     if device.type == "cpu":
-        what += f", {torch.get_num_threads()} torch threads"
+        what += f", {torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}"
     params = sum(
         p.numel() for m in (model.llm, model.audio, model.decoder, model.codec) for p in m.parameters()
     )
     ready = time.perf_counter() - loading
     print(f"model: {what} ({params / 1e6:.1f} M parameters, {device}, {dtype}), ready in {ready:.1f} s")
-    print(
-        f"input: {len(wavs)} questions from {source}, {min(map(len, wavs)) / INPUT_RATE:.1f}-"
-        f"{max(map(len, wavs)) / INPUT_RATE:.1f} s; answers up to {args.max_answer_tokens} tokens and "
-        f"{args.answer_seconds:.0f} s of audio; batched max_batch={base.max_batch}; slack "
-        f"{args.slack_ms:.0f} ms (chunks) / {args.audio_slack_ms:.0f} ms (audio); "
-        f"cap {args.seconds_per_n:.0f} s per run"
+    speech = (
+        f"{base.max_speech_tokens} codec tokens"
+        if args.random_7b
+        else "the decoder's own end (max " + str(base.max_speech_tokens) + " codec tokens)"
     )
-    warm_up(model, base, wavs)
+    print(
+        f"conversations: {len(questions)} questions from {source}, "
+        f"{min(map(len, questions)) / INPUT_RATE:.1f}-{max(map(len, questions)) / INPUT_RATE:.1f} s, "
+        f"asked for {args.duration:.0f} s (+{args.stagger:.0f} s of staggered starts), "
+        f"{args.pause:.1f} s pause after each answer\n"
+        f"answers: up to {args.max_answer_tokens} text tokens in segments of up to "
+        f"{base.max_segment_tokens}, each spoken until {speech}; clients stop an answer after "
+        f"{args.answer_seconds:.0f} s of audio\n"
+        f"engine: batched max_batch={base.max_batch}, LLM room {base.llm_max_len} tokens per session; "
+        f"slack {args.slack_ms:.0f} ms (chunks) / {args.audio_slack_ms:.0f} ms (audio)"
+    )
+    warm_up(model, base, questions, args)
     started = time.perf_counter()
-    runs = sweep(model, base, wavs, args)
+    runs = sweep(model, base, questions, args)
     summary = summarize(runs)
     print(f"sweep took {time.perf_counter() - started:.0f} s")
     if args.json:
