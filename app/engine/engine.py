@@ -220,16 +220,16 @@ class Engine:
                 result = command()
             except SessionClosedError as error:
                 if missing_ok:
-                    future.set_result(None)
+                    _resolve(future, None)
                 else:
-                    future.set_exception(error)
+                    _reject(future, error)
             except Exception as error:  # noqa: BLE001 - handed to the caller
-                future.set_exception(error)
+                _reject(future, error)
             else:
                 if isinstance(result, asyncio.Future):
                     result.add_done_callback(lambda f: _copy_future(f, future))
                 else:
-                    future.set_result(result)
+                    _resolve(future, result)
 
         self._commands.append(run)
         self._wake.set()
@@ -335,10 +335,7 @@ class Engine:
         listen, session.listen = session.listen, None
         if listen is not None:
             for chunk in listen.pending:
-                if not chunk.future.done():
-                    chunk.future.set_result(
-                        ChunkDecision(ListenState.LISTEN, (0.0, 0.0, 0.0), -1, skipped=True)
-                    )
+                _resolve(chunk.future, ChunkDecision(ListenState.LISTEN, (0.0, 0.0, 0.0), -1, skipped=True))
         return listen
 
     def _drop(self, session: SessionState) -> None:
@@ -378,16 +375,14 @@ class Engine:
         session.history.append(HistoryEntry(listen.turn, listen.embeds))
         stream = self._start_answer(session, self._answer_start, listen.turn)
         for waiter in listen.commit_waiters:
-            if not waiter.done():
-                waiter.set_result(stream)
+            _resolve(waiter, stream)
         return stream
 
     def _drop_never_fed(self, session: SessionState, listen: ListenTurn) -> None:
         if listen.forked:
             self.llm_cache.truncate(session.spare_slot, 0)
         for waiter in listen.commit_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter, None)
 
     def _start_answer(self, session: SessionState, start_embeds: torch.Tensor, turn: int) -> AnswerStream:
         queue: asyncio.Queue[AnswerEvent] = asyncio.Queue()
@@ -460,8 +455,7 @@ class Engine:
         self._finish_answer(session, status, reason)
         listen = self._end_listen(session)
         for waiter in listen.commit_waiters if listen else []:
-            if not waiter.done():
-                waiter.set_exception(SessionClosedError(f"session {session_id}: {reason}"))
+            _reject(waiter, SessionClosedError(f"session {session_id}: {reason}"))
         self.llm_cache.free(session.main_slot)
         self.llm_cache.free(session.spare_slot)
         session.closed = True
@@ -480,7 +474,10 @@ class Engine:
         while True:
             self._wake.clear()
             while self._commands:
-                self._commands.popleft()()
+                try:
+                    self._commands.popleft()()
+                except Exception:  # noqa: BLE001 - a broken command must not stop every session
+                    log.exception("%s: command failed", self.name)
             if self._stopping:
                 return
             plan = self.scheduler.plan(self.sessions.values(), time.perf_counter())
@@ -496,7 +493,10 @@ class Engine:
                 log.exception("%s: step failed", self.name)
                 involved = {s.session_id: s for s in plan.listen + plan.answer + plan.speech + plan.codec}
                 outcome = StepOutcome(failures=[(s, "internal error") for s in involved.values()])
-            self._apply(outcome)
+            try:
+                self._apply(outcome)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: delivering a step's outcome failed", self.name)
 
     def _apply(self, outcome: StepOutcome) -> None:
         self.stats.steps += 1
@@ -516,7 +516,8 @@ class Engine:
         for session, chunk, decision in outcome.decisions:
             if session.session_id in failed:
                 continue
-            chunk.future.set_result(self._act(session, chunk, decision))
+            # The verdict is acted on even if its caller has stopped waiting (a client that left).
+            _resolve(chunk.future, self._act(session, chunk, decision))
         for session in list(self.sessions.values()):
             if session.answer is not None and session.answer.speech_done:
                 self._finish_answer(session, AnswerStatus.COMPLETED)
@@ -536,6 +537,17 @@ class Engine:
             self._drop(session)
             return replace(decision, turn_ended=True)
         return decision
+
+
+def _resolve(future: asyncio.Future, result: Any) -> None:
+    """Set a result unless the waiter has gone (cancelled) or it was already set."""
+    if not future.done():
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _copy_future(source: asyncio.Future, target: asyncio.Future) -> None:

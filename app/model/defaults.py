@@ -1,4 +1,4 @@
-"""Where the embedded default model lives, and making it on first use."""
+"""Where the embedded default model lives: the trained one shipped in the repo, else a tiny random one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from app.model.tiny import TinyPaths, make_tiny
 
 log = logging.getLogger(__name__)
 
+TRAINED_MODEL_ROOT = Path(__file__).resolve().parents[2] / "models" / "trained"
+"""The model trained on synthetic speech by training/ and committed (checkpoints/ + Qwen2-tiny/)."""
+
 
 def default_model_root() -> Path:
     """$FREEZE_OMNI_HOME, else ~/.cache/freeze-omni-serve/tiny (XDG_CACHE_HOME respected)."""
@@ -20,7 +23,10 @@ def default_model_root() -> Path:
 
 
 def ensure_default_model(root: Path | None = None) -> TinyPaths:
-    """The tiny default model, written first if it is not there yet (a few seconds, no download)."""
+    """The committed trained model when it is there (and no `root` is asked for); otherwise the tiny
+    random model under `root` or `default_model_root()`, written first if missing (seconds, no download)."""
+    if root is None and TinyPaths(TRAINED_MODEL_ROOT).exists():
+        return TinyPaths(TRAINED_MODEL_ROOT)
     paths = TinyPaths(root or default_model_root())
     if not paths.exists():
         log.info("no model at %s yet: making the tiny default model (random weights, seed 0)", paths.root)

@@ -25,7 +25,7 @@ import numpy as np
 from app.config import Settings
 from app.engine.engine import AnswerStream
 from app.engine.errors import EngineError, SessionClosedError
-from app.engine.events import ChunkDecision
+from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
 from app.model.duplex import ListenState
@@ -93,6 +93,7 @@ class RealtimeSession:
         self._buffered_chunks = 0
         self._pending_text: list[str] = []
         self._last_item_id: str | None = None
+        self._known_items: set[str] = set()
         # response
         self._streamer: ResponseStreamer | None = None
         self._streamer_task: asyncio.Task | None = None
@@ -224,7 +225,7 @@ class RealtimeSession:
             return
         if self.vad is None:  # push to talk: everything appended is the user's turn
             if not self._listening and not self._awaiting_response:
-                self._open_turn(audio_start_ms=0)
+                self._open_turn(audio_start_ms=0, announce=False)
             if self._listening:
                 self._buffer_audio(samples, act=False)
             return
@@ -260,16 +261,18 @@ class RealtimeSession:
         self._flush_partial_chunk(act=False)
         self._feed.put_nowait(_FeedItem("commit", self._turn))
 
-    def _open_turn(self, audio_start_ms: int) -> None:
+    def _open_turn(self, audio_start_ms: int, announce: bool = True) -> None:
+        """Start a user turn; only a VAD-detected one is announced with speech_started."""
         self._turn += 1
         self._listening = True
-        self._speech_stopped_sent = False
+        self._speech_stopped_sent = not announce  # nothing to stop when nothing was started
         self._user_item_id = ev.new_item_id()
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffered_chunks = 0
-        self.outbound.put(
-            ev.InputAudioBufferSpeechStarted(audio_start_ms=audio_start_ms, item_id=self._user_item_id)
-        )
+        if announce:
+            self.outbound.put(
+                ev.InputAudioBufferSpeechStarted(audio_start_ms=audio_start_ms, item_id=self._user_item_id)
+            )
 
     def _send_speech_stopped(self, audio_end_ms: int | None = None) -> None:
         if self._speech_stopped_sent or self._user_item_id is None:
@@ -366,6 +369,7 @@ class RealtimeSession:
         self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
         self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
         self._last_item_id = self._user_item_id
+        self._known_items.add(self._user_item_id)
 
     def _end_turn(self) -> None:
         self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
@@ -440,16 +444,29 @@ class RealtimeSession:
         self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
         self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
         self._last_item_id = item.id
+        self._known_items.add(item.id)
+
+    def _known_item(self, item_id: str, event: ev.ClientEventBase) -> bool:
+        if item_id in self._known_items:
+            return True
+        self._client_error(
+            "item_not_found", f"no conversation item with id {item_id!r}", event.event_id, "item_id"
+        )
+        return False
 
     async def _item_truncate(self, event: ev.ConversationItemTruncate) -> None:
-        self.outbound.put(
-            ev.ConversationItemTruncated(
-                item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
+        # Acknowledged; the model's history keeps what it generated (see the README's limits).
+        if self._known_item(event.item_id, event):
+            self.outbound.put(
+                ev.ConversationItemTruncated(
+                    item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
+                )
             )
-        )
 
     async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
-        self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
+        if self._known_item(event.item_id, event):
+            self._known_items.discard(event.item_id)
+            self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
 
     # -- responses ----------------------------------------------------------------------------------------
     async def _response_create(self, event: ev.ResponseCreate) -> None:
@@ -485,40 +502,51 @@ class RealtimeSession:
                 "response_cancel_not_active", "there is no response in progress", event.event_id
             )
             return
-        self._streamer.cancel_reason = "client_cancelled"
-        await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
+        streamer = self._streamer
+        streamer.cancel_reason = "client_cancelled"
+        if streamer.engine_done:
+            streamer.cancel_queued("client_cancelled")
+        else:
+            await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
 
     async def _start_response(self, stream: AnswerStream) -> None:
-        previous = self._streamer_task
-        if previous is not None and not previous.done():
-            # A barge-in: the engine has already ended the old answer; its events come first.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(previous), timeout=5)
+        previous, previous_task = self._streamer, self._streamer_task
+        if previous is not None:
+            if previous.engine_done:
+                # Generated already, but its audio is still going out: the new turn cuts it off.
+                previous.cancel_queued("turn_detected")
+            elif previous_task is not None and not previous_task.done():
+                # A barge-in: the engine has ended the old answer; its last events come first.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(previous_task), timeout=5)
         streamer = ResponseStreamer(
             stream=stream,
             outbound=self.outbound,
             converter=OutputAudioConverter(self.config.output_format.wire),
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
+            on_finished=self._response_finished,
         )
         self._streamer = streamer
-        self._streamer_task = asyncio.create_task(
-            self._run_streamer(streamer), name=f"response-{stream.answer_id}"
-        )
+        self._known_items.add(streamer.item_id)
+        self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
 
-    async def _run_streamer(self, streamer: ResponseStreamer) -> None:
-        done = await streamer.run()
-        status = done.status.value if done is not None else "failed"
-        self.metrics.count_response(status)
+    def _response_finished(
+        self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
+    ) -> None:
+        """The response is over on the wire (its final events are queued)."""
+        self.metrics.count_response(status.value)
         if done is not None and "first_audio_latency_s" in done.stats:
             self.metrics.first_audio_s.append(done.stats["first_audio_latency_s"])
-            answer_s = done.stats.get("answer_seconds", 0.0)
             if done.stats.get("audio_seconds"):
-                self.metrics.real_time_factor.append(answer_s / done.stats["audio_seconds"])
+                self.metrics.real_time_factor.append(
+                    done.stats["answer_seconds"] / done.stats["audio_seconds"]
+                )
         if self._streamer is streamer:
             self._streamer = None
-        if status == "failed":
-            await self._fail(done.reason if done is not None else "the answer failed")
+        if status == AnswerStatus.FAILED:
+            reason = done.reason if done is not None else "the answer failed"
+            self._tasks.append(asyncio.create_task(self._fail(reason), name="fail"))
 
     async def _fail(self, message: str) -> None:
         self.outbound.put(

@@ -1,0 +1,695 @@
+"""Server capacity and overhead: N real-time WebSocket conversations against `/v1/realtime`.
+
+    python benchmarks/bench_server.py                                  # starts a server (tiny model, CPU)
+    python benchmarks/bench_server.py --sessions 1,2,4,8,16 --turns 3
+    python benchmarks/bench_server.py --url ws://host:8000/v1/realtime --api-key K   # a running server
+
+Every session is a client with a microphone: it streams 24 kHz pcm16 appends of 100 ms at real-time
+pace, all the time (silence between questions, as a live microphone does), speaks a question, lets
+server VAD end the turn, plays the answer as it comes and cancels it after `--answer-seconds`, then
+pauses and asks again. The server's overhead is the client's first-audio latency minus the one the
+server's own engine reports on /metrics, for the very same answers. For each N the same conversations
+also run straight on an `Engine` in this process (no server, no sockets; the question, silence until
+`--vad-silence-ms` after its last sound, then the commit), as benchmarks/bench_engine.py does, side by
+side in one run. See benchmarks/README.md ("bench_server.py") for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.config import Settings  # noqa: E402
+from app.engine.engine import CHUNK_SAMPLES, Engine  # noqa: E402
+from app.engine.events import AudioDelta  # noqa: E402
+from app.model.wav import read_wav, resample  # noqa: E402
+
+WIRE_RATE = 24000
+MODEL_RATE = 16000
+APPEND_S = 0.1
+CHUNK_S = CHUNK_SAMPLES / MODEL_RATE
+QUESTIONS = [
+    "What is two plus two?",
+    "Hello, how are you today?",
+    "What colour is the sky?",
+    "What day comes after Monday?",
+    "What can you do for me?",
+    "Tell me about the weather.",
+    "Good morning, nice to meet you.",
+    "Is it going to rain today?",
+]
+HEAD_BIAS_ROW = {"listen": 0, "answer": 1, "ignore": 2}
+QUIET = 0.01  # below this a sample counts as silence (espeak-ng's pauses are near-digital silence)
+
+
+# -- questions ---------------------------------------------------------------------------------------
+def spoken_questions() -> list[np.ndarray]:
+    """The questions spoken by espeak-ng, float32 at 24 kHz (two voices, so lengths differ)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise SystemExit("espeak-ng is needed for spoken questions: apt-get install -y espeak-ng")
+    questions = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, text in enumerate(QUESTIONS):
+            path = Path(folder) / f"q{index}.wav"
+            speed, pitch = (150, 40) if index % 2 == 0 else (180, 70)
+            subprocess.run(
+                [espeak, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+                check=True,
+                capture_output=True,
+            )
+            samples, rate = read_wav(path)
+            questions.append(resample(samples, rate, WIRE_RATE))
+    return questions
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+# -- results -------------------------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """One question and its answer, as the client saw them (seconds on the client's clock)."""
+
+    question_s: float
+    status: str = "asked"  # completed, capped, no answer, failed, cancelled, ...
+    speech_end_at: float | None = None  # the question's last audio left the microphone
+    turn_end_at: float | None = None  # server: speech_stopped arrived; engine: the commit
+    first_audio_at: float | None = None
+    audio_s: float = 0.0
+    worst_stall_s: float | None = None  # how long the player had sat silent when audio came, at worst
+    vad_lag_s: float | None = None  # speech_stopped arrival - when the audio it ends at was sent
+
+    def heard(self, at: float, seconds: float, playout_s: float) -> None:
+        """Audio arrived: a player that starts `playout_s` after the first audio has played out what came
+        before it, and sat silent for whatever time is left over (negative: audio still queued)."""
+        if self.first_audio_at is None:
+            self.first_audio_at = at
+        stall = at - (self.first_audio_at + playout_s) - self.audio_s
+        self.worst_stall_s = stall if self.worst_stall_s is None else max(self.worst_stall_s, stall)
+        self.audio_s += seconds
+
+
+@dataclass
+class Run:
+    """N sessions on one path."""
+
+    path: str  # "server" or "engine"
+    sessions: int
+    turns: list[Turn] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    client_cpu: float | None = None  # CPU seconds of this process per wall second (engine path: all of it)
+    server_cpu: float | None = None  # the same for the server's process, when it is ours
+    engine_in_server_s: float | None = None  # the server's engine: answer start -> first audio, mean
+    step_s: float | None = None  # mean time of one engine step
+
+    def latencies(self, since: str) -> list[float]:
+        return [
+            t.first_audio_at - getattr(t, since)
+            for t in self.turns
+            if t.first_audio_at is not None and getattr(t, since) is not None
+        ]
+
+    def problems(self, audio_slack: float) -> list[str]:
+        found = list(self.errors)
+        for turn in self.turns:
+            if turn.status not in ("completed", "capped"):
+                found.append(f"answer {turn.status}")
+            elif turn.worst_stall_s is not None and turn.worst_stall_s > audio_slack:
+                found.append("the player ran dry")
+        return sorted(set(found))
+
+
+# -- the server path -------------------------------------------------------------------------------------
+class Microphone:
+    """Sends 100 ms appends on a fixed real-time schedule: queued speech first, else silence."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.pending = bytearray()
+        self.queued = 0  # bytes of speech ever queued
+        self.sent = 0  # bytes of speech ever sent
+        self.send_times: list[float] = []  # when each append left
+        self.waiters: list[tuple[int, asyncio.Future[float]]] = []
+        self.started_at = 0.0
+        self.appends = 0
+
+    def say(self, audio: bytes) -> asyncio.Future[float]:
+        """Queue speech; the future gets the time its last byte was sent."""
+        self.pending += audio
+        self.queued += len(audio)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters.append((self.queued, future))
+        return future
+
+    async def run(self) -> None:
+        step = int(2 * WIRE_RATE * APPEND_S)
+        self.started_at = time.perf_counter()
+        while True:
+            speech = bytes(self.pending[:step])
+            del self.pending[:step]
+            piece = speech + bytes(step - len(speech))
+            await self.ws.send(
+                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()})
+            )
+            now = time.perf_counter()
+            self.sent += len(speech)
+            for end, future in [w for w in self.waiters if w[0] <= self.sent]:
+                future.set_result(now)
+                self.waiters.remove((end, future))
+            self.send_times.append(now)
+            self.appends += 1
+            await _sleep_until(self.started_at + self.appends * APPEND_S)
+
+    def sent_time_of_ms(self, clock_ms: float) -> float:
+        """When the append holding `clock_ms` of the session's input clock left (every append is audio)."""
+        index = max(0, math.ceil(clock_ms / 1000 / APPEND_S) - 1)
+        return self.send_times[min(index, len(self.send_times) - 1)]
+
+
+async def _sleep_until(moment: float) -> None:
+    delay = moment - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _read(ws: Any, queue: asyncio.Queue[tuple[float, dict]]) -> None:
+    async for raw in ws:
+        queue.put_nowait((time.perf_counter(), json.loads(raw)))
+
+
+async def server_session(
+    url: str,
+    headers: dict[str, str],
+    questions: list[bytes],
+    first: int,
+    start_at: float,
+    args: argparse.Namespace,
+    run: Run,
+) -> None:
+    """One client: microphone, questions, answers; appends its turns to `run`."""
+    import websockets
+
+    async with websockets.connect(url, additional_headers=headers, proxy=None, max_size=None) as ws:
+        events: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
+        reader = asyncio.create_task(_read(ws, events))
+        mic = Microphone(ws)
+        microphone = asyncio.create_task(mic.run())
+        try:
+            await _sleep_until(start_at)
+            for index in range(args.turns):
+                audio = questions[(first + index) % len(questions)]
+                turn = Turn(question_s=len(audio) / (2 * WIRE_RATE))
+                run.turns.append(turn)
+                spoken = mic.say(audio)
+                await _hear(ws, events, mic, spoken, turn, args)
+                if turn.status not in ("completed", "capped"):
+                    break
+                await asyncio.sleep(args.pause)
+        finally:
+            microphone.cancel()
+            reader.cancel()
+            await asyncio.gather(microphone, reader, return_exceptions=True)
+
+
+async def _hear(
+    ws: Any,
+    events: asyncio.Queue[tuple[float, dict]],
+    mic: Microphone,
+    spoken: asyncio.Future[float],
+    turn: Turn,
+    args: argparse.Namespace,
+) -> None:
+    """Follow one turn's events until its response is done (cancelling it at `--answer-seconds`)."""
+    deadline = time.perf_counter() + turn.question_s + args.turn_timeout
+    response_id: str | None = None
+    capped = False
+    while True:
+        try:
+            at, event = await asyncio.wait_for(events.get(), max(0.01, deadline - time.perf_counter()))
+        except TimeoutError:
+            turn.status = "no answer" if turn.first_audio_at is None else "unfinished"
+            return
+        if spoken.done() and turn.speech_end_at is None:
+            turn.speech_end_at = spoken.result()
+        kind = event["type"]
+        if kind == "input_audio_buffer.speech_stopped" and turn.turn_end_at is None:
+            turn.turn_end_at = at
+            turn.vad_lag_s = at - mic.sent_time_of_ms(event["audio_end_ms"])
+        elif kind == "response.created" and response_id is None:
+            response_id = event["response"]["id"]
+        elif kind == "response.output_audio.delta" and event["response_id"] == response_id:
+            turn.heard(at, len(base64.b64decode(event["delta"])) / (2 * WIRE_RATE), args.playout_ms / 1000)
+            if not capped and turn.audio_s >= args.answer_seconds:
+                capped = True
+                await ws.send(json.dumps({"type": "response.cancel"}))
+        elif kind == "error":
+            # A cancel that crosses the answer's natural end finds nothing to cancel: not a failure.
+            if not (capped and event["error"]["code"] == "response_cancel_not_active"):
+                turn.status = f"error {event['error']['code']}"
+                return
+        elif kind == "response.done" and event["response"]["id"] == response_id:
+            status = event["response"]["status"]
+            turn.status = "capped" if capped and status in ("cancelled", "completed") else status
+            if turn.speech_end_at is None and spoken.done():
+                turn.speech_end_at = spoken.result()
+            return
+
+
+async def run_server_sessions(
+    url: str, headers: dict[str, str], questions: list[bytes], count: int, args: argparse.Namespace
+) -> Run:
+    run = Run("server", count)
+    begin = time.perf_counter() + 0.3
+    tasks = [
+        asyncio.create_task(
+            server_session(url, headers, questions, 3 * i, begin + i * args.stagger / count, args, run)
+        )
+        for i in range(count)
+    ]
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            run.errors.append(f"{type(result).__name__}: {result}"[:160])
+    run.wall_s = time.perf_counter() - begin
+    return run
+
+
+# -- the engine path (no server) --------------------------------------------------------------------------
+async def engine_session(
+    engine: Engine,
+    questions: list[np.ndarray],
+    first: int,
+    start_at: float,
+    args: argparse.Namespace,
+    run: Run,
+) -> None:
+    """The same conversation straight on the engine: the question's chunks at real-time pace, silence until
+    `--vad-silence-ms` after its last sound, then the commit: about where server VAD ends the turn."""
+    session_id = await engine.open_session()
+    try:
+        start = start_at
+        for index in range(args.turns):
+            wav = questions[(first + index) % len(questions)]
+            turn = Turn(question_s=len(wav) / MODEL_RATE)
+            run.turns.append(turn)
+            # The VAD counts the question's own trailing quiet towards its wait for silence.
+            voiced = np.flatnonzero(np.abs(wav) > QUIET)
+            quiet_tail = len(wav) - (voiced[-1] + 1 if voiced.size else 0)
+            silence = max(0, int(MODEL_RATE * args.vad_silence_ms / 1000) - quiet_tail)
+            audio = np.concatenate([wav, np.zeros(silence, dtype=np.float32)])
+            padded = np.concatenate([audio, np.zeros((-len(audio)) % CHUNK_SAMPLES, dtype=np.float32)])
+            chunks = padded.reshape(-1, CHUNK_SAMPLES)
+            feeds = []
+            for number, chunk in enumerate(chunks):
+                await _sleep_until(start + (number + 1) * CHUNK_S)
+                feeds.append(asyncio.create_task(engine.feed_chunk(session_id, chunk, act=False)))
+            turn.speech_end_at = start + len(wav) / MODEL_RATE
+            turn.turn_end_at = start + len(chunks) * CHUNK_S
+            stream = await engine.commit_listen(session_id)
+            await asyncio.gather(*feeds)
+            capped = False
+            while stream is not None and stream.done is None:
+                event = await stream.next_event()
+                if isinstance(event, AudioDelta) and not capped:
+                    turn.heard(time.perf_counter(), len(event.samples) / WIRE_RATE, args.playout_ms / 1000)
+                    if turn.audio_s >= args.answer_seconds:
+                        capped = True
+                        await engine.cancel_answer(session_id, "benchmark cap")
+            turn.status = "no answer" if stream is None else ("capped" if capped else str(stream.done.status))
+            start = time.perf_counter() + args.pause
+    finally:
+        await engine.close_session(session_id)
+
+
+async def run_engine_sessions(
+    engine_factory: Any, questions: list[np.ndarray], count: int, args: argparse.Namespace
+) -> Run:
+    run = Run("engine", count)
+    engine = engine_factory()
+    await engine.start()
+    begin = time.perf_counter() + 0.3
+    tasks = [
+        asyncio.create_task(
+            engine_session(engine, questions, 3 * i, begin + i * args.stagger / count, args, run)
+        )
+        for i in range(count)
+    ]
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            run.errors.append(f"{type(result).__name__}: {result}"[:160])
+    run.wall_s = time.perf_counter() - begin
+    run.step_s = engine.stats.step_seconds / max(engine.stats.steps, 1)
+    await engine.stop()
+    return run
+
+
+# -- a server of our own, in a child process ------------------------------------------------------------------
+def serve_child(settings_json: str, head: str) -> None:
+    """Child process: run the server; once the model is in, hold the state head (tiny model) and say so."""
+    from app.serving import GracefulServer, uvicorn_config
+
+    config = uvicorn_config(Settings(**json.loads(settings_json)))
+    server = GracefulServer(config)
+
+    def announce_when_ready() -> None:
+        while (state := getattr(config.app.state, "server", None)) is None or not state.ready:
+            if state is not None and state.load_error:
+                print(f"failed: {state.load_error}", flush=True)
+                return
+            time.sleep(0.05)
+        if head != "model":
+            for engine in state.pool.engines:
+                bias = engine.model.audio.predictor_head.bias
+                with torch.no_grad():
+                    bias.zero_()
+                    bias[HEAD_BIAS_ROW[head]] = 50.0
+        print("ready", flush=True)
+
+    threading.Thread(target=announce_when_ready, daemon=True).start()
+    server.run()
+
+
+def start_server(settings: dict[str, Any], head: str) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve-child", json.dumps(settings, default=str), "--head", head],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = child.stdout.readline().strip() if child.stdout else ""
+    if line != "ready":
+        child.kill()
+        raise SystemExit(f"the server did not start: {line or 'no output'}")
+    return child
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process, from /proc (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape_metrics(metrics_url: str) -> dict[str, float]:
+    """The server's /metrics samples by name (labels included); empty when it cannot be read."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in pairs}
+
+
+def per_event(before: dict[str, float], after: dict[str, float], total: str, count: str) -> float | None:
+    """The mean of a summed quantity over the events counted between two scrapes."""
+    if total not in before or total not in after or after[count] <= before[count]:
+        return None
+    return (after[total] - before[total]) / (after[count] - before[count])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Target:
+    """The server under test: where to reach it, and its process when it is ours."""
+
+    url: str
+    headers: dict[str, str]
+    metrics_url: str
+    pid: int | None = None
+
+
+def measure_server(target: Target, questions: list[bytes], count: int, args: argparse.Namespace) -> Run:
+    """N client sessions against the server, with CPU use and the server's own engine latency."""
+    client_before, server_before = time.process_time(), process_cpu_seconds(target.pid)
+    metrics_before = scrape_metrics(target.metrics_url)
+    run = asyncio.run(run_server_sessions(target.url, target.headers, questions, count, args))
+    wall = max(run.wall_s, 1e-9)
+    run.client_cpu = (time.process_time() - client_before) / wall
+    server_after = process_cpu_seconds(target.pid)
+    if server_before is not None and server_after is not None:
+        run.server_cpu = (server_after - server_before) / wall
+    metrics_after = scrape_metrics(target.metrics_url)
+    run.engine_in_server_s = per_event(
+        metrics_before,
+        metrics_after,
+        "freeze_omni_first_audio_seconds_sum",
+        "freeze_omni_first_audio_seconds_count",
+    )
+    run.step_s = per_event(
+        metrics_before, metrics_after, "freeze_omni_engine_busy_seconds", "freeze_omni_engine_steps"
+    )
+    return run
+
+
+def measure_engine(
+    engine_factory: Any, questions: list[np.ndarray], count: int, args: argparse.Namespace
+) -> Run:
+    """N sessions straight on a fresh engine in this process (clients and engine share its CPU)."""
+    before = time.process_time()
+    run = asyncio.run(run_engine_sessions(engine_factory, questions, count, args))
+    run.client_cpu = (time.process_time() - before) / max(run.wall_s, 1e-9)
+    return run
+
+
+# -- output ---------------------------------------------------------------------------------------------------
+def _ms(values: list[float], q: float | None = None) -> str:
+    if not values:
+        return "-"
+    return f"{1000 * (float(np.mean(values)) if q is None else float(np.percentile(values, q))):.0f}"
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summary(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """One sweep point's figures (milliseconds as text, "-" where there is none)."""
+    after_turn = run.latencies("turn_end_at")
+    after_speech = run.latencies("speech_end_at")
+    stalls = [t.worst_stall_s for t in run.turns if t.worst_stall_s is not None]
+    lags = [t.vad_lag_s for t in run.turns if t.vad_lag_s is not None]
+    problems = run.problems(args.audio_slack_ms / 1000)
+    return {
+        "path": run.path,
+        "sessions": run.sessions,
+        "real_time": not problems,
+        "problems": problems,
+        "turns": len(run.turns),
+        "turn_end_to_audio_p50_ms": _ms(after_turn, 50),
+        "turn_end_to_audio_p95_ms": _ms(after_turn, 95),
+        "turn_end_to_audio_mean_ms": _ms(after_turn),
+        "speech_end_to_audio_p50_ms": _ms(after_speech, 50),
+        "speech_end_to_audio_p95_ms": _ms(after_speech, 95),
+        "engine_in_server_mean_ms": "-"
+        if run.engine_in_server_s is None
+        else f"{1000 * run.engine_in_server_s:.0f}",
+        "worst_stall_ms": _ms(stalls and [max(stalls)]),
+        "worst_vad_lag_ms": _ms(lags and [max(lags)]),
+        "step_ms": "-" if run.step_s is None else f"{1000 * run.step_s:.1f}",
+        "client_cpu": _cores(run.client_cpu),
+        "server_cpu": _cores(run.server_cpu),
+        "wall_s": round(run.wall_s, 1),
+    }
+
+
+HEADER = (
+    "  N  path    real turns   turn end -> audio    speech end->audio    stall  vad lag   step   CPU (cores)\n"
+    "                           p50   p95  mean        p50   p95          (ms)     (ms)   (ms)  here server"
+)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    verdict = "yes" if row["real_time"] else "NO"
+    why = "" if row["real_time"] else "  (" + "; ".join(row["problems"])[:100] + ")"
+    print(
+        f"{row['sessions']:>3}  {row['path']:<6}  {verdict:<4} {row['turns']:>5}  "
+        f"{row['turn_end_to_audio_p50_ms']:>5} {row['turn_end_to_audio_p95_ms']:>5} "
+        f"{row['turn_end_to_audio_mean_ms']:>5}      "
+        f"{row['speech_end_to_audio_p50_ms']:>5} {row['speech_end_to_audio_p95_ms']:>5}  "
+        f"{row['worst_stall_ms']:>7}  {row['worst_vad_lag_ms']:>7}  {row['step_ms']:>5}  "
+        f"{row['client_cpu']:>5} {row['server_cpu']:>5}{why}",
+        flush=True,
+    )
+
+
+def print_overhead(rows: list[dict[str, Any]]) -> None:
+    """Per N: the server's overhead on the very same answers, and the engine alone for comparison."""
+    lines = []
+    engine_alone = {r["sessions"]: r for r in rows if r["path"] == "engine"}
+    for row in rows:
+        if row["path"] != "server" or "-" in (
+            row["turn_end_to_audio_mean_ms"],
+            row["engine_in_server_mean_ms"],
+        ):
+            continue
+        seen, inside = float(row["turn_end_to_audio_mean_ms"]), float(row["engine_in_server_mean_ms"])
+        line = f"  N={row['sessions']}: client {seen:.0f} ms, server's engine {inside:.0f} ms: overhead {seen - inside:+.0f} ms"
+        alone = engine_alone.get(row["sessions"])
+        if alone is not None and alone["turn_end_to_audio_mean_ms"] != "-":
+            line += f"   (engine alone, other answers: {alone['turn_end_to_audio_mean_ms']} ms)"
+        lines.append(line)
+    if lines:
+        print("turn end -> first audio, mean; the client's view against the server's engine, same answers:")
+        print("\n".join(lines))
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="ws URL of a running server's /v1/realtime; default: start one here")
+    parser.add_argument("--api-key", help="sent as Authorization: Bearer")
+    parser.add_argument("--model-path", type=Path)
+    parser.add_argument("--llm-path", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--sessions", default="1,2,4,8", help="session counts to sweep (default 1,2,4,8)")
+    parser.add_argument("--turns", type=int, default=2, help="questions per session (default 2)")
+    parser.add_argument(
+        "--pause", type=float, default=0.5, help="seconds between an answer and the next question"
+    )
+    parser.add_argument(
+        "--stagger", type=float, default=0.5, help="session starts spread over this many seconds"
+    )
+    parser.add_argument(
+        "--answer-seconds", type=float, default=4.0, help="cancel an answer after this much audio"
+    )
+    parser.add_argument("--max-answer-tokens", type=int, default=48)
+    parser.add_argument("--turn-timeout", type=float, default=20.0, help="a turn unanswered this long fails")
+    parser.add_argument("--audio-slack-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--playout-ms",
+        type=float,
+        default=0.0,
+        help="the player starts this long after the first audio (default 0: at once)",
+    )
+    parser.add_argument(
+        "--vad-silence-ms",
+        type=int,
+        default=Settings.model_fields["vad_silence_ms"].default,
+        help="engine path: the commit comes this long after a question's last sound (the server's VAD default)",
+    )
+    parser.add_argument(
+        "--head",
+        choices=["listen", "model"],
+        default="listen",
+        help="own server only: hold the state head on 'listen' (every turn ends by VAD, as the engine "
+        "path's commit) or leave it to the model",
+    )
+    parser.add_argument("--no-engine", action="store_true", help="skip the engine-only comparison")
+    parser.add_argument("--json", action="store_true", help="also print all figures as one JSON object")
+    parser.add_argument("--serve-child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def server_settings(args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
+    """The settings of the server we start (and of the engine-only runs)."""
+    values: dict[str, Any] = {
+        "max_sessions": max(counts),
+        "max_answer_tokens": args.max_answer_tokens,
+        "devices": [args.device],
+        "dtype": args.dtype,
+        "seed": 0,
+        "log_level": "warning",
+        "idle_timeout_s": 600.0,
+    }
+    if args.model_path and args.llm_path:
+        return values | {"model_path": str(args.model_path), "llm_path": str(args.llm_path)}
+    from app.model.defaults import ensure_default_model
+
+    paths = ensure_default_model()
+    return values | {"model_path": str(paths.model_path), "llm_path": str(paths.llm_path)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.serve_child:
+        serve_child(args.serve_child, args.head)
+        return
+    counts = [int(n) for n in args.sessions.split(",")]
+    questions_24k = spoken_questions()
+    questions_pcm = [pcm16(q) for q in questions_24k]
+    questions_16k = [resample(q, WIRE_RATE, MODEL_RATE) for q in questions_24k]
+    values = server_settings(args, counts)
+    child = None
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.url is None:
+        values["port"] = free_port()
+        child = start_server(values, args.head)
+        url = f"ws://127.0.0.1:{values['port']}/v1/realtime"
+    else:
+        url = args.url
+    http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    target = Target(url, headers, http.split("/v1/realtime")[0] + "/metrics", child.pid if child else None)
+    engine_factory = None
+    if not args.no_engine:
+        from app.model.checkpoint import load_freeze_omni
+
+        settings = Settings(**values)
+        model = load_freeze_omni(settings.model_path, settings.llm_path, device=args.device, dtype=args.dtype)
+        engine_factory = lambda: Engine(model, settings.engine_settings(), name="bench")  # noqa: E731
+    lengths = [len(q) / (2 * WIRE_RATE) for q in questions_pcm]
+    print(
+        f"server {url} ({'started here, head ' + args.head if child else 'given'}); {len(QUESTIONS)} questions of "
+        f"{min(lengths):.1f}-{max(lengths):.1f} s, {args.turns} turns per session, answers cut at "
+        f"{args.answer_seconds:g} s, max_answer_tokens {args.max_answer_tokens}, playout delay "
+        f"{args.playout_ms:g} ms",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        warm = argparse.Namespace(**{**vars(args), "turns": 1})  # first-call costs stay out of N=1
+        asyncio.run(run_server_sessions(url, headers, questions_pcm, 1, warm))
+        if engine_factory:
+            asyncio.run(run_engine_sessions(engine_factory, questions_16k, 1, warm))
+        print(HEADER)
+        for position, count in enumerate(counts):
+            paths = ["server", "engine"] if engine_factory else ["server"]
+            for path in paths if position % 2 == 0 else paths[::-1]:  # drift in load hits both alike
+                if path == "server":
+                    run = measure_server(target, questions_pcm, count, args)
+                else:
+                    run = measure_engine(engine_factory, questions_16k, count, args)
+                rows.append(summary(run, args))
+                print_row(rows[-1])
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=30)
+    print_overhead(rows)
+    if args.json:
+        print(json.dumps({"settings": {**values, **vars(args)}, "runs": rows}, default=str))
+
+
+if __name__ == "__main__":
+    main()

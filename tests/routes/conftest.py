@@ -1,0 +1,310 @@
+"""Route fixtures: live servers on the tiny model, the spoken question as wire audio, and a small Realtime
+client (websockets) that streams audio at real-time pace and records every event with its arrival time.
+
+Servers are shared where their settings allow it (starting one costs a couple of seconds): `realtime_server`
+serves the WebSocket, SDK, REST and health tests; tests that change a model's state head, or need odd limits,
+start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from app.model.wav import read_wav, resample
+from tests.conftest import LiveServer
+
+WIRE_RATE = 24000  # the protocol's pcm16 rate, in and out
+APPEND_MS = 100  # audio per input_audio_buffer.append, as browsers and the SDK examples send it
+API_KEY = "secret"
+STATE_INDEX = {"listen": 0, "answer": 1, "ignore": 2}  # rows of the state head's bias
+SHORT_ANSWER_TOKENS = 12  # about three seconds of speech from the tiny model
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_UPLOAD_SECONDS = 3.0
+
+
+# -- audio -----------------------------------------------------------------------------------------------
+def pcm16(samples: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] as little-endian 16-bit PCM."""
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def from_pcm16(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM as float32."""
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def silence(seconds: float, rate: int = WIRE_RATE, bytes_per_sample: int = 2, fill: int = 0) -> bytes:
+    """`seconds` of digital silence in a wire format (`fill` is the byte of a silent sample: 0xFF for u-law)."""
+    return bytes([fill]) * (int(seconds * rate) * bytes_per_sample)
+
+
+@pytest.fixture(scope="session")
+def question_24k(spoken_wav: Path) -> np.ndarray:
+    """The spoken question (about 1.5 s) as float32 at the protocol's 24 kHz."""
+    samples, rate = read_wav(spoken_wav)
+    return resample(samples, rate, WIRE_RATE)
+
+
+@pytest.fixture(scope="session")
+def question_pcm(question_24k: np.ndarray) -> bytes:
+    """The spoken question as the bytes of 24 kHz pcm16 appends."""
+    return pcm16(question_24k)
+
+
+# -- the state head --------------------------------------------------------------------------------------
+def force_state(server: LiveServer, state: str) -> None:
+    """Make the state head of `server`'s model always say `state` ("listen", "answer" or "ignore").
+
+    Only the head's bias changes; the model itself still runs on every chunk.
+    """
+    for engine in server.state.pool.engines:
+        bias = engine.model.audio.predictor_head.bias
+        with torch.no_grad():
+            bias.zero_()
+            bias[STATE_INDEX[state]] = 50.0
+
+
+@contextmanager
+def forced_state(server: LiveServer, state: str) -> Iterator[None]:
+    """`force_state` for the duration of a block, then the bias as it was."""
+    biases = [e.model.audio.predictor_head.bias for e in server.state.pool.engines]
+    saved = [b.detach().clone() for b in biases]
+    force_state(server, state)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bias, old in zip(biases, saved, strict=True):
+                bias.copy_(old)
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def realtime_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    """The shared server: short answers, greedy text (so sessions can be compared), the head kept listening.
+
+    With the head forced to "listen", every spoken turn ends by the VAD's silence fallback, so the event
+    sequence of a turn is the same on every run.
+    """
+    server = start_server(
+        max_answer_tokens=SHORT_ANSWER_TOKENS,
+        top_k=1,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_upload_seconds=MAX_UPLOAD_SECONDS,
+    )
+    force_state(server, "listen")
+    return server
+
+
+@pytest.fixture(scope="session")
+def keyed_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    """A server that wants `Authorization: Bearer secret`, and closes sessions idle for a second."""
+    return start_server(api_keys=[API_KEY], idle_timeout_s=1.0, max_answer_tokens=4)
+
+
+# -- the client ------------------------------------------------------------------------------------------
+@dataclass
+class Received:
+    """One server event and when it arrived (`time.perf_counter()`)."""
+
+    event: dict[str, Any]
+    at: float
+
+
+@dataclass
+class RealtimeClient:
+    """A websockets connection speaking the Realtime protocol; every event received is kept in `log`."""
+
+    ws: ClientConnection
+    log: list[Received] = field(default_factory=list)
+    _read: int = 0  # events of `log` already handed out by `next_event`
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send one client event as a JSON text frame."""
+        await self.ws.send(json.dumps(event))
+
+    async def append(self, audio: bytes, event_id: str | None = None) -> None:
+        """One `input_audio_buffer.append` of wire bytes."""
+        event: dict[str, Any] = {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(audio).decode(),
+        }
+        if event_id is not None:
+            event["event_id"] = event_id
+        await self.send(event)
+
+    async def stream(
+        self,
+        audio: bytes,
+        *,
+        bytes_per_second: int = 2 * WIRE_RATE,
+        paced: bool = True,
+        stop: asyncio.Event | None = None,
+        binary: bool = False,
+    ) -> None:
+        """Send `audio` in 100 ms appends, each no earlier than real time allows (unless not `paced`).
+
+        Stops early when `stop` is set; `binary` sends raw bytes frames instead of JSON appends.
+        """
+        step = bytes_per_second * APPEND_MS // 1000
+        started = time.perf_counter()
+        for offset in range(0, len(audio), step):
+            if stop is not None and stop.is_set():
+                return
+            piece = audio[offset : offset + step]
+            if binary:
+                await self.ws.send(piece)
+            else:
+                await self.append(piece)
+            if paced:
+                due = started + (offset + len(piece)) / bytes_per_second
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+    async def _receive(self, timeout: float) -> None:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        self.log.append(Received(json.loads(raw), time.perf_counter()))
+
+    async def next_event(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The next event not yet handed out (raises TimeoutError, or ConnectionClosed when the socket ends)."""
+        if self._read == len(self.log):
+            await self._receive(timeout)
+        self._read += 1
+        return self.log[self._read - 1].event
+
+    async def wait_for(
+        self,
+        event_type: str,
+        timeout: float = 30.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Read events until one of `event_type` (matching `where`) arrives; return it."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError(f"no {event_type} within {timeout} s; got {self.types()}")
+            event = await self.next_event(left)
+            if event["type"] == event_type and (where is None or where(event)):
+                return event
+
+    async def pump(self, until: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Keep receiving events until `until()` holds, checking it at least every 20 ms.
+
+        The events are recorded but not handed out: `next_event` and `wait_for` still see them.
+        """
+        deadline = time.perf_counter() + timeout
+        while not until():
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the condition did not hold within {timeout} s; got {self.types()}")
+            with contextlib.suppress(TimeoutError):
+                await self._receive(0.02)
+
+    async def collect_for(self, seconds: float) -> None:
+        """Receive (and record, without handing out) whatever arrives in the next `seconds`."""
+        deadline = time.perf_counter() + seconds
+        await self.pump(lambda: time.perf_counter() >= deadline, timeout=seconds + 1.0)
+
+    async def wait_closed(self, timeout: float = 10.0) -> ConnectionClosed:
+        """Read (and keep) events until the server closes the socket; return the close."""
+        deadline = time.perf_counter() + timeout
+        try:
+            while True:
+                await self.next_event(max(0.01, deadline - time.perf_counter()))
+        except ConnectionClosed as closed:
+            return closed
+
+    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        """Every event received so far, or those of one type."""
+        return [r.event for r in self.log if event_type is None or r.event["type"] == event_type]
+
+    def types(self) -> list[str]:
+        """The types of the events received so far, in order."""
+        return [r.event["type"] for r in self.log]
+
+    def audio_deltas(self, response_id: str) -> list[Received]:
+        """The `response.output_audio.delta` events of one response, with their arrival times."""
+        return [
+            r
+            for r in self.log
+            if r.event["type"] == "response.output_audio.delta" and r.event["response_id"] == response_id
+        ]
+
+    def audio(self, response_id: str) -> bytes:
+        """The decoded audio of one response."""
+        return b"".join(base64.b64decode(r.event["delta"]) for r in self.audio_deltas(response_id))
+
+
+@asynccontextmanager
+async def realtime_client(
+    url: str, created_within: float = 10.0, **connect: Any
+) -> AsyncIterator[RealtimeClient]:
+    """Connect, wait for `session.created`, and yield the client; closes on exit."""
+    connect = {"proxy": None, "max_size": None, "open_timeout": 10, **connect}
+    async with websockets.connect(url, **connect) as ws:
+        client = RealtimeClient(ws)
+        await client.wait_for("session.created", timeout=created_within)
+        yield client
+
+
+async def stream_turn(
+    client: RealtimeClient, audio: bytes, silence_s: float = 1.0, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Stream `audio` then `silence_s` of silence at real-time pace and return the `response.done` that follows."""
+    sender = asyncio.create_task(client.stream(audio + silence(silence_s)))
+    try:
+        return await client.wait_for("response.done", timeout=timeout)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await sender
+
+
+async def send_text_turn(client: RealtimeClient, text: str) -> None:
+    """Send a typed user turn: `conversation.item.create` with `input_text`, then `response.create`."""
+    await client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        }
+    )
+    await client.send({"type": "response.create"})
+
+
+async def text_turn(client: RealtimeClient, text: str, timeout: float = 60.0) -> dict[str, Any]:
+    """A typed user turn; returns its `response.done`."""
+    await send_text_turn(client, text)
+    return await client.wait_for("response.done", timeout=timeout)
+
+
+async def answers_text(client: RealtimeClient, text: str, timeout: float = 30.0) -> dict[str, Any]:
+    """A typed user turn, up to the first audio delta of its answer (proof enough that the session works)."""
+    await send_text_turn(client, text)
+    return await client.wait_for("response.output_audio.delta", timeout=timeout)
+
+
+def transcript(done: dict[str, Any]) -> str:
+    """The spoken text of a finished response, as `response.done` reports it."""
+    return "".join(
+        part.get("transcript") or "" for item in done["response"]["output"] for part in item["content"]
+    )
+
+
+def run(coroutine: Any) -> Any:
+    """Run a test's coroutine on a fresh event loop."""
+    return asyncio.run(coroutine)
