@@ -12,10 +12,11 @@ from pathlib import Path
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
 
-Without --model-path/--llm-path every command uses the embedded default: a tiny model with
-random weights, made on first use under ~/.cache/freeze-omni-serve/tiny (or $FREEZE_OMNI_HOME).
-It runs every stage for real but answers with noise; point the paths at a real checkpoint
-(the published Freeze-Omni layout plus a Qwen2-7B-Instruct folder) to get real answers.
+Without --model-path/--llm-path every command uses the embedded default: a small Freeze-Omni
+trained in this repository on synthetic speech (models/trained, see training/README.md). It
+answers about 50 simple spoken questions (greetings, arithmetic, colours, days). Point the paths
+at a real checkpoint (the published Freeze-Omni layout plus a Qwen2-7B-Instruct folder) for open
+conversation.
 """
 
 

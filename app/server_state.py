@@ -48,7 +48,7 @@ class ServerState:
 
                 paths = await asyncio.to_thread(ensure_default_model)
                 model_path, llm_path = paths.model_path, paths.llm_path
-                log.info("using the embedded default model (tiny, random weights) from %s", paths.root)
+                log.info("using the embedded default model from %s", paths.root)
             engines = []
             for index, device in enumerate(settings.devices):
                 model = await asyncio.to_thread(

@@ -1,0 +1,1 @@
+"""Training the embedded default model: a tiny Freeze-Omni on synthetic speech (see README.md)."""

@@ -1,0 +1,226 @@
+"""Stage 3: the speech encoder and adapter (+ prompt embeddings) against the frozen LLM.
+
+Audio vectors replace the typed question: the frozen LLM must produce the answer from them, as in
+the published model's second stage. A CTC head on the encoder output (training only, not saved),
+reading the question's letters, stands in for the published first stage (CTC-trained encoder) and
+makes the encoder learn words quickly. The encoder trains through `training.streaming`, the exact
+chunk-by-chunk streaming computation inference runs. Global CMVN comes from the training audio.
+
+Writes RUNS_DIR/audio/{state.pt, audio.pt, figures.json}.
+Usage: python -m training.train_audio [--minutes 14] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import torch
+
+from app.model.adapter import AdapterConfig
+from app.model.audio_llm import AudioLLM, AudioLLMConfig
+from app.model.cmvn import CmvnStats
+from app.model.encoder import EncoderConfig
+from app.model.tiny import CHAT_TEMPLATE
+from training import domain
+from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, run_llm
+from training.common import (
+    DATA_DIR,
+    RUNS_DIR,
+    Checkpointer,
+    Clips,
+    Progress,
+    add_run_args,
+    start_run,
+)
+from training.streaming import check_equivalence
+from training.turns import Pieces
+
+log = logging.getLogger("audio")
+
+ENCODER = dict(
+    input_dim=80,
+    subsampling_input_dim=80,
+    subsampling_output_dim=64,
+    transformer_input_dim=64,
+    attention_dim=128,
+    attention_heads=4,
+    linear_units=512,
+    num_blocks=4,
+    chunk_size=4,
+    left_chunks=16,
+    output_dim=128,
+)
+
+
+def load_llm(folder):
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    llm = Qwen2ForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return llm, Pieces.from_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
+
+
+def build_audio(llm_hidden: int, im_end: int) -> AudioLLM:
+    config = AudioLLMConfig(
+        encoder=EncoderConfig(**ENCODER),
+        adapter=AdapterConfig(enc_out_dim=ENCODER["output_dim"], llm_embed_dim=llm_hidden),
+        prompt_num=25,
+        task_num=20,
+        num_states=4,
+        chat_template=CHAT_TEMPLATE,
+        eod_id=im_end,
+    )
+    return AudioLLM(config, llm_hidden)
+
+
+def training_cmvn(count: int = 300) -> CmvnStats:
+    from app.model.frontend import fbank_whole
+
+    clips = Clips(DATA_DIR / "questions.npz")
+    rng = np.random.default_rng(1)
+    picks = rng.choice(len(clips), size=min(count, len(clips)), replace=False)
+    return CmvnStats.from_features(np.concatenate([fbank_whole(clips[int(i)]) for i in picks]))
+
+
+def set_cmvn(audio: AudioLLM, cmvn: CmvnStats) -> None:
+    mean, istd = cmvn.mean_istd()
+    audio.encoder.global_cmvn.mean.copy_(torch.from_numpy(mean))
+    audio.encoder.global_cmvn.istd.copy_(torch.from_numpy(istd))
+
+
+def validate(audio: AudioLLM, llm_folder, limit: int = 100) -> dict:
+    """Greedy text answers, through the runtime's pipeline, on the held-out-prosody recordings."""
+    from training.evaluate import listen_and_answer, listening_model
+    from training.synth import place
+
+    model = listening_model(audio, llm_folder)
+    clips = Clips(DATA_DIR / "questions.npz")
+    val = np.nonzero(clips.columns["split"] == 1)[0][:limit]
+    rng = np.random.default_rng(123)
+    correct = 0
+    for index in val:
+        placed = place(clips[int(index)], rng, lead_s=0.3, trail_s=0.5, snr_db=30.0)
+        text, _ = listen_and_answer(model, placed.samples)
+        expected = domain.PAIRS[int(clips.columns["label"][index])].answer
+        correct += text == expected
+        if text != expected:
+            log.info("val miss: %r answered %r", expected, text)
+    return {"val_exact": f"{correct}/{len(val)}", "val_accuracy": correct / max(len(val), 1)}
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz' "
+
+
+def letters(text: str) -> list[int]:
+    return [
+        LETTERS.index(c)
+        for c in " ".join(text.lower().replace("?", " ").replace(".", " ").split())
+        if c in LETTERS
+    ]
+
+
+def ctc_loss(
+    head: torch.nn.Linear, encoded: torch.Tensor, examples: list[Example], pieces: Pieces, blank: int
+) -> torch.Tensor:
+    """CTC of the question's letters over each current turn's encoder frames (4 per chunk)."""
+    log_probs = head(encoded).log_softmax(-1).transpose(0, 1)  # (T, B, letters + blank)
+    targets = [letters(e.turn.question or "") for e in examples]
+    return torch.nn.functional.ctc_loss(
+        log_probs,
+        torch.tensor([t for ids in targets for t in ids]),
+        input_lengths=torch.tensor([4 * len(e.turn.feats) for e in examples]),
+        target_lengths=torch.tensor([len(ids) for ids in targets]),
+        blank=blank,
+        zero_infinity=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=14.0)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--ctc-weight", type=float, default=0.5)
+    parser.add_argument("--history", type=float, default=0.2, help="share of examples after an earlier turn")
+    add_run_args(parser)
+    args = parser.parse_args()
+    start_run(args)
+    llm_folder = RUNS_DIR / "llm" / "hf"
+    llm, pieces = load_llm(llm_folder)
+    audio = build_audio(llm.config.hidden_size, pieces.im_end)
+    with torch.no_grad():
+        audio.prompt_embeddings.weight.normal_(0.0, float(llm.model.embed_tokens.weight.std()))
+    set_cmvn(audio, training_cmvn())
+    log.info(
+        "streaming training path matches forward_chunks (max diff %.2e)",
+        check_equivalence(audio.encoder, audio.adpter),
+    )
+    blank = len(LETTERS)
+    ctc_head = torch.nn.Linear(ENCODER["output_dim"], blank + 1)
+    trained = [*audio.encoder.parameters(), *audio.adpter.parameters(), audio.prompt_embeddings.weight]
+    trained += list(ctc_head.parameters())
+    audio.encoder.global_cmvn.requires_grad_(False)
+    trained = [p for p in trained if p.requires_grad]
+    optimiser = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
+    ckpt = Checkpointer("audio", args.save_every)
+    step = 0
+    if state := ckpt.load(args.resume):
+        audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
+        ctc_head.load_state_dict(state["ctc_head"])
+        step = state["step"]
+    rng = np.random.default_rng(step)
+    maker = TurnMaker(rng)
+    budget = args.minutes * 60
+    budget_end = time.perf_counter() + budget
+    progress = Progress("audio", 0, every=20)
+    audio.train()
+    while time.perf_counter() < budget_end:
+        step += 1
+        spent = 1.0 - (budget_end - time.perf_counter()) / budget
+        for group in optimiser.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 40) * max(0.1, 1.0 - spent)
+        examples = []
+        for _ in range(args.batch):
+            history = []
+            if rng.random() < args.history:
+                past = maker.question()
+                past.answer_cut = None if rng.random() < 0.5 else int(rng.integers(0, 8))
+                history.append(past)
+            examples.append(Example(maker.question(), history))
+        batch = build_batch(audio, llm, pieces, examples)
+        hidden = run_llm(llm, batch)
+        answers = answer_loss(llm, hidden, batch)
+        ctc = ctc_loss(ctc_head, batch.encoded, examples, pieces, blank)
+        loss = answers + args.ctc_weight * ctc
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimiser.step()
+        progress.update(step, answer=answers.item(), ctc=ctc.item())
+        state = {
+            "audio": audio.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "ctc_head": ctc_head.state_dict(),
+        }
+        ckpt.maybe_save(step, state)
+    state = {
+        "audio": audio.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "ctc_head": ctc_head.state_dict(),
+    }
+    ckpt.maybe_save(step, state, force=True)
+    torch.save(audio.state_dict(), ckpt.dir / "audio.pt")
+    seconds = ckpt.seconds
+    figures = {"steps": step, "train_seconds": round(seconds, 1), **validate(audio.eval(), llm_folder)}
+    ckpt.record(figures)
+    log.info("audio figures: %s", figures)
+
+
+if __name__ == "__main__":
+    main()
