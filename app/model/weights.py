@@ -128,17 +128,6 @@ def load_state_dict_strict(
     model.load_state_dict(state, strict=False, assign=True)
 
 
-def materialize(module: nn.Module, *, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Give any parameter or buffer still on the meta device real (zeroed) storage."""
-    for sub in module.modules():
-        for name, param in list(sub.named_parameters(recurse=False)):
-            if param.is_meta:
-                setattr(sub, name, nn.Parameter(torch.zeros(param.shape, device=device, dtype=dtype)))
-        for name, buf in list(sub.named_buffers(recurse=False)):
-            if buf is not None and buf.is_meta:
-                sub.register_buffer(name, torch.zeros(buf.shape, device=device, dtype=dtype))
-
-
 def assert_materialized(module: nn.Module, what: str) -> None:
     """Fail loudly if loading left any tensor without storage."""
     left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
