@@ -38,6 +38,7 @@ from app.model.checkpoint import FreezeOmni
 from app.model.codec_stream import CodecChunker
 from app.model.duplex import ListenState
 from app.model.frontend import FbankConfig
+from app.model.pipeline import OUTPUT_RATE
 from app.model.text_segments import Segmenter
 from app.model.turn_parts import (
     IncrementalDetokenizer,
@@ -426,7 +427,7 @@ class Engine:
             answer.codec_ids.append(answer.segment.tokens)
         stats = {
             "answer_seconds": time.perf_counter() - answer.started_at,
-            "audio_seconds": answer.audio_samples / 24000,
+            "audio_seconds": answer.audio_samples / OUTPUT_RATE,
             "text_tokens": float(len(answer.token_ids)),
         }
         if answer.first_audio_at is not None:

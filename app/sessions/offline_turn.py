@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta
 from app.engine.pool import EnginePool
-
-CHUNK = 2560
+from app.model.pipeline import OUTPUT_RATE, pad_to_chunks
 
 
 @dataclass
@@ -41,7 +41,7 @@ async def answer_audio(
 
 async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
     engine, sid = ref.engine, ref.session_id
-    padded = np.concatenate([samples_16k, np.zeros((-len(samples_16k)) % CHUNK, dtype=np.float32)])
+    padded = pad_to_chunks(samples_16k, CHUNK)
     stream = None
     for start in range(0, len(padded), CHUNK):
         decision = await engine.feed_chunk(sid, padded[start : start + CHUNK], act=False)
@@ -69,7 +69,7 @@ async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
         "answer_s": finished - heard,
         "total_s": finished - started,
         "input_s": len(samples_16k) / 16000,
-        "output_s": len(audio) / 24000,
+        "output_s": len(audio) / OUTPUT_RATE,
     }
     if first_audio is not None:
         timings["first_audio_after_question_s"] = first_audio - heard

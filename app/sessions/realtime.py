@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.config import Settings
+from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.engine import AnswerStream
 from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
@@ -31,6 +32,7 @@ from app.metrics import Metrics
 from app.model.duplex import ListenState
 from app.sessions import events as ev
 from app.sessions.audio_formats import (
+    MODEL_INPUT_RATE,
     AudioFormatError,
     InputAudioConverter,
     OutputAudioConverter,
@@ -40,8 +42,6 @@ from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
 log = logging.getLogger(__name__)
-CHUNK = 2560  # 160 ms at 16 kHz
-MODEL_RATE = 16000
 
 
 @dataclass
@@ -184,7 +184,7 @@ class RealtimeSession:
 
     # -- session.update -----------------------------------------------------------------------------
     def _apply_formats(self) -> None:
-        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_RATE)
+        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
         self.output_converter = OutputAudioConverter(self.config.output_format.wire)
         detection = self.config.turn_detection
         self.vad: VadGate | None = None
@@ -295,7 +295,7 @@ class RealtimeSession:
             self._queue_chunk(padded, act)
 
     def _queue_chunk(self, chunk: np.ndarray, act: bool) -> None:
-        if self._feed.qsize() * CHUNK / MODEL_RATE > self.settings.max_pending_audio_seconds:
+        if self._feed.qsize() * CHUNK / MODEL_INPUT_RATE > self.settings.max_pending_audio_seconds:
             self._client_error(
                 "input_audio_overflow",
                 "the server cannot keep up with this input; audio was dropped (send audio in real time)",
@@ -429,7 +429,7 @@ class RealtimeSession:
             self._listening = True
             self._user_item_id = item.id
             try:
-                samples = InputAudioConverter(self.config.input_format.wire, MODEL_RATE)
+                samples = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
                 audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
             except AudioFormatError as error:
                 self._client_error("invalid_audio", str(error), event.event_id)

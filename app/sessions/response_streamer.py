@@ -36,8 +36,6 @@ from app.sessions.events import (
 )
 from app.sessions.outbound import Outbound
 
-OUTPUT_RATE = 24000
-
 
 @dataclass
 class ResponseStreamer:

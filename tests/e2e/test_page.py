@@ -7,7 +7,6 @@ transitions, audio deltas, first-audio latencies, barge-in stop latency), which 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,20 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.e2e.browser import FAKE_MIC_RATE, chromium_with_mic, wait_connected
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-FAKE_MIC_RATE = 48000  # Chromium's fake capture device runs at 48 kHz
 SILENCE_AFTER_QUESTION_S = 2.5
 BARGE_IN_STOP_LIMIT_MS = 200
 
 pytestmark = pytest.mark.slow
-
-
-def _unavailable(reason: str) -> None:
-    # CI installs Chromium and Playwright (.ci/run): there, a missing browser is a broken setup.
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the browser tests must run)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +40,8 @@ def fake_mic_wav(spoken_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def browser(fake_mic_wav: Path):
     """Debian's Chromium, headless, with a fake microphone that speaks `fake_mic_wav` in a loop."""
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-audio-capture={fake_mic_wav}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+    with chromium_with_mic(fake_mic_wav) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -103,13 +73,6 @@ def went_through(log: list[str], sequence: list[str]) -> bool:
     """Whether `sequence` occurs in `log` in order (other states may come between)."""
     remaining = iter(log)
     return all(state in remaining for state in sequence)
-
-
-def wait_connected(page, timeout_ms: int = 20_000) -> None:
-    page.wait_for_function("document.body.classList.contains('connected')", timeout=timeout_ms)
-    page.wait_for_function(
-        "document.querySelector('#notice').textContent.startsWith('Connected.')", timeout=timeout_ms
-    )
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from app.sessions.audio_formats import InputAudioConverter
 from app.sessions.events import AudioFormat
 from app.sessions.vad import SpeechStopped, VadGate, VadSettings
 from tests.conftest import LiveServer, free_port
-from tests.e2e.test_page import CHROMIUM, FAKE_MIC_RATE, _unavailable, wait_connected
+from tests.e2e.browser import FAKE_MIC_RATE, chromium_with_mic, wait_connected
 from tests.routes.conftest import (
     APPEND_MS,
     WIRE_RATE,
@@ -227,32 +227,13 @@ def question_mic_wav(held_out_questions: list[Recording], tmp_path_factory: pyte
 @pytest.fixture
 def mic_page(question_mic_wav: Path):
     """A page in headless Chromium whose microphone speaks `question_mic_wav` (in a loop)."""
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-audio-capture={question_mic_wav}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-            ],
-        )
+    with chromium_with_mic(question_mic_wav) as browser:
         context = browser.new_context()
         context.add_init_script(TEE_WEBSOCKET)
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         yield page
-        browser.close()
         assert not errors, f"JavaScript errors on the page: {errors}"
 
 
