@@ -32,6 +32,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16"
     )
+    group.add_argument(
+        "--strict-load",
+        action="store_true",
+        default=None,
+        help="refuse weight files that hold anything the model does not use (optimizer or EMA state, "
+        "step counters, a 'module.' prefix); by default such content is skipped and logged",
+    )
 
 
 def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -65,7 +72,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     samples = resample(samples, rate, INPUT_RATE)
     model_path, llm_path = _resolve_model_paths(args)
     try:
-        model = load_freeze_omni(model_path, llm_path, device=args.device, dtype=args.dtype)
+        model = load_freeze_omni(
+            model_path, llm_path, device=args.device, dtype=args.dtype, strict=bool(args.strict_load)
+        )
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         raise SystemExit(f"error: cannot load the model: {error}") from error
     options = InferOptions(
@@ -132,6 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "llm_path": args.llm_path,
             "devices": devices,
             "dtype": args.dtype,
+            "strict_load": args.strict_load,
             "max_sessions": args.max_sessions,
             "api_keys": args.api_key or None,
             "idle_timeout_s": args.idle_timeout,

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    strict_load: bool = Field(
+        False, description="refuse weight files holding anything the model does not use (training state)"
+    )
 
     # -- capacity and limits
     max_sessions: int = Field(16, ge=1, description="sessions per replica")

@@ -52,7 +52,12 @@ class ServerState:
             engines = []
             for index, device in enumerate(settings.devices):
                 model = await asyncio.to_thread(
-                    load_freeze_omni, model_path, llm_path, device=device, dtype=settings.dtype
+                    load_freeze_omni,
+                    model_path,
+                    llm_path,
+                    device=device,
+                    dtype=settings.dtype,
+                    strict=settings.strict_load,
                 )
                 engines.append(Engine(model, settings.engine_settings(), name=f"replica-{index}-{device}"))
             pool = EnginePool(engines)

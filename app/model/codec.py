@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.model.weights import CheckpointError, WeightSet, load_state_dict_strict
+from app.model.weights import (
+    CheckpointError,
+    WeightSet,
+    load_state_dict_checked,
+    read_torch_checkpoint,
+    unwrap_model_key,
+)
 
 RESBLOCK_SLOPE = 0.1
 CONFIG_FILE = "model.json"
@@ -384,24 +390,48 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def load_codec_state_dict(
-    model: CodecDecoder, checkpoint: Mapping[str, Any], source: str = "codec checkpoint"
-) -> None:
-    """Load a `{generator, quantizer[, encoder]}` checkpoint strictly, folding weight norm.
+CODEC_SECTIONS = ("generator", "quantizer")
+UNUSED_CODEC_SECTIONS = ("encoder",)  # published, but decoding never uses it
 
-    The encoder section is ignored (decoding never uses it). Any missing, unexpected or
-    wrongly-shaped key raises a `CheckpointError` naming the key, `source` and the shapes. A model
-    built on the meta device is given the checkpoint's tensors.
+
+def load_codec_state_dict(
+    model: CodecDecoder,
+    checkpoint: Mapping[str, Any],
+    source: str = "codec checkpoint",
+    *,
+    strict: bool = True,
+) -> None:
+    """Load a `{generator, quantizer[, encoder]}` checkpoint, folding weight norm.
+
+    The encoder section is part of the published layout and ignored (decoding never uses it).
+    A missing or wrongly-shaped tensor raises a `CheckpointError` naming the key, `source` and the
+    shapes. Anything else (discriminators, optimizer state, step counters, unused tensors, a
+    `model` wrapper's siblings) is an error with `strict`, else skipped and logged; without
+    `strict` a data-parallel `module.` prefix is removed. A model built on the meta device is given
+    the checkpoint's tensors.
     """
     weights = WeightSet()
-    for section in ("generator", "quantizer"):
-        if section not in checkpoint:
+    checkpoint = unwrap_model_key(checkpoint, source, weights)
+    if not isinstance(checkpoint, Mapping):
+        raise CodecCheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a dict of sections")
+    for section in CODEC_SECTIONS:
+        if not isinstance(checkpoint.get(section), Mapping):
             raise CodecCheckpointError(f"{source} has no '{section}' section (expected generator, quantizer)")
-        weights.add(fold_weight_norm_state_dict(checkpoint[section]), source, prefix=f"{section}.")
-    load_state_dict_strict(model, weights, device="cpu", dtype=torch.float32)
+    for key, value in checkpoint.items():
+        if key in CODEC_SECTIONS:
+            section = WeightSet()
+            section.add_checkpoint(value, source, strict=strict)
+            weights.add(fold_weight_norm_state_dict(section.tensors), source, prefix=f"{key}.")
+            weights.skipped += [replace(e, name=f"{key}.{e.name}") for e in section.skipped]
+            weights.prefix_stripped.update(section.prefix_stripped)
+        elif key not in UNUSED_CODEC_SECTIONS:
+            weights.skip(str(key), value, source)
+    load_state_dict_checked(model, weights, strict=strict, device="cpu", dtype=torch.float32)
 
 
-def load_codec(codec_dir: str | Path, device: torch.device | str = "cpu") -> CodecDecoder:
+def load_codec(
+    codec_dir: str | Path, device: torch.device | str = "cpu", *, strict: bool = False
+) -> CodecDecoder:
     """Build the codec from `codec_dir/model.json`, load `codec_dir/final.pt`, fp32, eval mode."""
     codec_dir = Path(codec_dir)
     config_path, weights_path = codec_dir / CONFIG_FILE, codec_dir / CHECKPOINT_FILE
@@ -409,8 +439,8 @@ def load_codec(codec_dir: str | Path, device: torch.device | str = "cpu") -> Cod
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the codec needs model.json and final.pt")
     model = CodecDecoder(CodecConfig.from_file(config_path))
-    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
-    load_codec_state_dict(model, checkpoint, source=str(weights_path))
+    checkpoint = read_torch_checkpoint(weights_path)
+    load_codec_state_dict(model, checkpoint, source=str(weights_path), strict=strict)
     return model.to(device=device, dtype=torch.float32).eval()
 
 

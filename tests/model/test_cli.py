@@ -182,5 +182,37 @@ def test_help_lists_the_commands_and_the_infer_options(workdir: Path) -> None:
     assert "infer" in top.stdout and "make-tiny" in top.stdout and "serve" in top.stdout
     infer = _run(["infer", "--help"], workdir / "home")
     assert infer.returncode == 0
-    for option in ("--model-path", "--llm-path", "--input-wav", "--output-wav", "--greedy", "--json"):
+    for option in (
+        "--model-path",
+        "--llm-path",
+        "--input-wav",
+        "--output-wav",
+        "--greedy",
+        "--json",
+        "--strict-load",
+    ):
         assert option in infer.stdout
+
+
+def test_strict_load_refuses_training_state_that_the_default_skips(
+    made_tiny: tuple[subprocess.CompletedProcess[str], Path], workdir: Path, spoken_wav: Path
+) -> None:
+    import torch
+
+    _, target = made_tiny
+    polluted = workdir / "polluted"
+    shutil.copytree(target, polluted, dirs_exist_ok=True)
+    decoder_file = polluted / "checkpoints" / "decoder" / "final.pt"
+    state = torch.load(decoder_file, weights_only=True)
+    torch.save({"model": state, "step": 1200}, decoder_file)
+    args = ["--model-path", str(polluted / "checkpoints"), "--llm-path", str(polluted / "Qwen2-tiny")]
+    output = workdir / "strict.wav"
+    done = _run(_infer_args(args, spoken_wav, output, "--strict-load", "--max-tokens", "4"), workdir / "home")
+    assert done.returncode != 0
+    assert "error: cannot load the model" in done.stderr
+    assert f"unexpected entry 'step' (int) in {decoder_file}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not output.exists()
+    lenient = _run(_infer_args(args, spoken_wav, output, "--max-tokens", "4"), workdir / "home")
+    assert lenient.returncode == 0, lenient.stderr
+    assert f"{decoder_file}: loaded" in lenient.stderr and "step (int)" in lenient.stderr
