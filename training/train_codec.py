@@ -115,7 +115,7 @@ class EMAQuantizer:
 
 
 def build_codec() -> CodecDecoder:
-    codec = CodecDecoder(CodecConfig.tiny(channels=CHANNELS))
+    codec = CodecDecoder(CodecConfig.tiny(channels=CHANNELS), latent_dim=CHANNELS)
     for module in codec.generator.modules():
         if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
             nn.init.normal_(module.weight, 0.0, 0.02)

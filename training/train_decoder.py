@@ -129,7 +129,7 @@ def collect_conditions(width: int, spoken_per_pair: int) -> dict[str, list[Condi
 def build_targets(conditions: dict[str, list[Condition]]) -> list[Target]:
     state = torch.load(RUNS_DIR / "codec" / "encoder.pt", weights_only=True)
     codec = load_codec(RUNS_DIR / "codec" / "codec")
-    encoder = CodecEncoder(codec.config.latent_dim)
+    encoder = CodecEncoder(codec.latent_dim)
     encoder.load_state_dict(state)
     encoder.eval()
     table = codec.quantizer.quantizer_modules[0].embedding.weight

@@ -114,7 +114,7 @@ def make_tiny(root: str | Path, *, seed: int = 0) -> TinyPaths:
         audio.encoder.global_cmvn.mean.copy_(torch.from_numpy(mean))
         audio.encoder.global_cmvn.istd.copy_(torch.from_numpy(istd))
 
-        codec = init_unit_gain(CodecDecoder(CodecConfig.tiny(channels=32)), seed).eval()
+        codec = init_unit_gain(CodecDecoder(CodecConfig.tiny(channels=32), latent_dim=32), seed).eval()
         decoder_config = SpeechDecoderConfig(
             hidden_size=llm_hidden // 4,
             codec_vocab=codec.config.n_codes,
