@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.model.text_segments import SEGMENTATIONS, SERVER_SEGMENTATION
+
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
 
@@ -60,6 +62,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from app.model.checkpoint import load_freeze_omni
     from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline
     from app.model.sampling import LLMSampling
+    from app.model.text_segments import post_process
     from app.model.wav import WavError, read_wav, resample, write_wav
     from app.model.weights import CheckpointError
 
@@ -86,6 +89,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_new_tokens=args.max_tokens,
         system_role=args.system_prompt,
+        segmentation=args.segmentation,
     )
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -102,6 +106,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                     "llm_token_ids": result.token_ids,
                     "state_probs": [list(p) for p in result.state_probs],
                     "states": result.states,
+                    "segmentation": args.segmentation,
+                    "segments": [
+                        {
+                            "text": segment.text,
+                            "spoken_text": post_process(segment.text),
+                            "llm_token_ids": segment.token_ids,
+                            "codec_token_ids": ids,
+                        }
+                        for segment, ids in zip(result.segments, result.codec_ids, strict=True)
+                    ],
                     "codec_token_ids": result.codec_ids,
                     "output_wav": str(args.output_wav),
                     "input_seconds": round(input_s, 3),
@@ -185,7 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--max-tokens", type=int, default=128, help="answer length cap in LLM tokens")
     infer.add_argument("--system-prompt", help="system role text (default: the checkpoint's template)")
     infer.add_argument(
-        "--json", action="store_true", help="print text, token ids, state probabilities and codec ids as JSON"
+        "--segmentation",
+        choices=SEGMENTATIONS,
+        default=SERVER_SEGMENTATION,
+        help="where answer text is cut for the speech decoder: 'server' (default; the released "
+        "server's rule, as serve uses) or 'offline' (the released offline script's rule: every "
+        "sentence end, no minimum, no commas; to compare with that script segment by segment)",
+    )
+    infer.add_argument(
+        "--json",
+        action="store_true",
+        help="print text, token ids, state probabilities, the segmentation and per-segment text and "
+        "codec ids as JSON",
     )
     infer.set_defaults(func=_cmd_infer)
 

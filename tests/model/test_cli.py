@@ -109,6 +109,10 @@ def test_greedy_infer_twice_gives_the_same_answer_and_a_valid_wav(
     assert outputs[0].read_bytes() == outputs[1].read_bytes()
 
     report = reports[0]
+    assert report["segmentation"] == "server"
+    assert [seg["codec_token_ids"] for seg in report["segments"]] == report["codec_token_ids"]
+    assert [t for seg in report["segments"] for t in seg["llm_token_ids"]] == report["llm_token_ids"]
+    assert "".join(seg["text"] for seg in report["segments"]) == report["text"]
     assert report["input_seconds"] == round(len(spoken_16k) / 16000, 3)
     assert len(report["state_probs"]) == len(report["states"]) == math.ceil(len(spoken_16k) / 2560)
     with wave.open(str(outputs[0]), "rb") as answer:
@@ -216,3 +220,27 @@ def test_strict_load_refuses_training_state_that_the_default_skips(
     lenient = _run(_infer_args(args, spoken_wav, output, "--max-tokens", "4"), workdir / "home")
     assert lenient.returncode == 0, lenient.stderr
     assert f"{decoder_file}: loaded" in lenient.stderr and "step (int)" in lenient.stderr
+
+
+def test_offline_segmentation_is_named_and_printed_segment_by_segment(
+    model_args: list[str], workdir: Path, spoken_wav: Path, spoken_16k: np.ndarray, tiny_model: FreezeOmni
+) -> None:
+    output = workdir / "offline.wav"
+    report = _report(
+        _run(_infer_args(model_args, spoken_wav, output, "--segmentation", "offline"), workdir / "home")
+    )
+    assert report["segmentation"] == "offline"
+    expected = OfflinePipeline(tiny_model).run(spoken_16k, InferOptions.greedy(segmentation="offline"))
+    assert report["llm_token_ids"] == expected.token_ids
+    assert len(report["segments"]) == len(expected.segments) > 1
+    for printed, segment, ids in zip(report["segments"], expected.segments, expected.codec_ids, strict=True):
+        assert printed["text"] == segment.text
+        assert printed["llm_token_ids"] == segment.token_ids
+        assert printed["codec_token_ids"] == ids
+        assert printed["spoken_text"] and printed["spoken_text"][-1] in "。？！.?!"
+    with wave.open(str(output), "rb") as answer:
+        assert answer.getnframes() == 600 * sum(len(seg["codec_token_ids"]) for seg in report["segments"])
+    refused = _run(
+        _infer_args(model_args, spoken_wav, output, "--segmentation", "sentence"), workdir / "home"
+    )
+    assert refused.returncode != 0 and "invalid choice: 'sentence'" in refused.stderr
