@@ -143,6 +143,10 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
         data = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
         raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            ErrorCode.INVALID_JSON, "message is nested too deeply to parse: no client event needs this"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None

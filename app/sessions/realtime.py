@@ -37,6 +37,7 @@ from app.sessions.audio_formats import (
     InputAudioConverter,
     OutputAudioConverter,
 )
+from app.sessions.close_codes import CloseCode
 from app.sessions.outbound import Outbound
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
@@ -164,7 +165,7 @@ class RealtimeSession:
     async def _dispatch(self, event: ev.ClientEventBase) -> None:
         handlers = {
             "session.update": self._session_update,
-            "input_audio_buffer.append": lambda e: self._append_audio(e.audio_bytes, e.event_id),
+            "input_audio_buffer.append": self._append_event,
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "conversation.item.create": self._item_create,
@@ -217,6 +218,21 @@ class RealtimeSession:
         self.outbound.put(ev.SessionUpdated(session=self.config))
 
     # -- audio in and turn taking ---------------------------------------------------------------------
+    async def _append_event(self, event: ev.InputAudioBufferAppend) -> None:
+        # A JSON append must hold whole samples: a dangling byte would shift every later sample. Binary
+        # frames are a raw byte stream and may split a sample (the converter carries the odd byte).
+        sample_bytes = self.input_converter.wire.bytes_per_sample
+        if len(event.audio_bytes) % sample_bytes:
+            self._client_error(
+                "invalid_value",
+                f"audio holds {len(event.audio_bytes)} bytes, not a whole number of {sample_bytes}-byte "
+                f"samples in {self.input_converter.wire.encoding}; nothing was buffered",
+                event.event_id,
+                "audio",
+            )
+            return
+        await self._append_audio(event.audio_bytes, event.event_id)
+
     async def _append_audio(self, data: bytes, event_id: str | None) -> None:
         try:
             samples = self.input_converter.push(data)
@@ -553,7 +569,7 @@ class RealtimeSession:
             ev.ErrorEvent(error=ev.ErrorDetail(type="server_error", code="session_failed", message=message))
         )
         await self.outbound.drain(1.0)
-        await self._close_socket(1011, "session failed")
+        await self._close_socket(CloseCode.INTERNAL_ERROR, "session failed")
 
     # -- timers -----------------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -567,5 +583,5 @@ class RealtimeSession:
                     None,
                 )
                 await self.outbound.drain(1.0)
-                await self._close_socket(1000, "idle timeout")
+                await self._close_socket(CloseCode.NORMAL, "idle timeout")
                 return
