@@ -39,6 +39,7 @@ from app.sessions.audio_formats import (
 )
 from app.sessions.close_codes import CloseCode
 from app.sessions.outbound import Outbound
+from app.sessions.refused_fields import refusals, without_refused
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
@@ -202,8 +203,10 @@ class RealtimeSession:
             )
 
     async def _session_update(self, event: ev.SessionUpdate) -> None:
+        for refusal in refusals(event.session):
+            self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
         before = self.config
-        self.config = self.config.apply(event.session)
+        self.config = self.config.apply(without_refused(event.session))
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
