@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from app.sessions.items import ConversationItem, ResponseParams
-from app.sessions.protocol_base import ErrorCode, ProtocolError, _decode_audio_field
+from app.sessions.protocol_base import ErrorCode, ProtocolError, decode_audio_field
 from app.sessions.session_config import SessionPatch
 
 # --- client events -------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ class InputAudioBufferAppend(ClientEventBase):
 
     @model_validator(mode="after")
     def _decode_audio(self) -> InputAudioBufferAppend:
-        self._audio_bytes = _decode_audio_field(self.audio)
+        self._audio_bytes = decode_audio_field(self.audio)
         return self
 
     @property

@@ -13,15 +13,15 @@ from pydantic import (
 )
 
 from app.sessions.protocol_base import (
+    BETA_RENAMES,
+    CompactModel,
     ErrorCode,
     Modality,
     TokenLimit,
-    _Compact,
-    _custom_error,
-    _decode_audio_field,
+    custom_error,
+    decode_audio_field,
     new_response_id,
 )
-from app.sessions.session_config import _BETA_RENAMES
 
 # --- items and responses ---------------------------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ ContentType = Literal[
 ]
 
 
-class ContentPart(_Compact):
+class ContentPart(CompactModel):
     """One content part of a message item, or the ``part`` of ``response.content_part.*``."""
 
     type: ContentType
@@ -49,7 +49,7 @@ class ContentPart(_Compact):
     @model_validator(mode="after")
     def _decode_audio(self) -> ContentPart:
         if self.audio is not None:
-            self._audio_bytes = _decode_audio_field(self.audio)
+            self._audio_bytes = decode_audio_field(self.audio)
         return self
 
     @property
@@ -58,7 +58,7 @@ class ContentPart(_Compact):
         return self._audio_bytes
 
 
-class ConversationItem(_Compact):
+class ConversationItem(CompactModel):
     """A conversation item; in practice a ``message`` of role user, assistant or system."""
 
     id: str | None = None
@@ -75,7 +75,7 @@ class ConversationItem(_Compact):
     @model_validator(mode="after")
     def _message_has_role(self) -> ConversationItem:
         if self.type == "message" and self.role is None:
-            raise _custom_error(ErrorCode.MISSING_PARAMETER, "a message item needs a role", "role")
+            raise custom_error(ErrorCode.MISSING_PARAMETER, "a message item needs a role", "role")
         return self
 
 
@@ -94,15 +94,15 @@ class ResponseParams(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_beta(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(name in data for name in _BETA_RENAMES):
+        if isinstance(data, dict) and any(name in data for name in BETA_RENAMES):
             data = dict(data)
-            for beta_name, ga_name in _BETA_RENAMES.items():
+            for beta_name, ga_name in BETA_RENAMES.items():
                 if beta_name in data:
                     data.setdefault(ga_name, data.pop(beta_name))
         return data
 
 
-class ResponseStatusDetails(_Compact):
+class ResponseStatusDetails(CompactModel):
     """Why a response ended the way it did."""
 
     type: Literal["completed", "cancelled", "incomplete", "failed"] | None = None
@@ -110,7 +110,7 @@ class ResponseStatusDetails(_Compact):
     error: dict[str, Any] | None = None
 
 
-class Usage(_Compact):
+class Usage(CompactModel):
     """Token counts of a response."""
 
     total_tokens: int = 0

@@ -155,7 +155,7 @@ class RealtimeSession:
 
     def _error(self, error: ev.ProtocolError) -> None:
         self.metrics.count_error(str(error.code))
-        self.outbound.put(error.to_event())
+        self.outbound.put(ev.ErrorEvent.from_protocol_error(error))
 
     def _client_error(self, code: str, message: str, event_id: str | None, param: str | None = None) -> None:
         self.metrics.count_error(code)

@@ -11,7 +11,7 @@ from pydantic import (
 )
 
 from app.sessions.items import ContentPart, ConversationItem, RealtimeResponse
-from app.sessions.protocol_base import Dialect, new_event_id
+from app.sessions.protocol_base import Dialect, ProtocolError, new_event_id
 from app.sessions.session_config import SessionConfig
 
 # --- server events -------------------------------------------------------------------------------------------
@@ -296,3 +296,15 @@ class ErrorEvent(ServerEvent):
 
     type: Literal["error"] = "error"
     error: ErrorDetail
+
+    @classmethod
+    def from_protocol_error(cls, error: ProtocolError) -> ErrorEvent:
+        """The ``error`` event that reports a client event we could not act on."""
+        detail = ErrorDetail(
+            type=error.error_type,
+            code=error.code,
+            message=error.message,
+            param=error.param,
+            event_id=error.event_id,
+        )
+        return cls(error=detail)
