@@ -18,6 +18,7 @@ from app.sessions.protocol_base import (
     ErrorCode,
     Modality,
     TokenLimit,
+    Tolerated,
     custom_error,
     decode_audio_field,
     new_response_id,
@@ -90,6 +91,14 @@ class ResponseParams(BaseModel):
     conversation: str | None = None
     metadata: dict[str, str] | None = None
     input: list[ConversationItem] | None = None
+    # Read only to be refused or ignored by design (see refused_fields): never silently dropped.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Tolerated = None
+    prompt: Tolerated = None
+    temperature: float | None = None
+    audio: Tolerated = None
+    output_audio_format: Tolerated = None
+    voice: Tolerated = None
 
     @model_validator(mode="before")
     @classmethod

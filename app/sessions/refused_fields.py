@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.sessions.session_config import SessionPatch
+from app.sessions.items import ResponseParams
+from app.sessions.session_config import AudioFormat, SessionConfig, SessionPatch
 
 # tool_choice values that mean "no tool will be called" with an empty tool list.
 _HARMLESS_TOOL_CHOICES = (None, "auto", "none")
@@ -75,3 +76,50 @@ def without_refused(patch: SessionPatch) -> SessionPatch:
         setattr(owner, name, None)
         owner.model_fields_set.discard(name)
     return patch
+
+
+def response_refusals(params: ResponseParams | None, config: SessionConfig) -> list[Refusal]:
+    """The fields of a `response.create` the server cannot honour (the response is then not created)."""
+    if params is None:
+        return []
+    found: list[Refusal] = []
+    if params.conversation not in (None, "auto", "none"):
+        found.append(Refusal("response.conversation", "conversation must be 'auto' or 'none'"))
+    if params.input is not None and params.conversation != "none":
+        found.append(
+            Refusal(
+                "response.input",
+                "input items are answered out of band only: send them with conversation 'none'",
+            )
+        )
+    if params.tools:
+        found.append(Refusal("response.tools", "function calling is not supported by this server"))
+    if params.tool_choice not in _HARMLESS_TOOL_CHOICES:
+        found.append(Refusal("response.tool_choice", "function calling is not supported by this server"))
+    if params.prompt is not None:
+        found.append(Refusal("response.prompt", "stored prompts are not available on this server"))
+    if params.temperature is not None:
+        found.append(
+            Refusal(
+                "response.temperature",
+                "sampling is a server setting (FREEZE_OMNI_TEMPERATURE), not a per-response field",
+            )
+        )
+    output_format = params.output_audio_format
+    if isinstance(params.audio, dict) and isinstance(params.audio.get("output"), dict):
+        output_format = params.audio["output"].get("format", output_format)
+    if output_format is not None and not _same_format(output_format, config):
+        found.append(
+            Refusal(
+                "response.audio.output.format",
+                "a response speaks in the session's output format: change it with session.update",
+            )
+        )
+    return found
+
+
+def _same_format(requested: object, config: SessionConfig) -> bool:
+    try:
+        return AudioFormat.model_validate(requested) == config.output_format
+    except ValueError:
+        return False

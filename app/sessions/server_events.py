@@ -63,6 +63,11 @@ class ServerEvent(BaseModel):
             data["type"] = beta_type
         if "item" in data:
             data["item"] = _item_to_beta(data["item"])
+        if isinstance(data.get("part"), dict):
+            data["part"] = {
+                **data["part"],
+                "type": _BETA_CONTENT_TYPES.get(data["part"]["type"], data["part"]["type"]),
+            }
         if "response" in data:
             data["response"] = _response_to_beta(data["response"])
         return data

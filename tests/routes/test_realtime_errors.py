@@ -126,10 +126,15 @@ BAD_MESSAGES = {
         "response_cancel_not_active",
         "evt_cancel",
     ),
-    "response_without_input": (
-        {"type": "response.create", "event_id": "evt_nothing"},
-        "nothing_to_respond_to",
-        "evt_nothing",
+    "response_with_tools": (
+        {"type": "response.create", "event_id": "evt_tools", "response": {"tools": [{"type": "function"}]}},
+        "unsupported_parameter",
+        "evt_tools",
+    ),
+    "response_input_in_conversation": (
+        {"type": "response.create", "event_id": "evt_input", "response": {"input": []}},
+        "unsupported_parameter",
+        "evt_input",
     ),
 }
 
