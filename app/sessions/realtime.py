@@ -37,6 +37,7 @@ from app.sessions.audio_formats import (
     InputAudioConverter,
     OutputAudioConverter,
 )
+from app.sessions.noise_floor import NoiseGateSettings
 from app.sessions.outbound import Outbound
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
@@ -197,6 +198,11 @@ class RealtimeSession:
                     aggressiveness=aggressiveness,
                     prefix_padding_ms=detection.prefix_padding_ms,
                     silence_duration_ms=detection.silence_duration_ms,
+                    noise=NoiseGateSettings(
+                        margin_db=self.settings.vad_noise_margin_db,
+                        min_speech_dbfs=self.settings.vad_min_speech_dbfs,
+                        rise_db_per_s=self.settings.vad_floor_rise_db_per_s,
+                    ),
                 )
             )
 
