@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     vad_min_speech_dbfs: float = Field(-55.0, le=0, description="quieter frames are never speech")
     vad_floor_rise_db_per_s: float = Field(10.0, gt=0, description="how fast the noise floor may rise")
     state_threshold: float = Field(0.5, gt=0, lt=1)
+    min_interruption_ms: int = Field(200, ge=0, description="speech during an answer that pauses it")
+    resume_rewind_ms: int = Field(250, ge=0, description="a resumed answer repeats this much before the cut")
 
     # -- sampling
     temperature: float = 0.8
