@@ -9,7 +9,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model.sampling import LLMSampling
+from app.model.sampling_settings import LLMSampling
+
+_SAMPLING = LLMSampling()
 
 
 class Settings(BaseSettings):
@@ -59,12 +61,17 @@ class Settings(BaseSettings):
     vad_aggressiveness: int = Field(2, ge=0, le=3)
     vad_prefix_padding_ms: int = Field(300, ge=0)
     vad_silence_ms: int = Field(500, ge=0, description="silence that ends a turn the state head left open")
+    vad_noise_margin_db: float = Field(10.0, ge=0, description="speech must stand this far above the floor")
+    vad_min_speech_dbfs: float = Field(-55.0, le=0, description="quieter frames are never speech")
+    vad_floor_rise_db_per_s: float = Field(10.0, gt=0, description="how fast the noise floor may rise")
     state_threshold: float = Field(0.5, gt=0, lt=1)
+    min_interruption_ms: int = Field(200, ge=0, description="speech during an answer that pauses it")
+    resume_rewind_ms: int = Field(250, ge=0, description="a resumed answer repeats this much before the cut")
 
-    # -- sampling
-    temperature: float = 0.8
-    top_k: int = 20
-    top_p: float = 0.8
+    # -- sampling (defaults: the published server's, defined once in `LLMSampling`)
+    temperature: float = Field(_SAMPLING.temperature, gt=0)
+    top_k: int = Field(_SAMPLING.top_k, ge=1)
+    top_p: float = Field(_SAMPLING.top_p, gt=0, le=1)
     seed: int | None = None
 
     # -- auth

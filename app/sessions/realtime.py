@@ -9,6 +9,11 @@ silence included, goes to the engine, whose state head ends the turn: "answer" s
 (cancelling one in progress: barge-in), "ignore" drops the turn. If the head never fires, the
 VAD's end of speech answers anyway. With turn detection off, the client commits and asks for a
 response itself (push to talk).
+
+Speech during an answer is an interruption in two steps: after `min_interruption_ms` of it the answer
+pauses (no more audio, and `speech_started`, on which clients flush playback); the state head then
+either takes the turn (the answer ends cancelled, `turn_detected`) or ignores it (a backchannel, a
+cough), and the answer resumes from where playback stopped, as it does when the VAD closes first.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ from app.sessions.audio_formats import (
     InputAudioConverter,
     OutputAudioConverter,
 )
+from app.sessions.close_codes import CloseCode
+from app.sessions.noise_floor import NoiseGateSettings
 from app.sessions.outbound import Outbound
+from app.sessions.refused_fields import refusals, response_refusals, without_refused
+from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
@@ -52,6 +61,7 @@ class _FeedItem:
     turn: int
     samples: np.ndarray | None = None
     act: bool = False
+    request: ResponseRequest | None = None  # a commit asked for by response.create
 
 
 class RealtimeSession:
@@ -88,6 +98,7 @@ class RealtimeSession:
         self._awaiting_response = False  # a committed user turn waits for response.create
         self._user_item_id: str | None = None
         self._speech_stopped_sent = False
+        self._turn_unannounced = False
         self._preroll_left = 0
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffered_chunks = 0
@@ -97,6 +108,10 @@ class RealtimeSession:
         # response
         self._streamer: ResponseStreamer | None = None
         self._streamer_task: asyncio.Task | None = None
+        # interruption: the response the open listen turn interrupts, and where its speech began
+        self._interrupted: ResponseStreamer | None = None
+        self._speech_start_ms = 0
+        self._turn_audio_start_ms = 0
         self._apply_formats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -153,7 +168,7 @@ class RealtimeSession:
 
     def _error(self, error: ev.ProtocolError) -> None:
         self.metrics.count_error(str(error.code))
-        self.outbound.put(error.to_event())
+        self.outbound.put(ev.ErrorEvent.from_protocol_error(error))
 
     def _client_error(self, code: str, message: str, event_id: str | None, param: str | None = None) -> None:
         self.metrics.count_error(code)
@@ -164,7 +179,7 @@ class RealtimeSession:
     async def _dispatch(self, event: ev.ClientEventBase) -> None:
         handlers = {
             "session.update": self._session_update,
-            "input_audio_buffer.append": lambda e: self._append_audio(e.audio_bytes, e.event_id),
+            "input_audio_buffer.append": self._append_event,
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "conversation.item.create": self._item_create,
@@ -197,12 +212,19 @@ class RealtimeSession:
                     aggressiveness=aggressiveness,
                     prefix_padding_ms=detection.prefix_padding_ms,
                     silence_duration_ms=detection.silence_duration_ms,
+                    noise=NoiseGateSettings(
+                        margin_db=self.settings.vad_noise_margin_db,
+                        min_speech_dbfs=self.settings.vad_min_speech_dbfs,
+                        rise_db_per_s=self.settings.vad_floor_rise_db_per_s,
+                    ),
                 )
             )
 
     async def _session_update(self, event: ev.SessionUpdate) -> None:
+        for refusal in refusals(event.session):
+            self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
         before = self.config
-        self.config = self.config.apply(event.session)
+        self.config = self.config.apply(without_refused(event.session))
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
@@ -214,9 +236,31 @@ class RealtimeSession:
             self._apply_formats()
         if before.instructions != self.config.instructions and self.ref is not None:
             await self.ref.engine.set_instructions(self.ref.session_id, self.config.instructions or None)
+        answers_changed = (
+            before.output_modalities != self.config.output_modalities
+            or before.max_output_tokens != self.config.max_output_tokens
+        )
+        if answers_changed and self.ref is not None:
+            defaults = ResponseRequest.of(self.config).options
+            await self.ref.engine.set_answer_defaults(self.ref.session_id, defaults)
         self.outbound.put(ev.SessionUpdated(session=self.config))
 
     # -- audio in and turn taking ---------------------------------------------------------------------
+    async def _append_event(self, event: ev.InputAudioBufferAppend) -> None:
+        # A JSON append must hold whole samples: a dangling byte would shift every later sample. Binary
+        # frames are a raw byte stream and may split a sample (the converter carries the odd byte).
+        sample_bytes = self.input_converter.wire.bytes_per_sample
+        if len(event.audio_bytes) % sample_bytes:
+            self._client_error(
+                "invalid_value",
+                f"audio holds {len(event.audio_bytes)} bytes, not a whole number of {sample_bytes}-byte "
+                f"samples in {self.input_converter.wire.encoding}; nothing was buffered",
+                event.event_id,
+                "audio",
+            )
+            return
+        await self._append_audio(event.audio_bytes, event.event_id)
+
     async def _append_audio(self, data: bytes, event_id: str | None) -> None:
         try:
             samples = self.input_converter.push(data)
@@ -236,7 +280,8 @@ class RealtimeSession:
                 if self._listening:
                     self._buffer_audio(item.samples, act=self._acting())
             elif isinstance(item, SpeechStopped):
-                self._on_speech_stopped(item)
+                await self._on_speech_stopped(item)
+        self._pause_if_interrupting()
 
     def _acting(self) -> bool:
         detection = self.config.turn_detection
@@ -246,14 +291,37 @@ class RealtimeSession:
         detection = self.config.turn_detection
         if self._listening or self._awaiting_response:
             return
-        if self._streamer is not None and detection is not None and not detection.interrupt_response:
-            return  # the client asked us not to be interrupted
-        self._open_turn(started.audio_start_ms)
+        answering = self._streamer if self._streamer is not None and not self._streamer.finished else None
+        if answering is not None and detection is not None and not detection.interrupt_response:
+            return  # the client asked us not to be interrupted: the answer plays on, unpaused
+        # Speech during an answer is announced only once it has lasted min_interruption_ms (the pause).
+        self._open_turn(started.audio_start_ms, announce=answering is None)
+        self._interrupted = answering
+        self._speech_start_ms = started.speech_start_ms
         self._preroll_left = len(started.audio)
         self._buffer_audio(started.audio, act=False)
 
-    def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
+    def _pause_if_interrupting(self) -> None:
+        """Pause the interrupted answer once the speech has lasted `min_interruption_ms`."""
+        streamer = self._interrupted
+        if streamer is None or streamer.paused or not self._listening or self.vad is None:
+            return
+        if self.vad.clock_ms - self._speech_start_ms < self.settings.min_interruption_ms:
+            return
+        if not streamer.pause():  # it ended meanwhile: an ordinary turn now
+            self._interrupted = None
+        self._announce_turn()
+
+    async def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
         if not self._listening:
+            return
+        if self._interrupted is not None:
+            # The head never took the turn: it was not an interruption after all. The answer goes on.
+            unannounced = self._turn_unannounced
+            self._send_speech_stopped(stopped.audio_end_ms)
+            if not unannounced:
+                self.outbound.put(ev.InputAudioBufferCleared())
+            await self._drop_listen()
             return
         self._send_speech_stopped(stopped.audio_end_ms)
         # The state head had its chance during the silence: answer now (fallback), once all the
@@ -262,17 +330,28 @@ class RealtimeSession:
         self._feed.put_nowait(_FeedItem("commit", self._turn))
 
     def _open_turn(self, audio_start_ms: int, announce: bool = True) -> None:
-        """Start a user turn; only a VAD-detected one is announced with speech_started."""
+        """Start a user turn; only a VAD-detected one is announced with speech_started (maybe later)."""
         self._turn += 1
         self._listening = True
-        self._speech_stopped_sent = not announce  # nothing to stop when nothing was started
+        self._speech_stopped_sent = True  # nothing to stop until something was started
+        self._turn_unannounced = True
         self._user_item_id = ev.new_item_id()
+        self._turn_audio_start_ms = audio_start_ms
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffered_chunks = 0
         if announce:
-            self.outbound.put(
-                ev.InputAudioBufferSpeechStarted(audio_start_ms=audio_start_ms, item_id=self._user_item_id)
+            self._announce_turn()
+
+    def _announce_turn(self) -> None:
+        if not self._turn_unannounced or self._user_item_id is None:
+            return
+        self._turn_unannounced = False
+        self._speech_stopped_sent = False
+        self.outbound.put(
+            ev.InputAudioBufferSpeechStarted(
+                audio_start_ms=self._turn_audio_start_ms, item_id=self._user_item_id
             )
+        )
 
     def _send_speech_stopped(self, audio_end_ms: int | None = None) -> None:
         if self._speech_stopped_sent or self._user_item_id is None:
@@ -319,10 +398,11 @@ class RealtimeSession:
                 elif item.kind == "commit":
                     if self._listening or self._awaiting_response:
                         self._committed_events()
-                        stream = await engine.commit_listen(sid)
+                        options = item.request.options if item.request is not None else None
+                        stream = await engine.commit_listen(sid, options)
                         self._end_turn()
                         if stream is not None:
-                            await self._start_response(stream)
+                            await self._start_response(stream, item.request)
                 elif item.kind == "drop":
                     await engine.drop_listen(sid)
             except SessionClosedError as error:
@@ -333,6 +413,10 @@ class RealtimeSession:
         if decision.skipped or turn != self._turn:
             return
         if decision.state == ListenState.ANSWER:
+            interrupted, self._interrupted = self._interrupted, None
+            if interrupted is not None:
+                self._announce_turn()  # taken before the pause: the client still hears speech_started first
+                interrupted.cancel_reason = "turn_detected"
             if decision.answer_id is not None:  # the engine answered: our turn is over
                 self._send_speech_stopped()
                 self._committed_events()
@@ -347,10 +431,14 @@ class RealtimeSession:
                 self._listening = False
                 self._awaiting_response = True
                 self._reset_vad()
+                if interrupted is not None:
+                    await self._cancel_response(interrupted, "turn_detected")
         elif decision.state == ListenState.IGNORE and decision.turn_ended:
             # Noise or a backchannel: the engine dropped the turn; an answer in progress goes on.
+            unannounced = self._turn_unannounced
             self._send_speech_stopped()
-            self.outbound.put(ev.InputAudioBufferCleared())
+            if not unannounced:
+                self.outbound.put(ev.InputAudioBufferCleared())
             self._end_turn()
 
     def _committed_events(self) -> None:
@@ -372,6 +460,9 @@ class RealtimeSession:
         self._known_items.add(self._user_item_id)
 
     def _end_turn(self) -> None:
+        interrupted, self._interrupted = self._interrupted, None
+        if interrupted is not None:
+            interrupted.resume()  # the turn ended without taking over: the answer goes on
         self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
         self._listening = False
         self._awaiting_response = False
@@ -473,43 +564,74 @@ class RealtimeSession:
         if self._streamer is not None:
             self._client_error(
                 "conversation_already_has_active_response",
-                "a response is in progress: cancel it first or wait for response.done",
+                f"Conversation already has an active response in progress: {self._streamer.response_id}. "
+                "Wait until the response is finished before creating a new one.",
                 event.event_id,
             )
             return
+        refused = response_refusals(event.response, self.config)
+        for refusal in refused:
+            self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
+        if refused:
+            return
+        request = ResponseRequest.of(self.config, event.response)
         engine, sid = self.ref.engine, self.ref.session_id
+        if request.out_of_band:
+            await self._out_of_band_response(event, request)
+            return
         if self._pending_text and not self._awaiting_response:
             # A typed turn wins over speech still in progress, which is dropped.
             if self._listening:
                 await self._drop_listen()
         elif self._awaiting_response or self._listening:
             self._flush_partial_chunk(act=False)
-            self._feed.put_nowait(_FeedItem("commit", self._turn))
+            self._feed.put_nowait(_FeedItem("commit", self._turn, request=request))
             return
         if self._pending_text:
             text, self._pending_text = "\n".join(self._pending_text), []
-            await self._start_response(await engine.text_turn(sid, text))
+            await self._start_response(await engine.text_turn(sid, text, request.options), request)
             return
-        self._client_error(
-            "nothing_to_respond_to",
-            "there is no user input to respond to: append and commit audio, or create a user item first",
-            event.event_id,
-        )
+        # No new user input: the assistant speaks (first, or again) from its instructions, as OpenAI's does.
+        await self._start_response(await engine.respond(sid, request.options), request)
+
+    async def _out_of_band_response(self, event: ev.ResponseCreate, request: ResponseRequest) -> None:
+        """Answer the response's own input; the default conversation is left exactly as it was."""
+        if self._listening or self._awaiting_response:
+            self._client_error(
+                "user_turn_in_progress",
+                "the user is speaking: send the out-of-band response.create after the turn is answered",
+                event.event_id,
+            )
+            return
+        try:
+            text = out_of_band_text(event.response.input if event.response else None)
+        except ev.ProtocolError as error:
+            error.event_id = event.event_id
+            self._error(error)
+            return
+        engine, sid = self.ref.engine, self.ref.session_id
+        if text is None:
+            stream = await engine.respond(sid, request.options)
+        else:
+            stream = await engine.text_turn(sid, text, request.options)
+        await self._start_response(stream, request)
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
         if self._streamer is None:
             self._client_error(
-                "response_cancel_not_active", "there is no response in progress", event.event_id
+                "response_cancel_not_active", "Cancellation failed: no active response found", event.event_id
             )
             return
-        streamer = self._streamer
-        streamer.cancel_reason = "client_cancelled"
-        if streamer.engine_done:
-            streamer.cancel_queued("client_cancelled")
-        else:
-            await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
+        await self._cancel_response(self._streamer, "client_cancelled")
 
-    async def _start_response(self, stream: AnswerStream) -> None:
+    async def _cancel_response(self, streamer: ResponseStreamer, reason: str) -> None:
+        streamer.cancel_reason = reason
+        if streamer.engine_done:
+            streamer.cancel_queued(reason)
+        else:
+            await self.ref.engine.cancel_answer(self.ref.session_id, reason)
+
+    async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
         previous, previous_task = self._streamer, self._streamer_task
         if previous is not None:
             if previous.engine_done:
@@ -525,10 +647,13 @@ class RealtimeSession:
             converter=OutputAudioConverter(self.config.output_format.wire),
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
+            rewind_s=self.settings.resume_rewind_ms / 1000,
             on_finished=self._response_finished,
+            **_streamer_fields(request or ResponseRequest.of(self.config)),
         )
         self._streamer = streamer
-        self._known_items.add(streamer.item_id)
+        if not streamer.out_of_band:
+            self._known_items.add(streamer.item_id)
         self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
 
     def _response_finished(
@@ -553,7 +678,7 @@ class RealtimeSession:
             ev.ErrorEvent(error=ev.ErrorDetail(type="server_error", code="session_failed", message=message))
         )
         await self.outbound.drain(1.0)
-        await self._close_socket(1011, "session failed")
+        await self._close_socket(CloseCode.INTERNAL_ERROR, "session failed")
 
     # -- timers -----------------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -567,5 +692,15 @@ class RealtimeSession:
                     None,
                 )
                 await self.outbound.drain(1.0)
-                await self._close_socket(1000, "idle timeout")
+                await self._close_socket(CloseCode.NORMAL, "idle timeout")
                 return
+
+
+def _streamer_fields(request: ResponseRequest) -> dict:
+    """The response's own settings, as the streamer writes them into its events."""
+    return dict(
+        text_only=request.text_only,
+        metadata=request.metadata,
+        max_output_tokens=request.max_output_tokens,
+        out_of_band=request.out_of_band,
+    )
