@@ -31,12 +31,9 @@ from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
 from app.model.duplex import ListenState
 from app.sessions import events as ev
-from app.sessions.audio_formats import (
-    MODEL_INPUT_RATE,
-    AudioFormatError,
-    InputAudioConverter,
-    OutputAudioConverter,
-)
+from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
+from app.sessions.binary_frames import BinaryFramer
+from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
@@ -61,7 +58,7 @@ class RealtimeSession:
         self,
         pool: EnginePool,
         settings: Settings,
-        send: Callable[[ev.ServerEvent], Awaitable[None]],
+        send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         metrics: Metrics,
     ) -> None:
@@ -69,7 +66,8 @@ class RealtimeSession:
         self.settings = settings
         self._close_socket = close
         self.metrics = metrics
-        self.outbound = Outbound(send, ahead_s=settings.audio_ahead_s)
+        # Opus answer audio leaves as binary frames (app.sessions.binary_frames); everything else as JSON.
+        self.outbound = Outbound(BinaryFramer().wrap(send), ahead_s=settings.audio_ahead_s)
         self.config = ev.SessionConfig(
             turn_detection=ev.TurnDetection(
                 aggressiveness=settings.vad_aggressiveness,
@@ -184,8 +182,7 @@ class RealtimeSession:
 
     # -- session.update -----------------------------------------------------------------------------
     def _apply_formats(self) -> None:
-        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
-        self.output_converter = OutputAudioConverter(self.config.output_format.wire)
+        self.input_converter = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
         detection = self.config.turn_detection
         self.vad: VadGate | None = None
         if detection is not None:
@@ -202,7 +199,7 @@ class RealtimeSession:
 
     async def _session_update(self, event: ev.SessionUpdate) -> None:
         before = self.config
-        self.config = self.config.apply(event.session)
+        self.config = self.config.apply(event.session).with_opus_bitrate(self.settings.opus_bitrate)
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
@@ -429,7 +426,7 @@ class RealtimeSession:
             self._listening = True
             self._user_item_id = item.id
             try:
-                samples = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
+                samples = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
                 audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
             except AudioFormatError as error:
                 self._client_error("invalid_audio", str(error), event.event_id)
@@ -522,7 +519,7 @@ class RealtimeSession:
         streamer = ResponseStreamer(
             stream=stream,
             outbound=self.outbound,
-            converter=OutputAudioConverter(self.config.output_format.wire),
+            converter=output_converter_for(self.config.output_format.wire),
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
             on_finished=self._response_finished,

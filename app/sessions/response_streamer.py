@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from app.engine.engine import AnswerStream
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, SegmentText
 from app.sessions.audio_formats import OutputAudioConverter, encode_base64
+from app.sessions.binary_frames import OutputAudioPacket
 from app.sessions.events import (
     ContentPart,
     ConversationItem,
@@ -34,6 +35,7 @@ from app.sessions.events import (
     Usage,
     new_item_id,
 )
+from app.sessions.opus_codec import OpusOutputConverter
 from app.sessions.outbound import Outbound
 
 
@@ -43,7 +45,7 @@ class ResponseStreamer:
 
     stream: AnswerStream
     outbound: Outbound
-    converter: OutputAudioConverter
+    converter: OutputAudioConverter | OpusOutputConverter
     delta_ms: int
     started_at: float
     response_id: str = ""
@@ -87,7 +89,7 @@ class ResponseStreamer:
             if isinstance(event, SegmentText) and event.text:
                 self._send_text(event.text)
             elif isinstance(event, AudioDelta):
-                self._send_audio(self.converter.push(event.samples))
+                self._send_encoded(self.converter.push(event.samples))
             elif isinstance(event, AnswerDone):
                 done = event
         self._finish(done)
@@ -102,6 +104,25 @@ class ResponseStreamer:
             response_id=self.response_id,
             on_sent=sent,
         )
+
+    def _send_encoded(self, encoded: bytes | list[bytes], final: bool = False) -> None:
+        """Queue a converter's output: PCM/G.711 bytes as JSON deltas, Opus packets as binary frames."""
+        if isinstance(encoded, list):
+            self._send_packets(encoded)
+        else:
+            self._send_audio(encoded, final)
+
+    def _send_packets(self, packets: list[bytes]) -> None:
+        seconds = self.converter.packet_seconds
+
+        def sent() -> None:
+            if self.first_audio_latency_s is None:
+                self.first_audio_latency_s = time.perf_counter() - self.started_at
+            self.audio_ms_sent += 1000 * seconds
+
+        for packet in packets:
+            event = OutputAudioPacket(response_id=self.response_id, item_id=self.item_id, packet=packet)
+            self.outbound.put_audio(event, self.response_id, seconds, on_sent=sent)
 
     def _send_audio(self, data: bytes, final: bool = False) -> None:
         data = self._pending_bytes + data
@@ -132,7 +153,7 @@ class ResponseStreamer:
         self._done = done
         status = done.status if done is not None else AnswerStatus.FAILED
         if status == AnswerStatus.COMPLETED:
-            self._send_audio(self.converter.flush(), final=True)
+            self._send_encoded(self.converter.flush(), final=True)
             # After the last audio has gone out: the transcript is then all that was sent.
             self.outbound.then(lambda: self._final_events(AnswerStatus.COMPLETED), self.response_id)
         else:
