@@ -239,7 +239,9 @@ def describe(turn: Turn, number: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("wav", type=Path, nargs="+", help="16-bit WAV questions, one turn each, in order")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/realtime", help="the server's Realtime URL")
     parser.add_argument("--out", type=Path, default=Path("answer.wav"), help="answer WAV (-N added per turn)")
