@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
+    opus_bitrate: int = Field(
+        24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
+    )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")

@@ -33,13 +33,16 @@ class _Socket:
         self.dialect = dialect
         self.closed = False
 
-    async def send(self, event: ServerEvent) -> None:
+    async def send(self, event: ServerEvent | bytes) -> None:
         if self.closed:
             return
-        text = event.to_json(self.dialect)
-        if text is None:  # no such event in this dialect
-            return
         try:
+            if isinstance(event, bytes):  # a binary audio frame (app.sessions.binary_frames)
+                await self.websocket.send_bytes(event)
+                return
+            text = event.to_json(self.dialect)
+            if text is None:  # no such event in this dialect
+                return
             await self.websocket.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True

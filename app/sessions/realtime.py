@@ -36,14 +36,11 @@ from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
 from app.model.duplex import ListenState
 from app.sessions import events as ev
-from app.sessions.audio_formats import (
-    MODEL_INPUT_RATE,
-    AudioFormatError,
-    InputAudioConverter,
-    OutputAudioConverter,
-)
+from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
+from app.sessions.binary_frames import BinaryFramer
 from app.sessions.close_codes import CloseCode
 from app.sessions.noise_floor import NoiseGateSettings
+from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
@@ -71,7 +68,7 @@ class RealtimeSession:
         self,
         pool: EnginePool,
         settings: Settings,
-        send: Callable[[ev.ServerEvent], Awaitable[None]],
+        send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         metrics: Metrics,
     ) -> None:
@@ -79,7 +76,8 @@ class RealtimeSession:
         self.settings = settings
         self._close_socket = close
         self.metrics = metrics
-        self.outbound = Outbound(send, ahead_s=settings.audio_ahead_s)
+        # Opus answer audio leaves as binary frames (app.sessions.binary_frames); everything else as JSON.
+        self.outbound = Outbound(BinaryFramer().wrap(send), ahead_s=settings.audio_ahead_s)
         self.config = ev.SessionConfig(
             turn_detection=ev.TurnDetection(
                 aggressiveness=settings.vad_aggressiveness,
@@ -199,8 +197,7 @@ class RealtimeSession:
 
     # -- session.update -----------------------------------------------------------------------------
     def _apply_formats(self) -> None:
-        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
-        self.output_converter = OutputAudioConverter(self.config.output_format.wire)
+        self.input_converter = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
         detection = self.config.turn_detection
         self.vad: VadGate | None = None
         if detection is not None:
@@ -224,7 +221,9 @@ class RealtimeSession:
         for refusal in refusals(event.session):
             self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
         before = self.config
-        self.config = self.config.apply(without_refused(event.session))
+        self.config = self.config.apply(without_refused(event.session)).with_opus_bitrate(
+            self.settings.opus_bitrate
+        )
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
@@ -520,7 +519,7 @@ class RealtimeSession:
             self._listening = True
             self._user_item_id = item.id
             try:
-                samples = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
+                samples = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
                 audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
             except AudioFormatError as error:
                 self._client_error("invalid_audio", str(error), event.event_id)
@@ -644,7 +643,7 @@ class RealtimeSession:
         streamer = ResponseStreamer(
             stream=stream,
             outbound=self.outbound,
-            converter=OutputAudioConverter(self.config.output_format.wire),
+            converter=output_converter_for(self.config.output_format.wire),
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
             rewind_s=self.settings.resume_rewind_ms / 1000,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from app.engine.engine import AnswerStream
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, SegmentText
 from app.sessions.audio_formats import OutputAudioConverter, encode_base64
+from app.sessions.binary_frames import OutputAudioPacket
 from app.sessions.events import (
     ContentPart,
     ConversationItem,
@@ -40,6 +41,7 @@ from app.sessions.events import (
     Usage,
     new_item_id,
 )
+from app.sessions.opus_codec import OpusOutputConverter
 from app.sessions.outbound import Outbound, QueuedAudio
 
 
@@ -49,7 +51,7 @@ class ResponseStreamer:
 
     stream: AnswerStream
     outbound: Outbound
-    converter: OutputAudioConverter
+    converter: OutputAudioConverter | OpusOutputConverter
     delta_ms: int
     started_at: float
     rewind_s: float = 0.25  # resume this far before the point the client had played
@@ -69,6 +71,7 @@ class ResponseStreamer:
     _done: AnswerDone | None = None
     _pending_bytes: bytes = b""
     _sent_audio: bytearray = field(default_factory=bytearray)  # every audio byte sent, in order
+    _sent_packets: list[bytes] = field(default_factory=list)  # every Opus packet sent, in order
     _paused_at_s: float | None = None  # the client's playback position when paused
 
     @property
@@ -125,7 +128,7 @@ class ResponseStreamer:
             if isinstance(event, SegmentText) and event.text:
                 self._send_text(event.text)
             elif isinstance(event, AudioDelta):
-                self._send_audio(self.converter.push(event.samples))
+                self._send_encoded(self.converter.push(event.samples))
             elif isinstance(event, AnswerDone):
                 done = event
         self._finish(done)
@@ -153,9 +156,12 @@ class ResponseStreamer:
         """Go on from `rewind_s` before the point the client had played when paused."""
         if self._paused_at_s is None or self.finished:
             return
-        wire = self.converter.wire
         from_s = max(0.0, self._paused_at_s - self.rewind_s)
         self._paused_at_s = None
+        if isinstance(self.converter, OpusOutputConverter):
+            self._resume_packets(from_s)
+            return
+        wire = self.converter.wire
         cut = min(len(self._sent_audio), int(from_s * wire.sample_rate) * wire.bytes_per_sample)
         replay = bytes(self._sent_audio[cut:])
         del self._sent_audio[cut:]
@@ -163,6 +169,39 @@ class ResponseStreamer:
         self.outbound.resume(
             self.response_id, cut / wire.bytes_per_sample / wire.sample_rate, self._deltas(replay)
         )
+
+    def _send_encoded(self, encoded: bytes | list[bytes], final: bool = False) -> None:
+        """Queue a converter's output: PCM/G.711 bytes as JSON deltas, Opus packets as binary frames."""
+        if isinstance(encoded, list):
+            self._send_packets(encoded)
+        else:
+            self._send_audio(encoded, final)
+
+    def _resume_packets(self, from_s: float) -> None:
+        """`resume` for Opus: replay whole packets from the one that holds `from_s`."""
+        seconds = self.converter.packet_seconds
+        keep = min(len(self._sent_packets), int(from_s / seconds))
+        replay = self._sent_packets[keep:]
+        del self._sent_packets[keep:]
+        self.audio_ms_sent = 1000 * seconds * keep
+        self.outbound.resume(self.response_id, keep * seconds, [self._packet_audio(p) for p in replay])
+
+    def _packet_audio(self, packet: bytes) -> QueuedAudio:
+        seconds = self.converter.packet_seconds
+
+        def sent() -> None:
+            if self.first_audio_latency_s is None:
+                self.first_audio_latency_s = time.perf_counter() - self.started_at
+            self.audio_ms_sent += 1000 * seconds
+            self._sent_packets.append(packet)
+
+        event = OutputAudioPacket(response_id=self.response_id, item_id=self.item_id, packet=packet)
+        return QueuedAudio(event, seconds, sent)
+
+    def _send_packets(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            audio = self._packet_audio(packet)
+            self.outbound.put_audio(audio.event, self.response_id, audio.seconds, on_sent=audio.on_sent)
 
     def _send_audio(self, data: bytes, final: bool = False) -> None:
         data = self._pending_bytes + data
@@ -200,7 +239,7 @@ class ResponseStreamer:
         self._done = done
         status = done.status if done is not None else AnswerStatus.FAILED
         if status == AnswerStatus.COMPLETED:
-            self._send_audio(self.converter.flush(), final=True)
+            self._send_encoded(self.converter.flush(), final=True)
             # After the last audio has gone out: the transcript is then all that was sent.
             self.outbound.then(lambda: self._final_events(AnswerStatus.COMPLETED), self.response_id)
         else:

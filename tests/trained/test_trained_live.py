@@ -226,7 +226,7 @@ def test_the_page_shows_the_expected_answer_to_its_microphone(
 ) -> None:
     recording = held_out_questions[PAGE_QUESTION]
     began = time.perf_counter()
-    mic_page.goto(trained_server.base_url + "/")
+    mic_page.goto(trained_server.base_url + "/?audio=pcm16")  # the tee reads JSON deltas (Opus: test_page.py)
     mic_page.click("#connect")
     wait_connected(mic_page)
     mic_page.wait_for_function(
