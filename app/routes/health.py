@@ -21,6 +21,8 @@ async def readyz(request: Request) -> JSONResponse:
     auth = bool(server.settings.api_keys)
     if server.load_error is not None:
         return JSONResponse({"status": "failed", "error": server.load_error, "auth": auth}, status_code=503)
+    if server.draining:
+        return JSONResponse({"status": "draining", "auth": auth}, status_code=503)
     if server.pool is None:
         return JSONResponse({"status": "loading", "auth": auth}, status_code=503)
     pool = server.pool
@@ -30,6 +32,7 @@ async def readyz(request: Request) -> JSONResponse:
             "replicas": [e.name for e in pool.engines],
             "capacity": pool.capacity,
             "active_sessions": pool.active_sessions,
+            "instance_id": server.instance_id,
             "auth": auth,
         }
     )
@@ -39,7 +42,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> PlainTextResponse:
     server: ServerState = request.app.state.server
     gauges: dict[str, float] = {
-        "ready": float(server.ready),
+        "ready": float(server.ready and not server.draining),
         "websocket_sessions": float(len(server.sessions)),
     }
     rows: dict[str, tuple[int, int]] = {}
