@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.deploy.conftest import SHUTDOWN_GRACE_S, Fleet
+from tests.deploy.fleet import SHUTDOWN_GRACE_S, Fleet
 from tests.routes.conftest import RealtimeClient, answers_text, run, text_turn
 
 pytestmark = pytest.mark.slow
@@ -64,29 +64,6 @@ def by_process(clients: dict[str, RealtimeClient]) -> dict[str, list[str]]:
     for key, client in clients.items():
         groups[served_by(client)].append(key)
     return groups
-
-
-@pytest.fixture(scope="module")
-def fleet(tiny_model_dir, tmp_path_factory) -> Fleet:
-    """One fleet shared by the tests that leave it whole."""
-    from tests.deploy.conftest import EngineProcess, Nginx, free_port
-
-    folder = tmp_path_factory.mktemp("shared-fleet")
-    engines = {
-        name: EngineProcess(name, free_port(), folder / f"{name}.log") for name in ("engine-a", "engine-b")
-    }
-    shared = Fleet(engines, Nginx(list(engines.values())))
-    try:
-        for engine in engines.values():
-            engine.start(tiny_model_dir)
-        for engine in engines.values():
-            engine.wait_ready()
-        shared.nginx.start()
-        yield shared
-    finally:
-        for engine in engines.values():
-            engine.stop()
-        shared.nginx.stop()
 
 
 def test_twenty_sessions_spread_over_both_processes_and_each_is_served(fleet: Fleet) -> None:
