@@ -60,6 +60,13 @@ async def turn(request: Request, instructions: str | None = None) -> Response:
             "missing or invalid API key: send 'Authorization: Bearer <key>'",
             **{"WWW-Authenticate": "Bearer"},
         )
+    if server.draining:
+        return _error(
+            503,
+            "server_shutting_down",
+            "this server is shutting down; send the turn again",
+            **{"Retry-After": "1"},
+        )
     if not server.ready:
         return _error(
             503, "server_not_ready", "the model is still loading; try again shortly", **{"Retry-After": "5"}

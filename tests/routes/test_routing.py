@@ -90,18 +90,26 @@ def test_a_draining_server_refuses_new_sessions_and_sends_live_ones_elsewhere(
     server = start_server(instance_id="engine-a", shutdown_grace_s=2.0)
     assert httpx.get(server.base_url + "/readyz").json()["instance_id"] == "engine-a"
 
-    async def main() -> tuple[RealtimeClient, ConnectionClosed, list[dict], ConnectionClosed, httpx.Response]:
+    async def main() -> tuple:
         async with realtime_client(server.ws_url + "?session=alice") as live:
             server.state.draining = True  # as `drain` sets it first
             readyz = await asyncio.to_thread(httpx.get, server.base_url + "/readyz")
+            rest = await asyncio.to_thread(
+                httpx.post,
+                server.base_url + "/v1/turns",
+                content=b"RIFF",
+                headers={"Content-Type": "audio/wav"},
+            )
             refused_events, refusal = await refused(server.ws_url + "?session=bob")
             stopping = asyncio.create_task(asyncio.to_thread(server.stop))
             closed = await live.wait_closed(timeout=20)
             await stopping
-            return live, closed, refused_events, refusal, readyz
+            return live, closed, refused_events, refusal, readyz, rest
 
-    live, closed, refused_events, refusal, readyz = run(main())
+    live, closed, refused_events, refusal, readyz, rest = run(main())
     assert readyz.status_code == 503 and readyz.json()["status"] == "draining"
+    assert rest.status_code == 503 and rest.json()["error"]["code"] == "server_shutting_down"
+    assert rest.headers["Retry-After"] == "1"
     (refusal_error,) = refused_events
     assert refusal_error["error"]["code"] == "server_shutting_down"
     assert refusal.rcvd is not None and refusal.rcvd.code == CLOSE_TRY_AGAIN
