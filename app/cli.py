@@ -161,6 +161,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "idle_timeout_s": args.idle_timeout,
             "ssl_keyfile": args.ssl_keyfile,
             "ssl_certfile": args.ssl_certfile,
+            "instance_id": args.instance_id,
         }.items()
         if value is not None
     }
@@ -247,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ssl-keyfile", type=Path, help="TLS key file: serve https/wss (needed for a phone's mic)"
     )
     serve.add_argument("--ssl-certfile", type=Path, help="TLS certificate file")
+    serve.add_argument(
+        "--instance-id",
+        help="this process's name in session.created, for a fleet behind a load balancer "
+        "(default: hostname:port)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     tiny = commands.add_parser(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -59,6 +60,14 @@ class Settings(BaseSettings):
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    session_key_max_chars: int = Field(
+        128, ge=8, le=1024, description="longest client-chosen ?session= key accepted"
+    )
+
+    # -- deployment (many processes behind a load balancer)
+    instance_id: str | None = Field(
+        None, description="names this process in session.created; default: hostname:port"
+    )
 
     # -- turn taking defaults (clients may change them with session.update)
     vad_aggressiveness: int = Field(2, ge=0, le=3)
@@ -86,6 +95,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def instance_name(self) -> str:
+        """What `session.created` reports as the process that serves a session."""
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -4,11 +4,22 @@
 // OpenAI Realtime protocol defines for browsers: as a subprotocol `openai-insecure-api-key.<key>`
 // offered next to `realtime`.
 
-/** The Realtime URL of the server that served this page: wss: behind TLS, and relative to the
- * page's folder so that a reverse proxy may serve us under a sub-path. */
-export function realtimeUrl(loc = window.location) {
+/** A session key for this page: a load balancer in front of several server processes hashes on it
+ * (`?session=`), so the page's sessions spread over them. getRandomValues, unlike randomUUID, also
+ * works on a plain-http LAN page. */
+export function newSessionKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "page-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const pageSessionKey = newSessionKey();
+
+/** The Realtime URL of the server that served this page: wss: behind TLS, relative to the page's
+ * folder so that a reverse proxy may serve us under a sub-path, with this page's session key. */
+export function realtimeUrl(loc = window.location, sessionKey = pageSessionKey) {
   const url = new URL("v1/realtime", loc.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("session", sessionKey);
   return url.href;
 }
 

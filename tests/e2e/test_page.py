@@ -7,6 +7,7 @@ transitions, audio deltas, first-audio latencies, barge-in stop latency), which 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,8 @@ def test_page_asks_for_the_api_key_the_server_requires(start_server, page) -> No
     page.click("#key-form button")
     wait_connected(page)
     assert page.is_hidden("#key-form")
+    (connection,) = server.state.sessions  # the page names its session, so a balancer can spread pages
+    assert re.fullmatch(r"page-[0-9a-f]{24}", connection.session_key), connection.session_key
 
     server.stop()  # the server says goodbye with 1001
     page.wait_for_function("document.querySelector('#notice').textContent.includes('shutting down')")
