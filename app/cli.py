@@ -166,9 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input-wav", type=Path, required=True, help="the question (WAV, any rate)")
     infer.add_argument("--output-wav", type=Path, required=True, help="where to write the answer")
     sampling = infer.add_argument_group("sampling")
-    sampling.add_argument("--temperature", type=float, default=0.8, help="LLM temperature (default 0.8)")
-    sampling.add_argument("--top-k", type=int, default=20, help="LLM top-k (default 20)")
-    sampling.add_argument("--top-p", type=float, default=0.8, help="LLM top-p (default 0.8)")
+    from app.model.sampling_settings import LLMSampling
+
+    defaults = LLMSampling()
+    sampling.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="LLM temperature (default %(default)s)",
+    )
+    sampling.add_argument("--top-k", type=int, default=defaults.top_k, help="LLM top-k (default %(default)s)")
+    sampling.add_argument(
+        "--top-p", type=float, default=defaults.top_p, help="LLM top-p (default %(default)s)"
+    )
     sampling.add_argument("--decoder-top-k", type=int, help="speech decoder top-k (default: server.json, 2)")
     sampling.add_argument("--greedy", action="store_true", help="argmax everywhere: deterministic output")
     sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

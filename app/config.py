@@ -9,7 +9,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model.sampling import LLMSampling
+from app.model.sampling_settings import LLMSampling
+
+_SAMPLING = LLMSampling()
 
 
 class Settings(BaseSettings):
@@ -58,10 +60,10 @@ class Settings(BaseSettings):
     vad_silence_ms: int = Field(500, ge=0, description="silence that ends a turn the state head left open")
     state_threshold: float = Field(0.5, gt=0, lt=1)
 
-    # -- sampling
-    temperature: float = 0.8
-    top_k: int = 20
-    top_p: float = 0.8
+    # -- sampling (defaults: the published server's, defined once in `LLMSampling`)
+    temperature: float = Field(_SAMPLING.temperature, gt=0)
+    top_k: int = Field(_SAMPLING.top_k, ge=1)
+    top_p: float = Field(_SAMPLING.top_p, gt=0, le=1)
     seed: int | None = None
 
     # -- auth

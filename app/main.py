@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings
 from app.routes import health, realtime, turns
+from app.routes.deps import ApiError, api_error_handler
 from app.server_state import ServerState
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_exception_handler(ApiError, api_error_handler)
     app.include_router(health.router)
     app.include_router(turns.router)
     app.include_router(realtime.router)

@@ -12,6 +12,7 @@ from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.metrics import Metrics
 from app.model.checkpoint import load_freeze_omni
+from app.sessions.close_codes import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class ServerState:
         )
 
     async def stop(self) -> None:
-        await self.close_sessions(1001, "server shutting down")
+        await self.close_sessions(CloseCode.GOING_AWAY, "server shutting down")
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         if self.pool is not None:

@@ -8,6 +8,7 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.sessions.close_codes import CloseCode
 
 
 class GracefulServer(uvicorn.Server):
@@ -16,7 +17,7 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         state = getattr(self.config.app.state, "server", None)
         if state is not None:
-            await state.close_sessions(1001, "server shutting down")
+            await state.close_sessions(CloseCode.GOING_AWAY, "server shutting down")
         await super().shutdown(sockets=sockets)
 
 

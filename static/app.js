@@ -446,24 +446,31 @@ function sendText(text) {
 
 // -- wiring -----------------------------------------------------------------------------------------------------
 
-ui.connect.addEventListener("click", async () => {
-  if (page.wanted || client.isOpen) return disconnect();
+// A key typed into the visible key box counts, whether the user presses Connect, "Use key" or Enter.
+function takeTypedKey() {
+  const typed = ui.key.value.trim();
+  if (ui.keyForm.hidden || !typed) return;
+  page.apiKey = typed;
+  sessionStorage.setItem("apiKey", typed);
+}
+
+async function startConnecting() {
+  takeTypedKey();
   ui.keyForm.hidden = true;
   page.retries = 0;
   await ensureAudio();
   connect();
   startMicrophoneOnce();
+}
+
+ui.connect.addEventListener("click", async () => {
+  if (page.wanted || client.isOpen) return disconnect();
+  await startConnecting();
 });
 
 ui.keyForm.addEventListener("submit", async (submit) => {
   submit.preventDefault();
-  page.apiKey = ui.key.value.trim();
-  sessionStorage.setItem("apiKey", page.apiKey);
-  ui.keyForm.hidden = true;
-  page.retries = 0;
-  await ensureAudio();
-  connect();
-  startMicrophoneOnce();
+  await startConnecting();
 });
 
 ui.textForm.addEventListener("submit", (submit) => {

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from app.engine.errors import CapacityError, EngineStoppedError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerEvent, AnswerStatus, ChunkDecision
+from app.engine.events import AnswerDone, AnswerEvent, AnswerOptions, AnswerStatus, ChunkDecision
 from app.engine.runner import StepOutcome, StepRunner
 from app.engine.scheduler import Scheduler
 from app.engine.settings import EngineSettings
@@ -43,6 +43,7 @@ from app.model.text_segments import Segmenter
 from app.model.turn_parts import (
     IncrementalDetokenizer,
     answer_start_embeds,
+    instructions_embeds,
     system_prefill_embeds,
     text_turn_embeds,
 )
@@ -166,6 +167,10 @@ class Engine:
         """New system prompt; the conversation so far is kept and re-read under it at the next turn."""
         await self._submit(lambda: self._set_role(self._session(session_id), role))
 
+    async def set_answer_defaults(self, session_id: str, options: AnswerOptions) -> None:
+        """How answers the state head starts are made (text only, token cap); see `AnswerOptions`."""
+        await self._submit(lambda: setattr(self._session(session_id), "answer_defaults", options))
+
     async def begin_listen(self, session_id: str) -> None:
         """The user started speaking: open a listen turn (a branch if the bot is speaking)."""
         await self._submit(lambda: self._begin_listen(self._session(session_id)))
@@ -191,9 +196,11 @@ class Engine:
         await self._submit(enqueue)
         return await future
 
-    async def commit_listen(self, session_id: str) -> AnswerStream | None:
+    async def commit_listen(
+        self, session_id: str, options: AnswerOptions | None = None
+    ) -> AnswerStream | None:
         """End the listen turn and answer it (push-to-talk commit, silence timeout)."""
-        return await self._submit(lambda: self._commit_when_drained(self._session(session_id)))
+        return await self._submit(lambda: self._commit_when_drained(self._session(session_id), options))
 
     async def drop_listen(self, session_id: str) -> None:
         """End the listen turn without answering; the conversation is as if it never happened."""
@@ -202,9 +209,15 @@ class Engine:
     async def cancel_answer(self, session_id: str, reason: str = "cancelled by the client") -> None:
         await self._submit(lambda: self._cancel_answer(self._session(session_id), reason))
 
-    async def text_turn(self, session_id: str, text: str) -> AnswerStream:
+    async def text_turn(
+        self, session_id: str, text: str, options: AnswerOptions | None = None
+    ) -> AnswerStream:
         """A typed user turn: cancels any answer and listen turn, then answers the text."""
-        return await self._submit(lambda: self._text_turn(self._session(session_id), text))
+        return await self._submit(lambda: self._text_turn(self._session(session_id), text, options))
+
+    async def respond(self, session_id: str, options: AnswerOptions | None = None) -> AnswerStream:
+        """An answer with no new user input (the bot speaks first, or again), from the instructions."""
+        return await self._submit(lambda: self._text_turn(self._session(session_id), None, options))
 
     def answer_stream(self, session_id: str) -> AnswerStream | None:
         session = self.sessions.get(session_id)
@@ -313,6 +326,8 @@ class Engine:
         turn = session.next_turn()
         if session.answer is not None:
             self.llm_cache.copy_slot(session.main_slot, session.spare_slot)
+            if session.answer.out_of_band_length is not None:  # the branch continues the conversation
+                self.llm_cache.truncate(session.spare_slot, session.answer.out_of_band_length)
             session.listen = ListenTurn(
                 slot=session.spare_slot,
                 forked=True,
@@ -350,10 +365,13 @@ class Engine:
         else:  # the turn's first row (which carried a pending prefill) never ran
             pass
 
-    def _commit_when_drained(self, session: SessionState) -> AnswerStream | asyncio.Future | None:
+    def _commit_when_drained(
+        self, session: SessionState, options: AnswerOptions | None = None
+    ) -> AnswerStream | asyncio.Future | None:
         listen = session.listen
         if listen is None:
             return None
+        listen.commit_options = options
         if listen.pending:  # answer after the chunks already fed have been heard
             future = asyncio.get_running_loop().create_future()
             listen.commit_waiters.append(future)
@@ -374,7 +392,10 @@ class Engine:
             session.prefill = listen.prefill  # the branch's own pending prefill (normally none)
         session.history = listen.history
         session.history.append(HistoryEntry(listen.turn, listen.embeds))
-        stream = self._start_answer(session, self._answer_start, listen.turn)
+        options = listen.commit_options or session.answer_defaults
+        stream = self._start_answer(
+            session, self._answer_start, listen.turn, options, input_audio_chunks=listen.chunks_fed
+        )
         for waiter in listen.commit_waiters:
             _resolve(waiter, stream)
         return stream
@@ -385,11 +406,29 @@ class Engine:
         for waiter in listen.commit_waiters:
             _resolve(waiter, None)
 
-    def _start_answer(self, session: SessionState, start_embeds: torch.Tensor, turn: int) -> AnswerStream:
+    def _start_answer(
+        self,
+        session: SessionState,
+        start_embeds: torch.Tensor,
+        turn: int,
+        options: AnswerOptions,
+        input_text_tokens: int = 0,
+        input_audio_chunks: int = 0,
+    ) -> AnswerStream:
         queue: asyncio.Queue[AnswerEvent] = asyncio.Queue()
         answer_id = f"resp_{secrets.token_hex(8)}"
         entry = HistoryEntry(turn)
-        session.history.append(entry)
+        out_of_band_length = None
+        if options.out_of_band:  # answered in main, then cut back to here: nothing is kept
+            pending = session.prefill.shape[0] if session.prefill is not None else 0
+            out_of_band_length = self.llm_cache.lengths[session.main_slot] + pending
+        else:
+            session.history.append(entry)
+        if options.instructions:
+            start_embeds = torch.cat([instructions_embeds(self.model, options.instructions), start_embeds])
+        max_tokens = self.settings.max_answer_tokens
+        if options.max_tokens is not None:
+            max_tokens = min(max_tokens, options.max_tokens)
         session.answer = AnswerState(
             answer_id=answer_id,
             queue=queue,
@@ -401,22 +440,34 @@ class Engine:
                 self.model.codec.samples_per_token,
                 trim_leading_silence=self.settings.trim_leading_silence,
             ),
-            max_tokens=self.settings.max_answer_tokens,
+            max_tokens=max_tokens,
             started_at=time.perf_counter(),
             history_entry=entry,
+            speak=options.speak,
+            out_of_band_length=out_of_band_length,
+            input_text_tokens=input_text_tokens,
+            input_audio_chunks=input_audio_chunks,
         )
         session.answer.stream = AnswerStream(answer_id, queue)
         return session.answer.stream
 
-    def _text_turn(self, session: SessionState, text: str) -> AnswerStream:
-        if not text.strip():
+    def _text_turn(
+        self, session: SessionState, text: str | None, options: AnswerOptions | None
+    ) -> AnswerStream:
+        """Answer typed text, or (`text` None) answer with no new user input."""
+        if text is not None and not text.strip():
             raise ValueError("a text turn needs some text")
         self._cancel_answer(session, "replaced by a new text turn")
         self._drop(session)
         turn = session.next_turn()
         self._rebuild_if_needed(session)
-        start = torch.cat([text_turn_embeds(self.model, text), self._answer_start])
-        return self._start_answer(session, start, turn)
+        options = options or session.answer_defaults
+        if text is None:
+            return self._start_answer(session, self._answer_start, turn, options)
+        user = text_turn_embeds(self.model, text)
+        user_tokens = user.shape[0] - len(self.model.prompt_tokens.turn_opening)
+        start = torch.cat([user, self._answer_start])
+        return self._start_answer(session, start, turn, options, input_text_tokens=user_tokens)
 
     def _finish_answer(self, session: SessionState, status: AnswerStatus, reason: str = "") -> None:
         answer, session.answer = session.answer, None
@@ -425,10 +476,16 @@ class Engine:
         if answer.segment is not None:
             self.decoder_cache.free(answer.segment.slot)
             answer.codec_ids.append(answer.segment.tokens)
+        if answer.out_of_band_length is not None:
+            main = session.main_slot
+            self.llm_cache.truncate(main, min(answer.out_of_band_length, self.llm_cache.lengths[main]))
         stats = {
             "answer_seconds": time.perf_counter() - answer.started_at,
             "audio_seconds": answer.audio_samples / OUTPUT_RATE,
             "text_tokens": float(len(answer.token_ids)),
+            "audio_tokens": float(sum(len(ids) for ids in answer.codec_ids)),
+            "input_text_tokens": float(answer.input_text_tokens),
+            "input_audio_chunks": float(answer.input_audio_chunks),
         }
         if answer.first_audio_at is not None:
             stats["first_audio_latency_s"] = answer.first_audio_at - answer.started_at

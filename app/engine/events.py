@@ -29,6 +29,16 @@ class ChunkDecision:
 
 
 @dataclass(frozen=True)
+class AnswerOptions:
+    """How one answer is made; a session's defaults apply to answers the state head starts."""
+
+    speak: bool = True  # False: text only; the speech decoder and codec do no work for it
+    max_tokens: int | None = None  # text tokens; None (or more than the engine allows): the engine's cap
+    instructions: str | None = None  # for this answer only: a system message just before it
+    out_of_band: bool = False  # answer, then leave the conversation as it was (nothing is kept)
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """New answer text (and the LLM token ids it came from)."""
 

@@ -32,6 +32,7 @@ from app.model.kv_cache import SlotKVCache
 from app.model.llm import LLMRow
 from app.model.sampling import sample_llm_token, sample_top_k
 from app.model.speech_decoder import SegmentInput
+from app.model.text_segments import Segment
 from app.model.turn_parts import segment_condition, turn_opening_embeds
 
 log = logging.getLogger(__name__)
@@ -226,15 +227,24 @@ class StepRunner:
             answer.last_token = None
             answer.phase = AnswerPhase.SPEECH_ONLY
             if last := answer.segmenter.flush():
-                answer.pending_segments.append(last)
+                self._segment_ready(session, answer, last, outcome)
             return
         answer.token_ids.append(token)
         answer.last_token = token
         piece = answer.detokenizer.push(token)
         answer.text += piece
         if segment := answer.segmenter.push(token, hidden, piece):
-            answer.pending_segments.append(segment)
+            self._segment_ready(session, answer, segment, outcome)
         outcome.events.append((session, answer, TextDelta(piece, (token,))))
+
+    def _segment_ready(
+        self, session: SessionState, answer: AnswerState, segment: Segment, outcome: StepOutcome
+    ) -> None:
+        """Queue a finished text segment for the speech decoder, or report it at once (text only)."""
+        if answer.speak:
+            answer.pending_segments.append(segment)
+        else:
+            outcome.events.append((session, answer, SegmentText(segment.text)))
 
     # -- stage 3: the speech decoder -------------------------------------------------------------
     def _speech(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.engine.events import AnswerEvent
+from app.engine.events import AnswerEvent, AnswerOptions
 from app.model.codec_stream import CodecChunker
 from app.model.encoder import EncoderState
 from app.model.frontend import StreamingFbank
@@ -70,6 +70,7 @@ class ListenTurn:
     embeds: list[torch.Tensor] = field(default_factory=list)  # what this turn fed, for history
     pending: deque[PendingChunk] = field(default_factory=deque)
     commit_waiters: list[asyncio.Future] = field(default_factory=list)  # commit once heard
+    commit_options: AnswerOptions | None = None  # how to answer a commit asked for by the client
 
 
 class AnswerPhase(StrEnum):
@@ -111,6 +112,10 @@ class AnswerState:
     first_audio_at: float | None = None
     history_entry: HistoryEntry | None = None  # grows as tokens are fed
     stream: Any = None  # the AnswerStream handed to the caller
+    speak: bool = True  # False: text only (segments are reported, never spoken)
+    out_of_band_length: int | None = None  # main's length to go back to when an out-of-band answer ends
+    input_text_tokens: int = 0  # what the turn it answers fed (for usage)
+    input_audio_chunks: int = 0
 
     def audio_ahead_s(self, now: float, rate: int) -> float:
         """How far produced audio runs ahead of real-time playback since the first packet."""
@@ -147,6 +152,7 @@ class SessionState:
     role_changed: bool = False
     closed: bool = False
     error: str | None = None
+    answer_defaults: AnswerOptions = field(default_factory=AnswerOptions)  # for answers the state head starts
 
     def next_turn(self) -> int:
         self.turn_counter += 1

@@ -6,19 +6,9 @@ them samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class LLMSampling:
-    """LLM sampling settings; server defaults of the published model (top_p 0.8, top_k 20, T 0.8)."""
-
-    temperature: float = 0.8
-    top_k: int = 20
-    top_p: float = 0.8
-    greedy: bool = False
+from app.model.sampling_settings import LLMSampling
 
 
 def sample_llm_token(logits: torch.Tensor, settings: LLMSampling, generator: torch.Generator | None) -> int:

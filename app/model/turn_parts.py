@@ -32,6 +32,14 @@ def text_turn_embeds(model: FreezeOmni, text: str) -> torch.Tensor:
     return model.llm.embed([*model.prompt_tokens.turn_opening, *model.tokenize(text)])
 
 
+def instructions_embeds(model: FreezeOmni, instructions: str) -> torch.Tensor:
+    """A system message inside the conversation (`<|im_end|>`, newline, the system header, the text),
+    left open like the system prompt: the next turn's opening closes it."""
+    return model.llm.embed(
+        [model.prompt_tokens.im_end, *model.tokenize("\n" + model.template.system_text(instructions))]
+    )
+
+
 def answer_start_embeds(model: FreezeOmni) -> torch.Tensor:
     """The assistant header (`<|im_end|>`, newline, `<|im_start|>assistant`, newline): opens the answer."""
     return model.llm.embed(model.prompt_tokens.assistant_suffix)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app.server_state import ServerState
+from app.routes.deps import Server
 
 router = APIRouter()
 
@@ -16,8 +16,7 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", summary="Models are loaded and sessions can be served")
-async def readyz(request: Request) -> JSONResponse:
-    server: ServerState = request.app.state.server
+async def readyz(server: Server) -> JSONResponse:
     auth = bool(server.settings.api_keys)
     if server.load_error is not None:
         return JSONResponse({"status": "failed", "error": server.load_error, "auth": auth}, status_code=503)
@@ -36,8 +35,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    server: ServerState = request.app.state.server
+async def metrics(server: Server) -> PlainTextResponse:
     gauges: dict[str, float] = {
         "ready": float(server.ready),
         "websocket_sessions": float(len(server.sessions)),

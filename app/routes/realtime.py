@@ -15,19 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.engine.errors import CapacityError
-from app.routes.auth import error_body, key_is_valid, presented_key
-from app.server_state import ServerState
+from app.routes.auth import error_body
+from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, Server
+from app.sessions.close_codes import CloseCode
 from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
 from app.sessions.realtime import RealtimeSession
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
 
 
 class _Socket:
@@ -66,18 +61,17 @@ async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, mess
 
 
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket) -> None:
-    server: ServerState = websocket.app.state.server
+async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> None:
     settings = server.settings
     offered = list(websocket.scope.get("subprotocols") or [])
-    if not key_is_valid(presented_key(websocket.headers, offered), settings.api_keys):
+    if not key_ok:
         server.metrics.count_error("invalid_api_key")
-        body = error_body("invalid_api_key", "missing or invalid API key: send 'Authorization: Bearer <key>'")
+        body = error_body("invalid_api_key", INVALID_KEY_MESSAGE)
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(JSONResponse(body, status_code=401))
         else:  # the server cannot answer the handshake with HTTP: close with "policy violation"
             await websocket.accept()
-            await websocket.close(CLOSE_POLICY, "invalid API key")
+            await websocket.close(CloseCode.POLICY_VIOLATION, "invalid API key")
         return
 
     beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
@@ -86,7 +80,11 @@ async def realtime(websocket: WebSocket) -> None:
     if not server.ready:
         message = "the model is still loading" if server.load_error is None else "the model failed to load"
         await _refuse_after_accept(
-            socket, CLOSE_TRY_AGAIN, "server_not_ready", f"{message}; try again later", "server_error"
+            socket,
+            CloseCode.TRY_AGAIN_LATER,
+            "server_not_ready",
+            f"{message}; try again later",
+            "server_error",
         )
         return
     session = RealtimeSession(server.pool, settings, socket.send, socket.close, server.metrics)
@@ -94,7 +92,9 @@ async def realtime(websocket: WebSocket) -> None:
         await session.open()
     except CapacityError as error:
         server.metrics.sessions_refused += 1
-        await _refuse_after_accept(socket, CLOSE_TRY_AGAIN, "capacity_exceeded", str(error), "server_error")
+        await _refuse_after_accept(
+            socket, CloseCode.TRY_AGAIN_LATER, "capacity_exceeded", str(error), "server_error"
+        )
         await session.close()
         return
     server.sessions.add(session)
@@ -109,7 +109,7 @@ async def realtime(websocket: WebSocket) -> None:
             if len(raw) > settings.max_message_bytes:
                 await _refuse_after_accept(
                     socket,
-                    CLOSE_TOO_BIG,
+                    CloseCode.MESSAGE_TOO_BIG,
                     "message_too_large",
                     f"a message of {len(raw)} bytes exceeds the limit of {settings.max_message_bytes}",
                     "invalid_request_error",
@@ -121,7 +121,7 @@ async def realtime(websocket: WebSocket) -> None:
     except Exception:  # noqa: BLE001 - one broken session must not take the server down
         log.exception("realtime session failed")
         await _refuse_after_accept(
-            socket, CLOSE_INTERNAL, "internal_error", "internal server error", "server_error"
+            socket, CloseCode.INTERNAL_ERROR, "internal_error", "internal server error", "server_error"
         )
     finally:
         server.sessions.discard(session)

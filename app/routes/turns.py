@@ -9,17 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.engine.errors import CapacityError
-from app.model.wav import WavError, read_wav_bytes, resample, wav_bytes
-from app.routes.auth import error_body, key_is_valid, presented_key
-from app.server_state import ServerState
-from app.sessions.offline_turn import answer_audio
+from app.routes.deps import ApiError, Authorized, Server
+from app.sessions.offline_turn import UploadError, answer_audio, answer_wav, question_from_wav
 
 router = APIRouter()
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return JSONResponse(error_body(code, message, kind), status_code=status, headers=headers or None)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -49,60 +42,37 @@ async def _upload(request: Request, limit: int) -> bytes | None:
     "/v1/turns",
     summary="Answer one spoken question",
     response_description="audio/wav (24 kHz mono pcm16), or JSON when asked with Accept: application/json",
+    dependencies=[Authorized],
 )
-async def turn(request: Request, instructions: str | None = None) -> Response:
-    server: ServerState = request.app.state.server
+async def turn(request: Request, server: Server, instructions: str | None = None) -> Response:
     settings = server.settings
-    if not key_is_valid(presented_key(request.headers), settings.api_keys):
-        return _error(
-            401,
-            "invalid_api_key",
-            "missing or invalid API key: send 'Authorization: Bearer <key>'",
-            **{"WWW-Authenticate": "Bearer"},
-        )
     if not server.ready:
-        return _error(
-            503, "server_not_ready", "the model is still loading; try again shortly", **{"Retry-After": "5"}
+        raise ApiError(
+            503, "server_not_ready", "the model is still loading; try again shortly", {"Retry-After": "5"}
         )
     data = await _upload(request, settings.max_upload_bytes)
     if data is None:
-        return _error(413, "upload_too_large", f"the upload exceeds {settings.max_upload_bytes} bytes")
-    if not data:
-        return _error(
-            400, "empty_upload", "the request has no audio: send a WAV file as the body or as a form file"
-        )
+        raise ApiError(413, "upload_too_large", f"the upload exceeds {settings.max_upload_bytes} bytes")
     try:
-        samples, rate = read_wav_bytes(data)
-    except WavError as error:
-        return _error(415, "unsupported_audio", f"{error}; send a WAV file (PCM or float, any rate)")
-    seconds = len(samples) / rate
-    if seconds == 0:
-        return _error(400, "empty_audio", "the WAV file holds no samples")
-    if seconds > settings.max_upload_seconds:
-        return _error(
-            413,
-            "audio_too_long",
-            f"{seconds:.1f} s of audio exceeds the limit of {settings.max_upload_seconds:g} s",
-        )
+        question = question_from_wav(data, settings.max_upload_seconds)
+    except UploadError as error:
+        raise ApiError(error.status, error.code, str(error)) from None
     try:
         answer = await answer_audio(
-            server.pool,
-            resample(samples, rate, 16000),
-            instructions=instructions,
-            timeout_s=settings.rest_timeout_s,
+            server.pool, question, instructions=instructions, timeout_s=settings.rest_timeout_s
         )
     except CapacityError as error:
-        return _error(503, "capacity_exceeded", str(error), **{"Retry-After": "2"})
+        raise ApiError(503, "capacity_exceeded", str(error), {"Retry-After": "2"}) from None
     except TimeoutError:
-        return _error(504, "timeout", f"the answer took longer than {settings.rest_timeout_s:g} s")
+        raise ApiError(504, "timeout", f"the answer took longer than {settings.rest_timeout_s:g} s") from None
     server.metrics.rest_turns += 1
-    audio = wav_bytes(answer.audio, 24000)
+    audio = answer_wav(answer)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(
             {
                 "text": answer.text,
                 "status": answer.status,
-                "sample_rate": 24000,
+                "sample_rate": answer.sample_rate,
                 "audio_wav_base64": base64.b64encode(audio).decode(),
                 "timings": {k: round(v, 4) for k, v in answer.timings.items()},
             }
@@ -111,4 +81,15 @@ async def turn(request: Request, instructions: str | None = None) -> Response:
         audio,
         media_type="audio/wav",
         headers={"X-Answer-Text": quote(answer.text[:2000]), "X-Answer-Status": answer.status},
+    )
+
+
+@router.api_route("/v1/turns", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def turn_wrong_method(request: Request) -> Response:
+    # Without this the static page mount at "/" would answer 404 for any other method.
+    raise ApiError(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on /v1/turns: POST a WAV file (see the README)",
+        {"Allow": "POST"},
     )

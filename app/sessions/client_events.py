@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from app.sessions.items import ConversationItem, ResponseParams
-from app.sessions.protocol_base import ErrorCode, ProtocolError, _decode_audio_field
+from app.sessions.protocol_base import ErrorCode, ProtocolError, decode_audio_field
 from app.sessions.session_config import SessionPatch
 
 # --- client events -------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ class InputAudioBufferAppend(ClientEventBase):
 
     @model_validator(mode="after")
     def _decode_audio(self) -> InputAudioBufferAppend:
-        self._audio_bytes = _decode_audio_field(self.audio)
+        self._audio_bytes = decode_audio_field(self.audio)
         return self
 
     @property
@@ -143,6 +143,10 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
         data = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
         raise ProtocolError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            ErrorCode.INVALID_JSON, "message is nested too deeply to parse: no client event needs this"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None

@@ -13,15 +13,16 @@ from pydantic import (
 )
 
 from app.sessions.protocol_base import (
+    BETA_RENAMES,
+    CompactModel,
     ErrorCode,
     Modality,
     TokenLimit,
-    _Compact,
-    _custom_error,
-    _decode_audio_field,
+    Tolerated,
+    custom_error,
+    decode_audio_field,
     new_response_id,
 )
-from app.sessions.session_config import _BETA_RENAMES
 
 # --- items and responses ---------------------------------------------------------------------------------------
 
@@ -37,7 +38,7 @@ ContentType = Literal[
 ]
 
 
-class ContentPart(_Compact):
+class ContentPart(CompactModel):
     """One content part of a message item, or the ``part`` of ``response.content_part.*``."""
 
     type: ContentType
@@ -49,7 +50,7 @@ class ContentPart(_Compact):
     @model_validator(mode="after")
     def _decode_audio(self) -> ContentPart:
         if self.audio is not None:
-            self._audio_bytes = _decode_audio_field(self.audio)
+            self._audio_bytes = decode_audio_field(self.audio)
         return self
 
     @property
@@ -58,7 +59,7 @@ class ContentPart(_Compact):
         return self._audio_bytes
 
 
-class ConversationItem(_Compact):
+class ConversationItem(CompactModel):
     """A conversation item; in practice a ``message`` of role user, assistant or system."""
 
     id: str | None = None
@@ -75,7 +76,7 @@ class ConversationItem(_Compact):
     @model_validator(mode="after")
     def _message_has_role(self) -> ConversationItem:
         if self.type == "message" and self.role is None:
-            raise _custom_error(ErrorCode.MISSING_PARAMETER, "a message item needs a role", "role")
+            raise custom_error(ErrorCode.MISSING_PARAMETER, "a message item needs a role", "role")
         return self
 
 
@@ -90,19 +91,27 @@ class ResponseParams(BaseModel):
     conversation: str | None = None
     metadata: dict[str, str] | None = None
     input: list[ConversationItem] | None = None
+    # Read only to be refused or ignored by design (see refused_fields): never silently dropped.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Tolerated = None
+    prompt: Tolerated = None
+    temperature: float | None = None
+    audio: Tolerated = None
+    output_audio_format: Tolerated = None
+    voice: Tolerated = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_beta(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(name in data for name in _BETA_RENAMES):
+        if isinstance(data, dict) and any(name in data for name in BETA_RENAMES):
             data = dict(data)
-            for beta_name, ga_name in _BETA_RENAMES.items():
+            for beta_name, ga_name in BETA_RENAMES.items():
                 if beta_name in data:
                     data.setdefault(ga_name, data.pop(beta_name))
         return data
 
 
-class ResponseStatusDetails(_Compact):
+class ResponseStatusDetails(CompactModel):
     """Why a response ended the way it did."""
 
     type: Literal["completed", "cancelled", "incomplete", "failed"] | None = None
@@ -110,7 +119,7 @@ class ResponseStatusDetails(_Compact):
     error: dict[str, Any] | None = None
 
 
-class Usage(_Compact):
+class Usage(CompactModel):
     """Token counts of a response."""
 
     total_tokens: int = 0

@@ -12,6 +12,38 @@ from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta
 from app.engine.pool import EnginePool
 from app.model.pipeline import OUTPUT_RATE, pad_to_chunks
+from app.model.wav import WavError, read_wav_bytes, resample, wav_bytes
+from app.sessions.audio_formats import MODEL_INPUT_RATE
+
+
+class UploadError(ValueError):
+    """An uploaded question that cannot be answered; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def question_from_wav(data: bytes, max_seconds: float) -> np.ndarray:
+    """Decode an uploaded WAV question to float32 at the model's input rate, or raise `UploadError`."""
+    if not data:
+        raise UploadError(
+            400, "empty_upload", "the request has no audio: send a WAV file as the body or as a form file"
+        )
+    try:
+        samples, rate = read_wav_bytes(data)
+    except WavError as error:
+        raise UploadError(
+            415, "unsupported_audio", f"{error}; send a WAV file (PCM or float, any rate)"
+        ) from None
+    seconds = len(samples) / rate
+    if seconds == 0:
+        raise UploadError(400, "empty_audio", "the WAV file holds no samples")
+    if seconds > max_seconds:
+        raise UploadError(
+            413, "audio_too_long", f"{seconds:.1f} s of audio exceeds the limit of {max_seconds:g} s"
+        )
+    return resample(samples, rate, MODEL_INPUT_RATE)
 
 
 @dataclass
@@ -22,6 +54,12 @@ class TurnAnswer:
     audio: np.ndarray  # float32, 24 kHz
     status: str
     timings: dict[str, float] = field(default_factory=dict)
+    sample_rate: int = OUTPUT_RATE
+
+
+def answer_wav(answer: TurnAnswer) -> bytes:
+    """The answer's audio as a 16-bit WAV file."""
+    return wav_bytes(answer.audio, answer.sample_rate)
 
 
 async def answer_audio(

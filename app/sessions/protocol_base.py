@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,11 +17,10 @@ from pydantic_core import PydanticCustomError
 
 from app.sessions.audio_formats import Base64Error, decode_base64
 
-if TYPE_CHECKING:
-    from app.sessions.server_events import ErrorEvent
-
 Dialect = Literal["ga", "beta"]
 Modality = Literal["text", "audio"]
+# Beta field names of sessions and responses that the GA shape renamed.
+BETA_RENAMES = {"modalities": "output_modalities", "max_response_output_tokens": "max_output_tokens"}
 MAX_APPEND_AUDIO_BYTES = 15 * 1024 * 1024
 
 
@@ -65,7 +64,7 @@ class ErrorCode(StrEnum):
 
 
 class ProtocolError(Exception):
-    """A client event we cannot act on; recoverable: report it with :meth:`to_event` and go on."""
+    """A client event we cannot act on; recoverable: report it (``ErrorEvent.from_protocol_error``) and go on."""
 
     def __init__(
         self,
@@ -82,21 +81,8 @@ class ProtocolError(Exception):
         self.param = param
         self.error_type = error_type
 
-    def to_event(self) -> ErrorEvent:
-        """The ``error`` server event describing this error."""
-        from app.sessions.server_events import ErrorDetail, ErrorEvent  # the events import this module
 
-        detail = ErrorDetail(
-            type=self.error_type,
-            code=self.code,
-            message=self.message,
-            param=self.param,
-            event_id=self.event_id,
-        )
-        return ErrorEvent(error=detail)
-
-
-def _custom_error(code: ErrorCode, message: str, field: str | None = None) -> PydanticCustomError:
+def custom_error(code: ErrorCode, message: str, field: str | None = None) -> PydanticCustomError:
     # ``field`` names the offending attribute when the error is raised by a whole-model validator.
     return PydanticCustomError(code.value, message, {"field": field} if field else None)
 
@@ -104,7 +90,7 @@ def _custom_error(code: ErrorCode, message: str, field: str | None = None) -> Py
 # --- shared pieces ------------------------------------------------------------------------------------------
 
 
-class _Compact(BaseModel):
+class CompactModel(BaseModel):
     """Serialises without null fields: items and usage carry many optional fields that clients never need."""
 
     model_config = ConfigDict(extra="ignore")
@@ -114,24 +100,24 @@ class _Compact(BaseModel):
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
-def _token_limit(value: Any) -> int | str:
+def token_limit(value: Any) -> int | str:
     if value == "inf":
         return "inf"
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _custom_error(ErrorCode.INVALID_TYPE, "must be an integer or 'inf'")
+        raise custom_error(ErrorCode.INVALID_TYPE, "must be an integer or 'inf'")
     if value < 1:
-        raise _custom_error(ErrorCode.INVALID_VALUE, "must be at least 1")
+        raise custom_error(ErrorCode.INVALID_VALUE, "must be at least 1")
     return value
 
 
-TokenLimit = Annotated[int | Literal["inf"], PlainValidator(_token_limit)]
+TokenLimit = Annotated[int | Literal["inf"], PlainValidator(token_limit)]
 Tolerated = Annotated[Any, PlainValidator(lambda value: value)]
 
 
-def _decode_audio_field(audio: str) -> bytes:
+def decode_audio_field(audio: str) -> bytes:
     if len(audio) > (MAX_APPEND_AUDIO_BYTES + 2) // 3 * 4:
-        raise _custom_error(ErrorCode.INVALID_VALUE, "audio is larger than 15 MiB", "audio")
+        raise custom_error(ErrorCode.INVALID_VALUE, "audio is larger than 15 MiB", "audio")
     try:
         return decode_base64(audio)
     except Base64Error as exc:
-        raise _custom_error(ErrorCode.INVALID_BASE64, str(exc), "audio") from None
+        raise custom_error(ErrorCode.INVALID_BASE64, str(exc), "audio") from None

@@ -37,7 +37,10 @@ from app.sessions.audio_formats import (
     InputAudioConverter,
     OutputAudioConverter,
 )
+from app.sessions.close_codes import CloseCode
 from app.sessions.outbound import Outbound
+from app.sessions.refused_fields import refusals, response_refusals, without_refused
+from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
@@ -52,6 +55,7 @@ class _FeedItem:
     turn: int
     samples: np.ndarray | None = None
     act: bool = False
+    request: ResponseRequest | None = None  # a commit asked for by response.create
 
 
 class RealtimeSession:
@@ -153,7 +157,7 @@ class RealtimeSession:
 
     def _error(self, error: ev.ProtocolError) -> None:
         self.metrics.count_error(str(error.code))
-        self.outbound.put(error.to_event())
+        self.outbound.put(ev.ErrorEvent.from_protocol_error(error))
 
     def _client_error(self, code: str, message: str, event_id: str | None, param: str | None = None) -> None:
         self.metrics.count_error(code)
@@ -164,7 +168,7 @@ class RealtimeSession:
     async def _dispatch(self, event: ev.ClientEventBase) -> None:
         handlers = {
             "session.update": self._session_update,
-            "input_audio_buffer.append": lambda e: self._append_audio(e.audio_bytes, e.event_id),
+            "input_audio_buffer.append": self._append_event,
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "conversation.item.create": self._item_create,
@@ -201,8 +205,10 @@ class RealtimeSession:
             )
 
     async def _session_update(self, event: ev.SessionUpdate) -> None:
+        for refusal in refusals(event.session):
+            self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
         before = self.config
-        self.config = self.config.apply(event.session)
+        self.config = self.config.apply(without_refused(event.session))
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
@@ -214,9 +220,31 @@ class RealtimeSession:
             self._apply_formats()
         if before.instructions != self.config.instructions and self.ref is not None:
             await self.ref.engine.set_instructions(self.ref.session_id, self.config.instructions or None)
+        answers_changed = (
+            before.output_modalities != self.config.output_modalities
+            or before.max_output_tokens != self.config.max_output_tokens
+        )
+        if answers_changed and self.ref is not None:
+            defaults = ResponseRequest.of(self.config).options
+            await self.ref.engine.set_answer_defaults(self.ref.session_id, defaults)
         self.outbound.put(ev.SessionUpdated(session=self.config))
 
     # -- audio in and turn taking ---------------------------------------------------------------------
+    async def _append_event(self, event: ev.InputAudioBufferAppend) -> None:
+        # A JSON append must hold whole samples: a dangling byte would shift every later sample. Binary
+        # frames are a raw byte stream and may split a sample (the converter carries the odd byte).
+        sample_bytes = self.input_converter.wire.bytes_per_sample
+        if len(event.audio_bytes) % sample_bytes:
+            self._client_error(
+                "invalid_value",
+                f"audio holds {len(event.audio_bytes)} bytes, not a whole number of {sample_bytes}-byte "
+                f"samples in {self.input_converter.wire.encoding}; nothing was buffered",
+                event.event_id,
+                "audio",
+            )
+            return
+        await self._append_audio(event.audio_bytes, event.event_id)
+
     async def _append_audio(self, data: bytes, event_id: str | None) -> None:
         try:
             samples = self.input_converter.push(data)
@@ -319,10 +347,11 @@ class RealtimeSession:
                 elif item.kind == "commit":
                     if self._listening or self._awaiting_response:
                         self._committed_events()
-                        stream = await engine.commit_listen(sid)
+                        options = item.request.options if item.request is not None else None
+                        stream = await engine.commit_listen(sid, options)
                         self._end_turn()
                         if stream is not None:
-                            await self._start_response(stream)
+                            await self._start_response(stream, item.request)
                 elif item.kind == "drop":
                     await engine.drop_listen(sid)
             except SessionClosedError as error:
@@ -473,33 +502,62 @@ class RealtimeSession:
         if self._streamer is not None:
             self._client_error(
                 "conversation_already_has_active_response",
-                "a response is in progress: cancel it first or wait for response.done",
+                f"Conversation already has an active response in progress: {self._streamer.response_id}. "
+                "Wait until the response is finished before creating a new one.",
                 event.event_id,
             )
             return
+        refused = response_refusals(event.response, self.config)
+        for refusal in refused:
+            self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
+        if refused:
+            return
+        request = ResponseRequest.of(self.config, event.response)
         engine, sid = self.ref.engine, self.ref.session_id
+        if request.out_of_band:
+            await self._out_of_band_response(event, request)
+            return
         if self._pending_text and not self._awaiting_response:
             # A typed turn wins over speech still in progress, which is dropped.
             if self._listening:
                 await self._drop_listen()
         elif self._awaiting_response or self._listening:
             self._flush_partial_chunk(act=False)
-            self._feed.put_nowait(_FeedItem("commit", self._turn))
+            self._feed.put_nowait(_FeedItem("commit", self._turn, request=request))
             return
         if self._pending_text:
             text, self._pending_text = "\n".join(self._pending_text), []
-            await self._start_response(await engine.text_turn(sid, text))
+            await self._start_response(await engine.text_turn(sid, text, request.options), request)
             return
-        self._client_error(
-            "nothing_to_respond_to",
-            "there is no user input to respond to: append and commit audio, or create a user item first",
-            event.event_id,
-        )
+        # No new user input: the assistant speaks (first, or again) from its instructions, as OpenAI's does.
+        await self._start_response(await engine.respond(sid, request.options), request)
+
+    async def _out_of_band_response(self, event: ev.ResponseCreate, request: ResponseRequest) -> None:
+        """Answer the response's own input; the default conversation is left exactly as it was."""
+        if self._listening or self._awaiting_response:
+            self._client_error(
+                "user_turn_in_progress",
+                "the user is speaking: send the out-of-band response.create after the turn is answered",
+                event.event_id,
+            )
+            return
+        try:
+            text = out_of_band_text(event.response.input if event.response else None)
+        except ev.ProtocolError as error:
+            error.event_id = event.event_id
+            self._error(error)
+            return
+        engine, sid = self.ref.engine, self.ref.session_id
+        if text is None:
+            stream = await engine.respond(sid, request.options)
+        else:
+            stream = await engine.text_turn(sid, text, request.options)
+        await self._start_response(stream, request)
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
         if self._streamer is None:
             self._client_error(
-                "response_cancel_not_active", "there is no response in progress", event.event_id
+                "response_cancel_not_active", "Cancellation failed: no active response found", event.event_id
             )
             return
         streamer = self._streamer
@@ -509,7 +567,7 @@ class RealtimeSession:
         else:
             await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
 
-    async def _start_response(self, stream: AnswerStream) -> None:
+    async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
         previous, previous_task = self._streamer, self._streamer_task
         if previous is not None:
             if previous.engine_done:
@@ -526,9 +584,11 @@ class RealtimeSession:
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
             on_finished=self._response_finished,
+            **_streamer_fields(request or ResponseRequest.of(self.config)),
         )
         self._streamer = streamer
-        self._known_items.add(streamer.item_id)
+        if not streamer.out_of_band:
+            self._known_items.add(streamer.item_id)
         self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
 
     def _response_finished(
@@ -553,7 +613,7 @@ class RealtimeSession:
             ev.ErrorEvent(error=ev.ErrorDetail(type="server_error", code="session_failed", message=message))
         )
         await self.outbound.drain(1.0)
-        await self._close_socket(1011, "session failed")
+        await self._close_socket(CloseCode.INTERNAL_ERROR, "session failed")
 
     # -- timers -----------------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -567,5 +627,15 @@ class RealtimeSession:
                     None,
                 )
                 await self.outbound.drain(1.0)
-                await self._close_socket(1000, "idle timeout")
+                await self._close_socket(CloseCode.NORMAL, "idle timeout")
                 return
+
+
+def _streamer_fields(request: ResponseRequest) -> dict:
+    """The response's own settings, as the streamer writes them into its events."""
+    return dict(
+        text_only=request.text_only,
+        metadata=request.metadata,
+        max_output_tokens=request.max_output_tokens,
+        out_of_band=request.out_of_band,
+    )

@@ -30,6 +30,8 @@ from app.sessions.events import (
     ResponseOutputAudioTranscriptDone,
     ResponseOutputItemAdded,
     ResponseOutputItemDone,
+    ResponseOutputTextDelta,
+    ResponseOutputTextDone,
     ResponseStatusDetails,
     Usage,
     new_item_id,
@@ -55,6 +57,10 @@ class ResponseStreamer:
     engine_done: bool = False  # the engine has produced everything it will
     finished: bool = False  # the final events are queued: the response is over on the wire
     on_finished: Callable[[ResponseStreamer, AnswerStatus, AnswerDone | None], None] | None = None
+    text_only: bool = False  # output_modalities ["text"]: output_text events, no audio at all
+    metadata: dict[str, str] | None = None  # the client's, echoed in response.created and response.done
+    max_output_tokens: int | str = "inf"
+    out_of_band: bool = False  # its item is not part of the conversation (no conversation.item events)
     _done: AnswerDone | None = None
     _pending_bytes: bytes = b""
 
@@ -68,20 +74,35 @@ class ResponseStreamer:
     def _content(self, **extra) -> dict:
         return dict(response_id=self.response_id, item_id=self.item_id, **extra)
 
+    def _part(self, text: str) -> ContentPart:
+        if self.text_only:
+            return ContentPart(type="output_text", text=text)
+        return ContentPart(type="output_audio", transcript=text)
+
+    def _resource(self, status: str, **extra) -> RealtimeResponse:
+        """The response object of response.created and response.done."""
+        return RealtimeResponse(
+            id=self.response_id,
+            status=status,
+            output_modalities=["text"] if self.text_only else ["audio"],
+            max_output_tokens=self.max_output_tokens,
+            metadata=self.metadata,
+            **extra,
+        )
+
     def _item(self, status: str, transcript: str | None = None) -> ConversationItem:
-        content = [] if transcript is None else [ContentPart(type="output_audio", transcript=transcript)]
+        content = [] if transcript is None else [self._part(transcript)]
         return ConversationItem(
             id=self.item_id, type="message", role="assistant", status=status, content=content
         )
 
     async def run(self) -> AnswerDone | None:
         """Stream the answer until generation ends; `on_finished` fires when the response is over."""
-        self._emit(ResponseCreated(response=RealtimeResponse(id=self.response_id, status="in_progress")))
+        self._emit(ResponseCreated(response=self._resource("in_progress")))
         self._emit(ResponseOutputItemAdded(response_id=self.response_id, item=self._item("in_progress")))
-        self._emit(ConversationItemAdded(item=self._item("in_progress")))
-        self._emit(
-            ResponseContentPartAdded(**self._content(part=ContentPart(type="output_audio", transcript="")))
-        )
+        if not self.out_of_band:
+            self._emit(ConversationItemAdded(item=self._item("in_progress")))
+        self._emit(ResponseContentPartAdded(**self._content(part=self._part(""))))
         done: AnswerDone | None = None
         async for event in self.stream:
             if isinstance(event, SegmentText) and event.text:
@@ -97,8 +118,9 @@ class ResponseStreamer:
         def sent(text: str = text) -> None:
             self.transcript_sent += text
 
+        delta_type = ResponseOutputTextDelta if self.text_only else ResponseOutputAudioTranscriptDelta
         self.outbound.put(
-            ResponseOutputAudioTranscriptDelta(**self._content(delta=text)),
+            delta_type(**self._content(delta=text)),
             response_id=self.response_id,
             on_sent=sent,
         )
@@ -165,21 +187,22 @@ class ResponseStreamer:
         done = self._done
         text = self.transcript_sent
         item = self._item("completed" if status == AnswerStatus.COMPLETED else "incomplete", text)
-        part = ContentPart(type="output_audio", transcript=text)
-        self._emit(ResponseOutputAudioDone(**self._content()))
-        self._emit(ResponseOutputAudioTranscriptDone(**self._content(transcript=text)))
-        self._emit(ResponseContentPartDone(**self._content(part=part)))
+        if self.text_only:
+            self._emit(ResponseOutputTextDone(**self._content(text=text)))
+        else:
+            self._emit(ResponseOutputAudioDone(**self._content()))
+            self._emit(ResponseOutputAudioTranscriptDone(**self._content(transcript=text)))
+        self._emit(ResponseContentPartDone(**self._content(part=self._part(text))))
         self._emit(ResponseOutputItemDone(response_id=self.response_id, item=item))
-        self._emit(ConversationItemDone(item=item))
-        tokens = len(done.token_ids) if done else 0
+        if not self.out_of_band:
+            self._emit(ConversationItemDone(item=item))
         self._emit(
             ResponseDone(
-                response=RealtimeResponse(
-                    id=self.response_id,
-                    status={"completed": "completed", "cancelled": "cancelled"}.get(status.value, "failed"),
+                response=self._resource(
+                    {"completed": "completed", "cancelled": "cancelled"}.get(status.value, "failed"),
                     status_details=self._status_details(status, done),
                     output=[item],
-                    usage=Usage(output_tokens=tokens, total_tokens=tokens),
+                    usage=usage_of(done),
                 )
             )
         )
@@ -199,3 +222,18 @@ class ResponseStreamer:
         return ResponseStatusDetails(
             type="failed", error={"message": done.reason if done else "answer failed"}
         )
+
+
+def usage_of(done: AnswerDone | None) -> Usage:
+    """Token counts as clients meter them: text tokens, and audio as input chunks (160 ms each) and output
+    codec tokens (25 ms each)."""
+    stats = done.stats if done is not None else {}
+    text_in, audio_in = int(stats.get("input_text_tokens", 0)), int(stats.get("input_audio_chunks", 0))
+    text_out, audio_out = int(stats.get("text_tokens", 0)), int(stats.get("audio_tokens", 0))
+    return Usage(
+        total_tokens=text_in + audio_in + text_out + audio_out,
+        input_tokens=text_in + audio_in,
+        output_tokens=text_out + audio_out,
+        input_token_details={"text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": 0},
+        output_token_details={"text_tokens": text_out, "audio_tokens": audio_out},
+    )

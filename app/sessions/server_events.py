@@ -11,7 +11,7 @@ from pydantic import (
 )
 
 from app.sessions.items import ContentPart, ConversationItem, RealtimeResponse
-from app.sessions.protocol_base import Dialect, new_event_id
+from app.sessions.protocol_base import Dialect, ProtocolError, new_event_id
 from app.sessions.session_config import SessionConfig
 
 # --- server events -------------------------------------------------------------------------------------------
@@ -63,6 +63,11 @@ class ServerEvent(BaseModel):
             data["type"] = beta_type
         if "item" in data:
             data["item"] = _item_to_beta(data["item"])
+        if isinstance(data.get("part"), dict):
+            data["part"] = {
+                **data["part"],
+                "type": _BETA_CONTENT_TYPES.get(data["part"]["type"], data["part"]["type"]),
+            }
         if "response" in data:
             data["response"] = _response_to_beta(data["response"])
         return data
@@ -296,3 +301,15 @@ class ErrorEvent(ServerEvent):
 
     type: Literal["error"] = "error"
     error: ErrorDetail
+
+    @classmethod
+    def from_protocol_error(cls, error: ProtocolError) -> ErrorEvent:
+        """The ``error`` event that reports a client event we could not act on."""
+        detail = ErrorDetail(
+            type=error.error_type,
+            code=error.code,
+            message=error.message,
+            param=error.param,
+            event_id=error.event_id,
+        )
+        return cls(error=detail)

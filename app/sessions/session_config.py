@@ -16,11 +16,12 @@ from pydantic import (
 
 from app.sessions.audio_formats import WireFormat
 from app.sessions.protocol_base import (
+    BETA_RENAMES,
     ErrorCode,
     Modality,
     TokenLimit,
     Tolerated,
-    _custom_error,
+    custom_error,
     new_session_id,
 )
 
@@ -50,7 +51,7 @@ class AudioFormat(BaseModel):
     def _check_rate(self) -> AudioFormat:
         allowed = (24000, 16000) if self.type == "audio/pcm" else (8000,)
         if self.rate not in allowed:
-            raise _custom_error(ErrorCode.INVALID_VALUE, f"{self.type} supports rates {allowed}", "rate")
+            raise custom_error(ErrorCode.INVALID_VALUE, f"{self.type} supports rates {allowed}", "rate")
         return self
 
     @property
@@ -142,7 +143,6 @@ _BETA_AUDIO_FIELDS = {
     "voice": ("output", "voice"),
     "speed": ("output", "speed"),
 }
-_BETA_RENAMES = {"modalities": "output_modalities", "max_response_output_tokens": "max_output_tokens"}
 
 
 class SessionPatch(BaseModel):
@@ -165,7 +165,7 @@ class SessionPatch(BaseModel):
         if not isinstance(data, dict) or not isinstance(data.get("audio") or {}, dict):
             return data
         data = dict(data)
-        for beta_name, ga_name in _BETA_RENAMES.items():
+        for beta_name, ga_name in BETA_RENAMES.items():
             if beta_name in data:
                 data.setdefault(ga_name, data.pop(beta_name))
         audio = {

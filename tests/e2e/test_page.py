@@ -177,6 +177,20 @@ def test_page_asks_for_the_api_key_the_server_requires(start_server, page) -> No
     page.wait_for_function("document.querySelector('#notice').textContent.includes('shutting down')")
 
 
+def test_typed_key_then_connect_button_connects(start_server, page) -> None:
+    """A user who types the key into the visible box and presses Connect (not "Use key") gets in."""
+    server = start_server(api_keys=["right-key"])
+    page.goto(server.base_url + "/")
+    page.click("#connect")
+    page.wait_for_selector("#key-form", state="visible")
+
+    page.fill("#api-key", "right-key")
+    page.click("#connect")
+    wait_connected(page)
+    assert page.is_hidden("#key-form")
+    assert "needs an API key" not in page.inner_text("#notice")
+
+
 def test_busy_server_retries_until_a_place_frees_up(start_server, page) -> None:
     from websockets.sync.client import connect
 

@@ -178,7 +178,11 @@ def test_spoken_turn_is_answered_with_paced_pcm16(realtime_server: LiveServer, q
 
     assert done["response"]["status"] == "completed"
     assert done["response"]["status_details"]["type"] == "completed"
-    assert 0 < done["response"]["usage"]["output_tokens"] <= SHORT_ANSWER_TOKENS
+    usage = done["response"]["usage"]
+    assert 0 < usage["output_token_details"]["text_tokens"] <= SHORT_ANSWER_TOKENS
+    assert usage["output_token_details"]["audio_tokens"] > 0  # codec tokens, 40 per second of answer
+    assert usage["input_token_details"]["audio_tokens"] > 0  # 160 ms chunks heard
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     response_id = assert_response_shape(client, done)
     assert assert_transcript_consistent(client, done).strip()
     (item,) = done["response"]["output"]

@@ -101,6 +101,21 @@ BAD_MESSAGES = {
         "invalid_value",
         "evt_beta_fmt",
     ),
+    "deeply_nested_json": ("[" * 30_000 + "]" * 30_000, "invalid_json", None),
+    "deeply_nested_event": (
+        '{"type": "session.update", "event_id": "evt_deep", "session": ' + "[" * 30_000 + "]" * 30_000 + "}",
+        "invalid_json",
+        None,  # the parser gives up before the event_id can be read (30k levels: under the test limit of 64 KiB)
+    ),
+    "odd_byte_pcm16_append": (
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(b"\x01\x02\x03").decode(),
+            "event_id": "evt_odd",
+        },
+        "invalid_value",
+        "evt_odd",
+    ),
     "commit_empty_buffer": (
         {"type": "input_audio_buffer.commit", "event_id": "evt_commit"},
         "input_audio_buffer_commit_empty",
@@ -111,10 +126,15 @@ BAD_MESSAGES = {
         "response_cancel_not_active",
         "evt_cancel",
     ),
-    "response_without_input": (
-        {"type": "response.create", "event_id": "evt_nothing"},
-        "nothing_to_respond_to",
-        "evt_nothing",
+    "response_with_tools": (
+        {"type": "response.create", "event_id": "evt_tools", "response": {"tools": [{"type": "function"}]}},
+        "unsupported_parameter",
+        "evt_tools",
+    ),
+    "response_input_in_conversation": (
+        {"type": "response.create", "event_id": "evt_input", "response": {"input": []}},
+        "unsupported_parameter",
+        "evt_input",
     ),
 }
 
@@ -127,19 +147,27 @@ def test_bad_message_is_an_error_event_and_the_session_goes_on(
     message, code, event_id = BAD_MESSAGES[name]
     raw = message if isinstance(message, str) else json.dumps(message)
 
-    async def main() -> tuple[RealtimeClient, dict]:
-        async with realtime_client(realtime_server.ws_url) as client:
+    async def main() -> tuple[RealtimeClient, dict, RealtimeClient]:
+        async with (
+            realtime_client(realtime_server.ws_url) as client,
+            realtime_client(realtime_server.ws_url) as bystander,
+        ):
             await client.ws.send(raw)
             await client.wait_for("error", timeout=5)
-            return client, await answers_text(client, "Are you still there?")
+            await answers_text(bystander, "Hello?")
+            return client, await answers_text(client, "Are you still there?"), bystander
 
-    client, delta = run(main())
+    client, delta, bystander = run(main())
+    assert not bystander.events("error")  # the other session never noticed
     error = error_of(client)
     assert error["code"] == code, error
     assert error["event_id"] == event_id
     assert error["type"] == "invalid_request_error"
     assert error["message"]
     assert base64.b64decode(delta["delta"])  # and a later text turn is answered
+    if code == "invalid_value" and name.startswith("odd_byte"):
+        assert error["param"] == "audio"
+        assert not client.events("input_audio_buffer.speech_started")  # nothing was buffered
 
 
 def test_bad_format_leaves_the_session_format_unchanged(realtime_server: LiveServer) -> None:

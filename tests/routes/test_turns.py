@@ -137,3 +137,12 @@ def test_keyed_server_wants_the_key(keyed_server: LiveServer, question_bytes: by
     good = post_turn(keyed_server, content=question_bytes, headers={"Authorization": f"Bearer {API_KEY}"})
     assert good.status_code == 200, good.text
     read_answer(good.content)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_get_405_json(realtime_server: LiveServer, method: str) -> None:
+    """Not the page's 404: a JSON 405 that names the method and the one that works."""
+    response = httpx.request(method, f"{realtime_server.base_url}/v1/turns", timeout=TIMEOUT)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    assert method in response.json()["error"]["message"]

@@ -274,7 +274,7 @@ def test_oversized_append_is_refused() -> None:
 
 def test_protocol_error_becomes_an_sdk_error_event() -> None:
     error = parse_error({"type": "nope", "event_id": "evt_1"})
-    payload = json.loads(error.to_event().to_json() or "")
+    payload = json.loads(ev.ErrorEvent.from_protocol_error(error).to_json() or "")
     assert payload["type"] == "error"
     assert payload["error"] == {
         "type": "invalid_request_error",
