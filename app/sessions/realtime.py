@@ -201,14 +201,11 @@ class RealtimeSession:
         detection = self.config.turn_detection
         self.vad: VadGate | None = None
         if detection is not None:
-            aggressiveness = detection.aggressiveness
-            if aggressiveness is None:
-                aggressiveness = self.settings.vad_aggressiveness
             self.vad = VadGate(
                 VadSettings(
-                    aggressiveness=aggressiveness,
+                    aggressiveness=detection.vad_aggressiveness(self.settings.vad_aggressiveness),
                     prefix_padding_ms=detection.prefix_padding_ms,
-                    silence_duration_ms=detection.silence_duration_ms,
+                    silence_duration_ms=detection.fallback_silence_ms(),
                     noise=NoiseGateSettings(
                         margin_db=self.settings.vad_noise_margin_db,
                         min_speech_dbfs=self.settings.vad_min_speech_dbfs,

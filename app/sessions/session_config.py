@@ -25,6 +25,7 @@ from app.sessions.protocol_base import (
     custom_error,
     new_session_id,
 )
+from app.sessions.vad import aggressiveness_from_threshold
 
 # Our extension: Opus as raw packets in binary frames (the OpenAI Realtime API has no Opus on its socket).
 OPUS_TYPE = "audio/x-opus"
@@ -96,6 +97,10 @@ class AudioFormat(BaseModel):
         return {v: k for k, v in _BETA_NAMES.items()}[self.type]
 
 
+# semantic_vad's eagerness as the silence (ms) after which a turn the state head left open is answered.
+SEMANTIC_EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
+
+
 class TurnDetection(BaseModel):
     """Server-side turn detection. ``aggressiveness`` (0-3, WebRTC VAD mode) is ours and wins over
     ``threshold`` when given; ``semantic_vad`` is accepted and left to the session to map."""
@@ -117,6 +122,21 @@ class TurnDetection(BaseModel):
     def _drop_nulls(cls, data: Any) -> Any:
         # Some clients send every field, unset ones as null: those mean "the default".
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def vad_aggressiveness(self, default: int) -> int:
+        """WebRTC VAD mode: ``aggressiveness`` if given, else the client's ``threshold``, else `default`."""
+        if self.aggressiveness is not None:
+            return self.aggressiveness
+        if "threshold" in self.model_fields_set:
+            return aggressiveness_from_threshold(self.threshold)
+        return default
+
+    def fallback_silence_ms(self) -> int:
+        """Silence that ends a turn the state head left open. With ``semantic_vad`` (the state head is our
+        semantic detector) ``eagerness`` sets it unless ``silence_duration_ms`` was given."""
+        if self.type == "semantic_vad" and "silence_duration_ms" not in self.model_fields_set:
+            return SEMANTIC_EAGERNESS_SILENCE_MS.get(self.eagerness or "auto", self.silence_duration_ms)
+        return self.silence_duration_ms
 
 
 # --- session configuration ----------------------------------------------------------------------------------
