@@ -43,6 +43,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     server: ServerState = request.app.state.server
     gauges: dict[str, float] = {
         "ready": float(server.ready and not server.draining),
+        "draining": float(server.draining),
         "websocket_sessions": float(len(server.sessions)),
     }
     rows: dict[str, tuple[int, int]] = {}
