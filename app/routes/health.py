@@ -41,6 +41,7 @@ async def readyz(server: Server) -> JSONResponse:
 async def metrics(server: Server) -> PlainTextResponse:
     gauges: dict[str, float] = {
         "ready": float(server.ready and not server.draining),
+        "draining": float(server.draining),
         "websocket_sessions": float(len(server.sessions)),
     }
     rows: dict[str, tuple[int, int]] = {}

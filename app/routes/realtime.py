@@ -174,6 +174,8 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
         return
     connection = _LiveConnection(session, socket, session_key)
     server.sessions.add(connection)
+    if server.draining:  # the drain began while this session was opening: it missed the goodbyes
+        await connection.shutdown(1001, "server shutting down", grace_s=settings.shutdown_grace_s)
     try:
         while not socket.closed:
             message = await websocket.receive()

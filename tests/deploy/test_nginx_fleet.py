@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -207,3 +210,29 @@ def test_sigterm_drains_and_a_reconnect_lands_on_the_live_process(fleet_factory:
     assert all(d["response"]["status"] == "completed" for d in result["later"])
     assert not any(c.events("error") for c in result["staying"])
     assert "draining: refusing new sessions" in draining.log()
+
+
+def test_rest_turns_and_the_page_pass_through_nginx(fleet: Fleet, spoken_wav: Path) -> None:
+    """Uploads go through the proxy (under its body limit) and turns spread round-robin (no key)."""
+    base = f"http://127.0.0.1:{fleet.nginx.port}"
+    page = httpx.get(base + "/", timeout=10)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    answers = [
+        httpx.post(
+            base + "/v1/turns",
+            content=spoken_wav.read_bytes(),
+            headers={"Content-Type": "audio/wav", "Accept": "application/json"},
+            timeout=60,
+        )
+        for _ in range(2)
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "completed"
+    deadline = time.monotonic() + 5  # nginx logs a request just after it has answered it
+    while (
+        len(upstreams := re.findall(r'"POST /v1/turns HTTP/1.1" 200 upstream=(\S+)', fleet.nginx.log())) < 2
+    ):
+        assert time.monotonic() < deadline, fleet.nginx.log()
+        time.sleep(0.05)
+    assert len(set(upstreams[-2:])) == 2, upstreams  # one turn on each process

@@ -94,6 +94,7 @@ def test_a_draining_server_refuses_new_sessions_and_sends_live_ones_elsewhere(
         async with realtime_client(server.ws_url + "?session=alice") as live:
             server.state.draining = True  # as `drain` sets it first
             readyz = await asyncio.to_thread(httpx.get, server.base_url + "/readyz")
+            metrics = await asyncio.to_thread(httpx.get, server.base_url + "/metrics")
             rest = await asyncio.to_thread(
                 httpx.post,
                 server.base_url + "/v1/turns",
@@ -104,10 +105,11 @@ def test_a_draining_server_refuses_new_sessions_and_sends_live_ones_elsewhere(
             stopping = asyncio.create_task(asyncio.to_thread(server.stop))
             closed = await live.wait_closed(timeout=20)
             await stopping
-            return live, closed, refused_events, refusal, readyz, rest
+            return live, closed, refused_events, refusal, readyz, rest, metrics
 
-    live, closed, refused_events, refusal, readyz, rest = run(main())
+    live, closed, refused_events, refusal, readyz, rest, metrics = run(main())
     assert readyz.status_code == 503 and readyz.json()["status"] == "draining"
+    assert "\nfreeze_omni_draining 1.0\n" in metrics.text and "\nfreeze_omni_ready 0.0\n" in metrics.text
     assert rest.status_code == 503 and rest.json()["error"]["code"] == "server_shutting_down"
     assert rest.headers["Retry-After"] == "1"
     (refusal_error,) = refused_events
