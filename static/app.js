@@ -478,7 +478,8 @@ const HANDLERS = {
   },
   error: ({ error }) => {
     if (error?.code === "idle_timeout") page.idleClosed = true;
-    if (page.wireFormat === null && page.audioChoice?.format === "opus" && error?.code === "invalid_value") {
+    const aboutFormat = error?.code === "invalid_value" && String(error?.param ?? "format").includes("format");
+    if (page.wireFormat === null && page.audioChoice?.format === "opus" && aboutFormat) {
       // A server without our Opus extension refused the session.update: ask again in pcm16.
       fallBackToPcm16("the server refused Opus");
       return;

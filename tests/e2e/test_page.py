@@ -249,6 +249,16 @@ COUNT_FRAMES = """
 })();
 """
 NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"
+# A server without our extension: the page's session.update names a format this server does not know.
+OLD_SERVER = """
+(() => {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (typeof data === "string") data = data.replaceAll("audio/x-opus", "audio/x-unknown");
+    return send.call(this, data);
+  };
+})();
+"""
 
 
 def spoken_answer_plays(page) -> None:
@@ -294,13 +304,17 @@ def test_the_page_talks_opus_through_webcodecs(start_server, browser) -> None:
 
 @pytest.mark.parametrize(
     ("script", "path", "reason"),
-    [(NO_WEBCODECS, "/", "no WebCodecs Opus"), ("", "/?audio=pcm16", "asked for in the address")],
-    ids=["no-webcodecs", "asked"],
+    [
+        (NO_WEBCODECS, "/", "no WebCodecs Opus"),
+        ("", "/?audio=pcm16", "asked for in the address"),
+        (OLD_SERVER, "/", "the server refused Opus"),
+    ],
+    ids=["no-webcodecs", "asked", "refused"],
 )
 def test_the_page_falls_back_to_pcm16(start_server, browser, script: str, path: str, reason: str) -> None:
     server = start_server()
     context = browser.new_context()
-    context.add_init_script(COUNT_FRAMES + script)
+    context.add_init_script(script + COUNT_FRAMES)  # the counter sees what the page really sends
     page = context.new_page()
     page.goto(server.base_url + path)
     page.click("#connect")

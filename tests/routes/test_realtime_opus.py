@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import websockets
 
 from tests.conftest import LiveServer
 from tests.routes.conftest import (
@@ -248,3 +249,27 @@ def test_switching_formats_mid_session_takes_effect_from_the_next_turn(
     assert with_frames == {second}
     # The second response is the session's second response.created: frames say 1.
     assert client.events("response.created")[1]["response"]["id"] == second
+
+
+def test_beta_clients_ask_for_opus_by_its_beta_name(realtime_server: LiveServer) -> None:
+    async def main() -> tuple[dict, dict, OpusClient]:
+        async with websockets.connect(
+            realtime_server.ws_url, proxy=None, additional_headers={"OpenAI-Beta": "realtime=v1"}
+        ) as ws:
+            client = OpusClient(ws)
+            await client.wait_for("session.created")
+            await client.send(
+                {
+                    "type": "session.update",
+                    "session": {"input_audio_format": "x-opus", "output_audio_format": "x-opus"},
+                }
+            )
+            updated = await client.wait_for("session.updated")
+            await send_text_turn(client, "Hello.")
+            done = await client.wait_for("response.done", timeout=60)
+            return updated, done, client
+
+    updated, done, client = run(main())
+    assert updated["session"]["input_audio_format"] == updated["session"]["output_audio_format"] == "x-opus"
+    assert done["response"]["status"] == "completed"
+    assert client.packets(done["response"]["id"]) and "response.audio.delta" not in client.types()
