@@ -119,6 +119,7 @@ def main() -> None:
         for i in range(10)
     ]
     figures.update(asyncio.run(engine_figures(model, ignorable_sounds(seed=40_000), pairs)))
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)  # absent in a fresh checkout (git-ignored)
     (RUNS_DIR / "measure.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
 
