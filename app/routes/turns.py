@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.engine.errors import CapacityError
-from app.model.wav import WavError, read_wav_bytes, resample, wav_bytes
+from app.model import WavError, read_wav_bytes, resample, wav_bytes
 from app.routes.auth import error_body, key_is_valid, presented_key
 from app.server_state import ServerState
 from app.sessions.offline_turn import answer_audio
