@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.model.text_segments import SEGMENTATIONS, SERVER_SEGMENTATION
+from app.model import SEGMENTATIONS, SERVER_SEGMENTATION
 
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
@@ -50,7 +50,7 @@ def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         )
     if args.model_path is not None:
         return args.model_path, args.llm_path
-    from app.model.defaults import ensure_default_model
+    from app.model import ensure_default_model
 
     paths = ensure_default_model()
     return paths.model_path, paths.llm_path
@@ -59,12 +59,20 @@ def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
-    from app.model.checkpoint import load_freeze_omni
-    from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline
-    from app.model.sampling import LLMSampling
-    from app.model.text_segments import post_process
-    from app.model.wav import WavError, read_wav, resample, write_wav
-    from app.model.weights import CheckpointError
+    from app.model import (
+        INPUT_RATE,
+        OUTPUT_RATE,
+        CheckpointError,
+        InferOptions,
+        LLMSampling,
+        OfflinePipeline,
+        WavError,
+        load_freeze_omni,
+        post_process,
+        read_wav,
+        resample,
+        write_wav,
+    )
 
     try:
         samples, rate = read_wav(args.input_wav)
@@ -134,7 +142,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
-    from app.model.tiny import make_tiny
+    from app.model import make_tiny
 
     paths = make_tiny(args.dir, seed=args.seed)
     print(f"--model-path {paths.model_path} --llm-path {paths.llm_path}")
@@ -191,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input-wav", type=Path, required=True, help="the question (WAV, any rate)")
     infer.add_argument("--output-wav", type=Path, required=True, help="where to write the answer")
     sampling = infer.add_argument_group("sampling")
-    from app.model.sampling_settings import LLMSampling
+    from app.model import LLMSampling
 
     defaults = LLMSampling()
     sampling.add_argument(

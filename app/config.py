@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model.sampling_settings import LLMSampling
+from app.model import LLMSampling
 
 _SAMPLING = LLMSampling()
 

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.metrics import Metrics
-from app.model.checkpoint import load_freeze_omni
+from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class ServerState:
         try:
             model_path, llm_path = settings.model_path, settings.llm_path
             if model_path is None or llm_path is None:
-                from app.model.defaults import ensure_default_model
+                from app.model import ensure_default_model
 
                 paths = await asyncio.to_thread(ensure_default_model)
                 model_path, llm_path = paths.model_path, paths.llm_path

@@ -32,7 +32,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.model.tiny import make_tiny  # noqa: E402
+from app.model import make_tiny  # noqa: E402
 from tests.deploy.fleet import Fleet, start_fleet, stop_fleet  # noqa: E402
 
 CLOSE_TRY_AGAIN = 1013

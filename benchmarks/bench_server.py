@@ -660,7 +660,7 @@ def server_settings(args: argparse.Namespace, counts: list[int]) -> dict[str, An
     }
     if args.model_path and args.llm_path:
         return values | {"model_path": str(args.model_path), "llm_path": str(args.llm_path)}
-    from app.model.defaults import ensure_default_model
+    from app.model.checkpoint_io.defaults import ensure_default_model
 
     paths = ensure_default_model()
     return values | {"model_path": str(paths.model_path), "llm_path": str(paths.llm_path)}
@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
     target = Target(url, headers, http.split("/v1/realtime")[0] + "/metrics", child.pid if child else None)
     engine_factory = None
     if not args.no_engine:
-        from app.model.checkpoint import load_freeze_omni
+        from app.model.checkpoint_io.layout import load_freeze_omni
 
         settings = Settings(**values)
         model = load_freeze_omni(settings.model_path, settings.llm_path, device=args.device, dtype=args.dtype)

@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from app.model.codec import load_codec
+from app.model.speech_out.codec import load_codec
 from training import domain
 from training.asr import transcribe, word_error_rate
 from training.common import RUNS_DIR, setup_threads

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import CodecChunker, decode_windows
-from app.model.duplex import decide_state
-from app.model.frontend import StreamingFbank
-from app.model.llm import LLMRow
-from app.model.sampling import LLMSampling, sample_llm_token, sample_top_k
-from app.model.speech_decoder import SegmentInput
-from app.model.text_segments import SERVER_SEGMENTATION, Segment, Segmenter
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import decide_state
+from app.model.llm.qwen2 import LLMRow
+from app.model.llm.sampling import LLMSampling, sample_llm_token, sample_top_k
+from app.model.speech_in.frontend import StreamingFbank
+from app.model.speech_out.codec_stream import CodecChunker, decode_windows
+from app.model.speech_out.speech_decoder import SegmentInput
+from app.model.speech_out.text_segments import SERVER_SEGMENTATION, Segment, Segmenter
 from app.model.turn_parts import (
     IncrementalDetokenizer,
     answer_start_embeds,

@@ -34,7 +34,7 @@ from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
-from app.model.duplex import ListenState
+from app.model import ListenState
 from app.sessions import events as ev
 from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
 from app.sessions.binary_frames import BinaryFramer

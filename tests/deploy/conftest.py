@@ -10,7 +10,7 @@ import pytest
 from tests.deploy.fleet import Fleet, start_fleet, stop_fleet
 
 if TYPE_CHECKING:
-    from app.model.tiny import TinyPaths
+    from app.model import TinyPaths
 
 
 @pytest.fixture(scope="module")

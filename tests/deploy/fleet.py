@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.model.tiny import TinyPaths
+    from app.model import TinyPaths
 
 
 def free_port() -> int:

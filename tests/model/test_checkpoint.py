@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.model.checkpoint import FreezeOmni, load_freeze_omni, save_freeze_omni
-from app.model.cmvn import CmvnStats
-from app.model.codec import CodecCheckpointError
+from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni, save_freeze_omni
+from app.model.checkpoint_io.weights import CheckpointError
+from app.model.fixtures.tiny import TinyPaths
 from app.model.pipeline import InferOptions, OfflinePipeline
-from app.model.tiny import TinyPaths
-from app.model.weights import CheckpointError
+from app.model.speech_in.cmvn import CmvnStats
+from app.model.speech_out.codec import CodecCheckpointError
 
 
 def _copy(tiny_model_dir: TinyPaths, tmp_path: Path) -> TinyPaths:

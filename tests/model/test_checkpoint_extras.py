@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from app.model.checkpoint import (
+from app.model.checkpoint_io.layout import (
     FreezeOmni,
     load_audio_llm,
     load_freeze_omni,
     load_speech_decoder,
 )
-from app.model.codec import load_codec
+from app.model.checkpoint_io.weights import CheckpointError
+from app.model.fixtures.tiny import TinyPaths
 from app.model.pipeline import InferOptions, OfflinePipeline
-from app.model.tiny import TinyPaths
-from app.model.weights import CheckpointError
+from app.model.speech_out.codec import load_codec
 
 AUDIO = "audiollm/final.pt"
 DECODER = "decoder/final.pt"
@@ -117,7 +117,7 @@ def _clean_piece(model: FreezeOmni, relative: str) -> torch.nn.Module:
 
 
 def _skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "app.model.weights"]
+    return [r.getMessage() for r in caplog.records if r.name == "app.model.checkpoint_io.weights"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -134,7 +134,7 @@ def test_extra_content_is_skipped_and_named_or_refused_under_strict(
     root = tmp_path / "tiny" / "checkpoints"
     load = _loader(relative)
 
-    with caplog.at_level(logging.INFO, logger="app.model.weights"):
+    with caplog.at_level(logging.INFO, logger="app.model.checkpoint_io.weights"):
         piece = load(root, False)
     clean = _clean_piece(tiny_model, relative).state_dict()
     loaded = piece.state_dict()
@@ -168,7 +168,7 @@ def test_a_model_wrapper_alone_loads_in_both_modes_without_a_log_line(
     for relative in (AUDIO, DECODER):
         path = root / relative
         torch.save({"model": torch.load(path, weights_only=True)}, path)
-    with caplog.at_level(logging.INFO, logger="app.model.weights"):
+    with caplog.at_level(logging.INFO, logger="app.model.checkpoint_io.weights"):
         for strict in (False, True):
             audio = _loader(AUDIO)(root, strict)
             decoder = _loader(DECODER)(root, strict)
@@ -198,7 +198,7 @@ def test_every_kind_in_every_file_at_once_answers_like_the_clean_model(
             content, _ = build(kind, content)
         torch.save(content, path)
 
-    with caplog.at_level(logging.INFO, logger="app.model.weights"):
+    with caplog.at_level(logging.INFO, logger="app.model.checkpoint_io.weights"):
         loaded = load_freeze_omni(paths.model_path, paths.llm_path)
     lines = _skip_lines(caplog)
     assert len(lines) == 3  # one per weight file

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.model.checkpoint import FreezeOmni
+from app.model.checkpoint_io.layout import FreezeOmni
 from app.model.pipeline import InferOptions, OfflinePipeline
 from app.model.wav import read_wav, read_wav_bytes, resample, wav_bytes
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.model.codec import (
+from app.model.checkpoint_io.weights import CheckpointError
+from app.model.speech_out.codec import (
     CodecCheckpointError,
     CodecConfig,
     CodecDecoder,
@@ -22,7 +23,7 @@ from app.model.codec import (
     load_codec_state_dict,
     save_codec,
 )
-from app.model.codec_stream import (
+from app.model.speech_out.codec_stream import (
     CodecChunker,
     DecodeWindow,
     ServerConfig,
@@ -31,7 +32,6 @@ from app.model.codec_stream import (
     find_seam,
     strip_leading_silence,
 )
-from app.model.weights import CheckpointError
 
 SPT = 600
 
@@ -482,7 +482,7 @@ def test_the_slope_key_is_read_from_model_json_and_defaults_to_the_published_one
 
 
 def test_the_embedded_trained_codec_keeps_the_slope_it_was_trained_with() -> None:
-    from app.model.defaults import TRAINED_MODEL_ROOT
+    from app.model.checkpoint_io.defaults import TRAINED_MODEL_ROOT
 
     config = CodecConfig.from_file(TRAINED_MODEL_ROOT / "checkpoints" / "codec" / "model.json")
     assert config.final_leaky_relu_slope == 0.01

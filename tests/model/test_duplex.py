@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from app.model.checkpoint import FreezeOmni
-from app.model.duplex import ChatTemplate, ListenState, PromptTokens, decide_state
-from app.model.text_segments import Segment, Segmenter, post_process
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import ChatTemplate, ListenState, PromptTokens, decide_state
+from app.model.speech_out.text_segments import Segment, Segmenter, post_process
 
 PUBLISHED_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import decode_stream
-from app.model.duplex import ListenState
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import ListenState
 from app.model.pipeline import InferOptions, OfflinePipeline, TurnResult
-from app.model.text_segments import Segmenter
+from app.model.speech_out.codec_stream import decode_stream
+from app.model.speech_out.text_segments import Segmenter
 from app.model.turn_parts import IncrementalDetokenizer
 
 CHUNK = 2560  # 160 ms at 16 kHz

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.config import Settings
-from app.model.tiny import TinyPaths
+from app.model.fixtures.tiny import TinyPaths
 from tests.conftest import LiveServer, free_port
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.model.tiny import TinyPaths
+from app.model import TinyPaths
 from tests.conftest import LiveServer, free_port
 from training.common import MODEL_DIR
 from training.heldout import TEST_PAIRS, Recording, held_out_question, ignorable_sounds
@@ -27,7 +27,7 @@ def trained_paths() -> TinyPaths:
 @pytest.fixture(scope="session")
 def trained_model(trained_paths: TinyPaths):
     """The committed model on CPU in fp32. Shared: tests must not change its weights."""
-    from app.model.checkpoint import load_freeze_omni
+    from app.model.checkpoint_io.layout import load_freeze_omni
 
     return load_freeze_omni(trained_paths.model_path, trained_paths.llm_path)
 

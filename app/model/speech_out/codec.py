@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.model.weights import (
+from app.model.checkpoint_io.weights import (
     MODEL_WRAPPER_KEY,
     CheckpointError,
     WeightSet,

@@ -26,20 +26,20 @@ from typing import Any
 import torch
 import yaml
 
-from app.model.audio_llm import AudioLLM, AudioLLMConfig
-from app.model.cmvn import CmvnStats
-from app.model.codec import CodecDecoder, load_codec, save_codec
-from app.model.codec_stream import ServerConfig
-from app.model.duplex import IM_END, ChatTemplate, PromptTokens
-from app.model.llm import Qwen2Runtime, load_qwen2
-from app.model.speech_decoder import SpeechDecoder, SpeechDecoderConfig
-from app.model.weights import (
+from app.model.checkpoint_io.weights import (
     CheckpointError,
     WeightSet,
     load_state_dict_checked,
     read_torch_checkpoint,
     unwrap_model_key,
 )
+from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens
+from app.model.llm.qwen2 import Qwen2Runtime, load_qwen2
+from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
+from app.model.speech_in.cmvn import CmvnStats
+from app.model.speech_out.codec import CodecDecoder, load_codec, save_codec
+from app.model.speech_out.codec_stream import ServerConfig
+from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig
 
 log = logging.getLogger(__name__)
 
