@@ -166,3 +166,64 @@ def test_livekit_barge_in_stops_the_old_answer(tiny_server: LiveServer, spoken_q
         if run(barge_in(tiny_server, question, head)) is not None:
             return
     pytest.fail(f"no answer outlasted the start of the user's speech in {BARGE_IN_TRIES} tries")
+
+
+def test_livekit_whole_conversation_on_its_defaults(tiny_server: LiveServer, spoken_question) -> None:
+    """LiveKit's RealtimeModel defaults (semantic VAD, input transcription asked for), one session: a
+    greeting, a spoken turn, a barge-in and a typed turn, each answered; the only error is the refusal of
+    the transcription, which LiveKit reports as recoverable and the session outlives."""
+    question = to_rate(spoken_question.samples, MIC_RATE)
+
+    async def main() -> None:
+        async with (
+            wire_tap(tiny_server) as tap,
+            livekit_agent(http_base(tap), INSTRUCTIONS, session_options=NO_ECHO) as agent,
+        ):
+            agent.tap = tap
+
+            def answered_after(at: float) -> bool:
+                return any(w.at > at for w in tap.log if w.type == "response.output_audio.delta")
+
+            greeted = time.perf_counter()
+            agent.session.generate_reply(instructions="Greet the user.")
+            await agent.wait_for(lambda: answered_after(greeted), 15, "the greeting")
+            await agent.wait_for(lambda: not _responding(tap), 30, "the end of the greeting")
+            spoken = time.perf_counter()
+            await agent.say(question)
+            await agent.wait_for(lambda: answered_after(spoken + 0.5), 30, "an answer to the spoken turn")
+            with forced_state(tiny_server, "answer"):
+                await agent.say(question)
+                await agent.wait_for(lambda: agent.speaker.cleared_at, 10, "LiveKit clearing its speaker")
+            await agent.wait_for(lambda: not _responding(tap), 30, "the end of the answer to the barge-in")
+            typed = time.perf_counter()
+            agent.session.generate_reply(user_input=TEXT_QUESTION)
+            await agent.wait_for(lambda: answered_after(typed), REPLY_WITHIN_S, "an answer to the typed turn")
+            assert_clean(agent, tap)
+            refusals = [e for e in tap.errors() if refuses_transcription(e)]
+            assert len(refusals) >= 1, tap.summary()
+            assert all(getattr(e, "retryable", True) for e in agent.errors)
+
+    run(main())
+
+
+def _responding(tap: WireTap) -> bool:
+    """A response is in progress: more response.created than response.done so far."""
+    return len(tap.received("response.created")) > len(tap.received("response.done"))
+
+
+def test_livekit_without_transcription_gets_no_error(tiny_server: LiveServer) -> None:
+    """`RealtimeModel(input_audio_transcription=None)`, as our refusal suggests: not a single error."""
+
+    async def main() -> None:
+        async with (
+            wire_tap(tiny_server) as tap,
+            livekit_agent(http_base(tap), INSTRUCTIONS, input_audio_transcription=None) as agent,
+        ):
+            agent.tap = tap
+            asked = time.perf_counter()
+            agent.session.generate_reply(user_input=TEXT_QUESTION)
+            await agent.wait_for(lambda: audio_s(agent, after=asked) >= ANSWER_AUDIO_S, 15, "answer audio")
+            assert tap.errors() == [], tap.summary()
+            assert agent.errors == []
+
+    run(main())

@@ -188,3 +188,38 @@ def test_pipecat_text_turn_mid_session(tiny_server: LiveServer) -> None:
             assert_clean(agent, tap)
 
     run(main())
+
+
+def test_pipecat_whole_conversation_on_its_defaults(tiny_server: LiveServer, spoken_question) -> None:
+    """Pipecat's defaults, one session: greeting, a spoken turn, a barge-in, a typed turn; no error, and
+    the bot still answers at the end (an error Pipecat does not know would have left it deaf)."""
+    from pipecat.frames.frames import InterruptionFrame, LLMMessagesAppendFrame, TTSStartedFrame
+
+    question = to_rate(spoken_question.samples, MIC_RATE)
+
+    async def main() -> None:
+        async with wire_tap(tiny_server) as tap, pipecat_agent(tap, INSTRUCTIONS) as agent:
+
+            def answers_after(at: float) -> bool:
+                return any(t > at for t in agent.speaker.times(TTSStartedFrame))
+
+            await agent.greet()
+            await agent.wait_for(lambda: _answer_done(agent, 0.0), 30, "the greeting")
+            spoken = time.perf_counter()
+            await agent.say(question)
+            await agent.wait_for(lambda: answers_after(spoken), 30, "an answer to the spoken turn")
+            with forced_state(tiny_server, "answer"):
+                await agent.say(question)
+                await agent.wait_for(lambda: agent.speaker.times(InterruptionFrame), 10, "an interruption")
+            await agent.wait_for(
+                lambda: _answer_done(agent, agent.speaker.times(InterruptionFrame)[-1]), 30, "calm"
+            )
+            typed = time.perf_counter()
+            frame = LLMMessagesAppendFrame(
+                messages=[{"role": "user", "content": TEXT_QUESTION}], run_llm=True
+            )
+            await agent.service.queue_frame(frame)
+            await agent.wait_for(lambda: answers_after(typed), 30, "an answer to the typed turn")
+            assert_clean(agent, tap)
+
+    run(main())
