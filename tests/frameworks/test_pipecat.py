@@ -93,10 +93,10 @@ BARGE_IN_CASES = [
     pytest.param(
         "answer",
         id="head-takes-the-turn",
-        # Racy until the fix: between Pipecat's truncate (sent on speech_started) and the state head's
-        # cancel a chunk or two later, the server sends 0-3 more deltas of the truncated item.
+        # Pipecat truncates on speech_started; the state head cancels a chunk or two later, and in between
+        # the server sends 2 more deltas of the truncated item (every run so far).
         marks=pytest.mark.xfail(
-            strict=False, reason=f"server, {TRUNCATE_FIX} (0-3 deltas before the head cancels)"
+            strict=True, reason=f"server, {TRUNCATE_FIX}: 2 deltas leak before the head cancels"
         ),
     ),
     pytest.param(
