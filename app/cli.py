@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.model import SEGMENTATIONS, SERVER_SEGMENTATION
+
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
 
@@ -32,6 +34,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16"
     )
+    group.add_argument(
+        "--strict-load",
+        action="store_true",
+        default=None,
+        help="refuse weight files that hold anything the model does not use (optimizer or EMA state, "
+        "step counters, a 'module.' prefix); by default such content is skipped and logged",
+    )
 
 
 def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -41,7 +50,7 @@ def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         )
     if args.model_path is not None:
         return args.model_path, args.llm_path
-    from app.model.defaults import ensure_default_model
+    from app.model import ensure_default_model
 
     paths = ensure_default_model()
     return paths.model_path, paths.llm_path
@@ -50,11 +59,20 @@ def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
-    from app.model.checkpoint import load_freeze_omni
-    from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline
-    from app.model.sampling import LLMSampling
-    from app.model.wav import WavError, read_wav, resample, write_wav
-    from app.model.weights import CheckpointError
+    from app.model import (
+        INPUT_RATE,
+        OUTPUT_RATE,
+        CheckpointError,
+        InferOptions,
+        LLMSampling,
+        OfflinePipeline,
+        WavError,
+        load_freeze_omni,
+        post_process,
+        read_wav,
+        resample,
+        write_wav,
+    )
 
     try:
         samples, rate = read_wav(args.input_wav)
@@ -65,7 +83,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     samples = resample(samples, rate, INPUT_RATE)
     model_path, llm_path = _resolve_model_paths(args)
     try:
-        model = load_freeze_omni(model_path, llm_path, device=args.device, dtype=args.dtype)
+        model = load_freeze_omni(
+            model_path, llm_path, device=args.device, dtype=args.dtype, strict=bool(args.strict_load)
+        )
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         raise SystemExit(f"error: cannot load the model: {error}") from error
     options = InferOptions(
@@ -77,6 +97,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_new_tokens=args.max_tokens,
         system_role=args.system_prompt,
+        segmentation=args.segmentation,
     )
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -93,6 +114,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                     "llm_token_ids": result.token_ids,
                     "state_probs": [list(p) for p in result.state_probs],
                     "states": result.states,
+                    "segmentation": args.segmentation,
+                    "segments": [
+                        {
+                            "text": segment.text,
+                            "spoken_text": post_process(segment.text),
+                            "llm_token_ids": segment.token_ids,
+                            "codec_token_ids": ids,
+                        }
+                        for segment, ids in zip(result.segments, result.codec_ids, strict=True)
+                    ],
                     "codec_token_ids": result.codec_ids,
                     "output_wav": str(args.output_wav),
                     "input_seconds": round(input_s, 3),
@@ -111,7 +142,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
-    from app.model.tiny import make_tiny
+    from app.model import make_tiny
 
     paths = make_tiny(args.dir, seed=args.seed)
     print(f"--model-path {paths.model_path} --llm-path {paths.llm_path}")
@@ -132,11 +163,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "llm_path": args.llm_path,
             "devices": devices,
             "dtype": args.dtype,
+            "strict_load": args.strict_load,
             "max_sessions": args.max_sessions,
             "api_keys": args.api_key or None,
             "idle_timeout_s": args.idle_timeout,
             "ssl_keyfile": args.ssl_keyfile,
             "ssl_certfile": args.ssl_certfile,
+            "instance_id": args.instance_id,
         }.items()
         if value is not None
     }
@@ -166,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input-wav", type=Path, required=True, help="the question (WAV, any rate)")
     infer.add_argument("--output-wav", type=Path, required=True, help="where to write the answer")
     sampling = infer.add_argument_group("sampling")
-    from app.model.sampling_settings import LLMSampling
+    from app.model import LLMSampling
 
     defaults = LLMSampling()
     sampling.add_argument(
@@ -185,7 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--max-tokens", type=int, default=128, help="answer length cap in LLM tokens")
     infer.add_argument("--system-prompt", help="system role text (default: the checkpoint's template)")
     infer.add_argument(
-        "--json", action="store_true", help="print text, token ids, state probabilities and codec ids as JSON"
+        "--segmentation",
+        choices=SEGMENTATIONS,
+        default=SERVER_SEGMENTATION,
+        help="where answer text is cut for the speech decoder: 'server' (default; the released "
+        "server's rule, as serve uses) or 'offline' (the released offline script's rule: every "
+        "sentence end, no minimum, no commas; to compare with that script segment by segment)",
+    )
+    infer.add_argument(
+        "--json",
+        action="store_true",
+        help="print text, token ids, state probabilities, the segmentation and per-segment text and "
+        "codec ids as JSON",
     )
     infer.set_defaults(func=_cmd_infer)
 
@@ -212,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ssl-keyfile", type=Path, help="TLS key file: serve https/wss (needed for a phone's mic)"
     )
     serve.add_argument("--ssl-certfile", type=Path, help="TLS certificate file")
+    serve.add_argument(
+        "--instance-id",
+        help="this process's name in session.created, for a fleet behind a load balancer "
+        "(default: hostname:port)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     tiny = commands.add_parser(

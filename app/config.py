@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model.sampling_settings import LLMSampling
+from app.model import LLMSampling
 
 _SAMPLING = LLMSampling()
 
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    strict_load: bool = Field(
+        False, description="refuse weight files holding anything the model does not use (training state)"
+    )
 
     # -- capacity and limits
     max_sessions: int = Field(16, ge=1, description="sessions per replica")
@@ -48,17 +52,33 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
+    opus_bitrate: int = Field(
+        24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
+    )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    session_key_max_chars: int = Field(
+        128, ge=8, le=1024, description="longest client-chosen ?session= key accepted"
+    )
+
+    # -- deployment (many processes behind a load balancer)
+    instance_id: str | None = Field(
+        None, description="names this process in session.created; default: hostname:port"
+    )
 
     # -- turn taking defaults (clients may change them with session.update)
     vad_aggressiveness: int = Field(2, ge=0, le=3)
     vad_prefix_padding_ms: int = Field(300, ge=0)
     vad_silence_ms: int = Field(500, ge=0, description="silence that ends a turn the state head left open")
+    vad_noise_margin_db: float = Field(10.0, ge=0, description="speech must stand this far above the floor")
+    vad_min_speech_dbfs: float = Field(-55.0, le=0, description="quieter frames are never speech")
+    vad_floor_rise_db_per_s: float = Field(10.0, gt=0, description="how fast the noise floor may rise")
     state_threshold: float = Field(0.5, gt=0, lt=1)
+    min_interruption_ms: int = Field(200, ge=0, description="speech during an answer that pauses it")
+    resume_rewind_ms: int = Field(250, ge=0, description="a resumed answer repeats this much before the cut")
 
     # -- sampling (defaults: the published server's, defined once in `LLMSampling`)
     temperature: float = Field(_SAMPLING.temperature, gt=0)
@@ -75,6 +95,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def instance_name(self) -> str:
+        """What `session.created` reports as the process that serves a session."""
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -1,4 +1,8 @@
-"""What the running app holds: settings, metrics, the engine pool once loaded, live sessions."""
+"""What the running app holds: settings, metrics, the engine pool once loaded, live sessions.
+
+Draining (SIGTERM): the process stops admitting (`/readyz` says "draining", new sessions get 1013)
+and says goodbye to each live session within the shutdown grace, so a load balancer moves them on.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,22 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.metrics import Metrics
-from app.model.checkpoint import load_freeze_omni
+from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
 
 log = logging.getLogger(__name__)
+
+
+class LiveSession(Protocol):
+    """A served session, as shutdown sees it."""
+
+    async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None: ...
 
 
 @dataclass
@@ -25,13 +36,19 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     pool: EnginePool | None = None
     load_error: str | None = None
-    sessions: set = field(default_factory=set)  # live RealtimeSession objects
+    sessions: set[LiveSession] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
+    draining: bool = False
     _load_task: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
         return self.pool is not None
+
+    @property
+    def instance_id(self) -> str:
+        """This process's name in `session.created` (for a fleet behind a load balancer)."""
+        return self.settings.instance_name()
 
     def start_loading(self) -> None:
         self._load_task = asyncio.create_task(self._load(), name="load-models")
@@ -45,7 +62,7 @@ class ServerState:
         try:
             model_path, llm_path = settings.model_path, settings.llm_path
             if model_path is None or llm_path is None:
-                from app.model.defaults import ensure_default_model
+                from app.model import ensure_default_model
 
                 paths = await asyncio.to_thread(ensure_default_model)
                 model_path, llm_path = paths.model_path, paths.llm_path
@@ -53,7 +70,12 @@ class ServerState:
             engines = []
             for index, device in enumerate(settings.devices):
                 model = await asyncio.to_thread(
-                    load_freeze_omni, model_path, llm_path, device=device, dtype=settings.dtype
+                    load_freeze_omni,
+                    model_path,
+                    llm_path,
+                    device=device,
+                    dtype=settings.dtype,
+                    strict=settings.strict_load,
                 )
                 engines.append(Engine(model, settings.engine_settings(), name=f"replica-{index}-{device}"))
             pool = EnginePool(engines)
@@ -69,16 +91,26 @@ class ServerState:
             self.load_error = f"{type(error).__name__}: {error}"
             log.exception("loading the model failed; the server stays up to report it on /readyz")
 
-    async def close_sessions(self, code: int, reason: str) -> None:
-        """Close every live session (graceful shutdown)."""
+    async def drain(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Stop admitting, then end every live session (each is told to reconnect elsewhere)."""
+        if not self.draining:
+            log.info(
+                "draining: refusing new sessions; closing %d live one(s) within %.1f s",
+                len(self.sessions),
+                self.settings.shutdown_grace_s,
+            )
+        self.draining = True
         sessions = list(self.sessions)
+        started = time.monotonic()
         await asyncio.gather(
             *(s.shutdown(code, reason, grace_s=self.settings.shutdown_grace_s) for s in sessions),
             return_exceptions=True,
         )
+        if sessions:
+            log.info("drained %d session(s) in %.2f s", len(sessions), time.monotonic() - started)
 
     async def stop(self) -> None:
-        await self.close_sessions(CloseCode.GOING_AWAY, "server shutting down")
+        await self.drain()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         if self.pool is not None:

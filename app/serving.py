@@ -8,16 +8,19 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
-from app.sessions.close_codes import CloseCode
 
 
 class GracefulServer(uvicorn.Server):
-    """Closes our sessions with 1001 ("going away") before uvicorn closes the connections itself."""
+    """On SIGTERM/SIGINT, drains (see `ServerState.drain`) before uvicorn closes the connections itself.
+
+    The listening socket stays open while draining, so `/readyz` can answer 503 "draining" and new
+    sessions get a clear 1013 rather than a refused connection.
+    """
 
     async def shutdown(self, sockets=None) -> None:
         state = getattr(self.config.app.state, "server", None)
         if state is not None:
-            await state.close_sessions(CloseCode.GOING_AWAY, "server shutting down")
+            await state.drain()
         await super().shutdown(sockets=sockets)
 
 

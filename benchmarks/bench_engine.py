@@ -40,24 +40,24 @@ from app.engine.engine import CHUNK_SAMPLES, AnswerStream, Engine  # noqa: E402
 from app.engine.events import AnswerStatus, AudioDelta  # noqa: E402
 from app.engine.runner import StepRunner  # noqa: E402
 from app.engine.settings import EngineSettings  # noqa: E402
-from app.model.adapter import AdapterConfig  # noqa: E402
-from app.model.audio_llm import AudioLLM, AudioLLMConfig  # noqa: E402
-from app.model.checkpoint import FreezeOmni, load_freeze_omni, resolve_dtype  # noqa: E402
-from app.model.cmvn import CmvnStats  # noqa: E402
-from app.model.codec import CodecConfig, CodecDecoder, init_unit_gain  # noqa: E402
-from app.model.codec_stream import ServerConfig  # noqa: E402
-from app.model.defaults import ensure_default_model  # noqa: E402
-from app.model.duplex import IM_END, ChatTemplate, PromptTokens  # noqa: E402
-from app.model.encoder import EncoderConfig  # noqa: E402
-from app.model.frontend import fbank_whole  # noqa: E402
-from app.model.llm import Qwen2Config, Qwen2Runtime  # noqa: E402
+from app.model.checkpoint_io.defaults import ensure_default_model  # noqa: E402
+from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni, resolve_dtype  # noqa: E402
+from app.model.checkpoint_io.weights import assert_materialized  # noqa: E402
+from app.model.fixtures.tiny import CHAT_TEMPLATE  # noqa: E402
+from app.model.fixtures.tiny_llm import write_tokenizer  # noqa: E402
+from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens  # noqa: E402
+from app.model.llm.qwen2 import Qwen2Config, Qwen2Runtime  # noqa: E402
+from app.model.llm.transformer import RMSNorm  # noqa: E402
 from app.model.pipeline import INPUT_RATE, OUTPUT_RATE  # noqa: E402
-from app.model.speech_decoder import SpeechDecoder, SpeechDecoderConfig  # noqa: E402
-from app.model.tiny import CHAT_TEMPLATE  # noqa: E402
-from app.model.tiny_llm import write_tokenizer  # noqa: E402
-from app.model.transformer import RMSNorm  # noqa: E402
+from app.model.speech_in.adapter import AdapterConfig  # noqa: E402
+from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig  # noqa: E402
+from app.model.speech_in.cmvn import CmvnStats  # noqa: E402
+from app.model.speech_in.encoder import EncoderConfig  # noqa: E402
+from app.model.speech_in.frontend import fbank_whole  # noqa: E402
+from app.model.speech_out.codec import CodecConfig, CodecDecoder, init_unit_gain  # noqa: E402
+from app.model.speech_out.codec_stream import ServerConfig  # noqa: E402
+from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig  # noqa: E402
 from app.model.wav import read_wav, resample  # noqa: E402
-from app.model.weights import assert_materialized  # noqa: E402
 
 CHUNK_S = CHUNK_SAMPLES / INPUT_RATE
 QUESTIONS = [

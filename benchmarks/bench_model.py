@@ -22,15 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.model.checkpoint import FreezeOmni, load_freeze_omni  # noqa: E402
-from app.model.codec_stream import decode_windows  # noqa: E402
-from app.model.duplex import decide_state  # noqa: E402
-from app.model.encoder import EncoderState  # noqa: E402
-from app.model.frontend import StreamingFbank  # noqa: E402
-from app.model.kv_cache import SlotKVCache  # noqa: E402
-from app.model.llm import LLMRow  # noqa: E402
+from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni  # noqa: E402
+from app.model.llm.duplex import decide_state  # noqa: E402
+from app.model.llm.kv_cache import SlotKVCache  # noqa: E402
+from app.model.llm.qwen2 import LLMRow  # noqa: E402
 from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline  # noqa: E402
-from app.model.speech_decoder import SegmentInput, reshape_llm_vectors  # noqa: E402
+from app.model.speech_in.encoder import EncoderState  # noqa: E402
+from app.model.speech_in.frontend import StreamingFbank  # noqa: E402
+from app.model.speech_out.codec_stream import decode_windows  # noqa: E402
+from app.model.speech_out.speech_decoder import SegmentInput, reshape_llm_vectors  # noqa: E402
 from app.model.turn_parts import (  # noqa: E402
     answer_start_embeds,
     system_prefill_embeds,
@@ -224,7 +224,7 @@ def bench_speech_decoder(
 @torch.inference_mode()
 def bench_codec(model: FreezeOmni, timer: Timer, repeat: int, warmup: int) -> list[Figure]:
     """One generator call per streaming window: the first window's size and the steady one's."""
-    from app.model.codec_stream import DecodeWindow
+    from app.model.speech_out.codec_stream import DecodeWindow
 
     server = model.server
     overlap = server.decoder_chunk_overlap_size
@@ -301,7 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model_path is None:
-        from app.model.defaults import ensure_default_model
+        from app.model.checkpoint_io.defaults import ensure_default_model
 
         paths = ensure_default_model()
         args.model_path, args.llm_path = paths.model_path, paths.llm_path

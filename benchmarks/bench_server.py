@@ -43,6 +43,7 @@ from app.config import Settings  # noqa: E402
 from app.engine.engine import CHUNK_SAMPLES, Engine  # noqa: E402
 from app.engine.events import AudioDelta  # noqa: E402
 from app.model.wav import read_wav, resample  # noqa: E402
+from benchmarks.wire_formats import FORMATS, opus_codec_cost, print_formats, run_format  # noqa: E402
 
 WIRE_RATE = 24000
 MODEL_RATE = 16000
@@ -480,6 +481,32 @@ def measure_engine(
     return run
 
 
+def measure_formats(target: Target, questions_24k: list[np.ndarray], args: argparse.Namespace) -> list[dict]:
+    """Bytes per session-second of each wire format at N=`--formats`, and what Opus costs in CPU."""
+    results = []
+    for fmt in FORMATS:
+        before = process_cpu_seconds(target.pid)
+        traffic = asyncio.run(run_format(target.url, target.headers, fmt, questions_24k, args.formats, args))
+        after = process_cpu_seconds(target.pid)
+        if before is not None and after is not None:
+            traffic.server_cpu = (after - before) / max(traffic.wall_s, 1e-9)
+        results.append(traffic)
+    codec = opus_codec_cost(np.concatenate(questions_24k))
+    print_formats(results, codec, args.formats)
+    return [
+        {
+            "format": t.name,
+            "in_kbit_per_session_s": round(t.kbit_per_session_second("in"), 2),
+            "out_kbit_per_session_s": round(t.kbit_per_session_second("out"), 2),
+            "out_kbit_per_answer_s": round(t.out_kbit_per_answer_second(), 2),
+            "answered": f"{t.answered}/{t.turns}",
+            "server_cpu_cores": t.server_cpu,
+            "errors": t.errors,
+        }
+        for t in results
+    ] + [{"opus_codec": codec}]
+
+
 # -- output ---------------------------------------------------------------------------------------------------
 def _ms(values: list[float], q: float | None = None) -> str:
     if not values:
@@ -607,6 +634,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "path's commit) or leave it to the model",
     )
     parser.add_argument("--no-engine", action="store_true", help="skip the engine-only comparison")
+    parser.add_argument(
+        "--formats",
+        type=int,
+        default=8,
+        help="sessions per wire format for the bytes-per-session-second comparison (pcm16 JSON, pcm16 "
+        "binary, G.711, Opus) and Opus's CPU cost; 0 skips it (default 8)",
+    )
+    parser.add_argument("--formats-only", action="store_true", help="only the wire-format comparison")
     parser.add_argument("--json", action="store_true", help="also print all figures as one JSON object")
     parser.add_argument("--serve-child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -625,7 +660,7 @@ def server_settings(args: argparse.Namespace, counts: list[int]) -> dict[str, An
     }
     if args.model_path and args.llm_path:
         return values | {"model_path": str(args.model_path), "llm_path": str(args.llm_path)}
-    from app.model.defaults import ensure_default_model
+    from app.model.checkpoint_io.defaults import ensure_default_model
 
     paths = ensure_default_model()
     return values | {"model_path": str(paths.model_path), "llm_path": str(paths.llm_path)}
@@ -653,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
     target = Target(url, headers, http.split("/v1/realtime")[0] + "/metrics", child.pid if child else None)
     engine_factory = None
     if not args.no_engine:
-        from app.model.checkpoint import load_freeze_omni
+        from app.model.checkpoint_io.layout import load_freeze_omni
 
         settings = Settings(**values)
         model = load_freeze_omni(settings.model_path, settings.llm_path, device=args.device, dtype=args.dtype)
@@ -667,13 +702,16 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     rows: list[dict[str, Any]] = []
+    formats: list[dict[str, Any]] = []
     try:
         warm = argparse.Namespace(**{**vars(args), "turns": 1})  # first-call costs stay out of N=1
         asyncio.run(run_server_sessions(url, headers, questions_pcm, 1, warm))
-        if engine_factory:
+        if engine_factory and not args.formats_only:
             asyncio.run(run_engine_sessions(engine_factory, questions_16k, 1, warm))
+        if args.formats:
+            formats = measure_formats(target, questions_24k, args)
         print(HEADER)
-        for position, count in enumerate(counts):
+        for position, count in enumerate([] if args.formats_only else counts):
             paths = ["server", "engine"] if engine_factory else ["server"]
             for path in paths if position % 2 == 0 else paths[::-1]:  # drift in load hits both alike
                 if path == "server":
@@ -688,7 +726,9 @@ def main(argv: list[str] | None = None) -> None:
             child.wait(timeout=30)
     print_overhead(rows)
     if args.json:
-        print(json.dumps({"settings": {**values, **vars(args)}, "runs": rows}, default=str))
+        print(
+            json.dumps({"settings": {**values, **vars(args)}, "runs": rows, "formats": formats}, default=str)
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@
 import { RealtimeClient, describeClose, describeError, serverStatus } from "./realtime-client.js";
 import { Player, decodePcm16, encodePcm16 } from "./player.js";
 import { microphoneUnavailableReason, startMicrophone } from "./microphone.js";
+import {
+  OPUS_BITRATE,
+  OPUS_FORMAT,
+  OpusAnswerDecoder,
+  OpusMicEncoder,
+  opusSupported,
+  parseFrame,
+} from "./opus.js";
 
 const INPUT_RATE = 24000; // what we tell the server we send (the worklet resamples to it)
 const RETRY_FIRST_MS = 500; // busy server (1013): 0.5 s, 1 s, 2 s ... 8 s, as the OpenAI SDK does
@@ -28,11 +36,13 @@ const ui = {
   text: $("#text"),
   instructionsForm: $("#instructions-form"),
   instructions: $("#instructions"),
+  audioFormat: $("#audio-format"),
 };
 
 // What the tests read.
 window.__stateLog = [];
-window.__audio = { deltas: 0, secondsScheduled: 0, secondsSent: 0 };
+window.__audio = { deltas: 0, secondsScheduled: 0, secondsSent: 0, packetsSent: 0, packetsReceived: 0 };
+window.__audioFormat = null; // "opus" or "pcm16": what the server confirmed for this connection
 window.__firstAudioLatenciesMs = [];
 window.__lastStopLatencyMs = null; // cancelling response.done -> output found silent
 window.__lastStopCallMs = null; // cancelling response.done -> every source stopped
@@ -56,11 +66,16 @@ const page = {
   queuedText: null, // typed while an answer ran: sent once it is cancelled
   instructionsSent: false,
   shownState: null,
+  audioChoice: null, // what we ask for: {format: "opus" | "pcm16", why}
+  wireFormat: null, // what the server confirmed we send: "opus" | "pcm16" (null: not yet)
+  outputOpus: false, // answers come as Opus frames
+  responseIds: [], // ids in response.created order: an Opus frame's first byte indexes it
+  opusEncoder: null,
 };
 let audioContext = null;
 let player = null;
 let microphone = null;
-const client = new RealtimeClient({ onOpen, onEvent, onClose });
+const client = new RealtimeClient({ onOpen, onEvent, onBinary, onClose });
 
 // -- state ------------------------------------------------------------------------------------------
 
@@ -206,9 +221,89 @@ function stopMicrophone() {
 }
 
 function sendAudio(pcm16) {
-  if (!page.sessionReady || !ui.mic.checked) return;
-  client.send({ type: "input_audio_buffer.append", audio: encodePcm16(pcm16) });
+  if (!page.sessionReady || !ui.mic.checked || page.wireFormat === null) return;
+  if (page.wireFormat === "opus") page.opusEncoder.encode(pcm16);
+  else client.send({ type: "input_audio_buffer.append", audio: encodePcm16(pcm16) });
   window.__audio.secondsSent += pcm16.length / INPUT_RATE;
+}
+
+// -- the audio format: Opus through WebCodecs where the browser has it, else pcm16 -----------------------
+
+/** What to ask the server for. `?audio=pcm16` in the address keeps pcm16 (to compare, or to debug). */
+async function chooseAudioFormat() {
+  if (new URLSearchParams(window.location.search).get("audio") === "pcm16") {
+    return { format: "pcm16", why: "asked for in the address" };
+  }
+  if (await opusSupported()) return { format: "opus", why: "WebCodecs" };
+  return { format: "pcm16", why: "this browser has no WebCodecs Opus" };
+}
+
+function audioFormats(format) {
+  if (format === "opus") {
+    return { input: { type: OPUS_FORMAT }, output: { type: OPUS_FORMAT, bitrate: OPUS_BITRATE } };
+  }
+  return { input: { type: "audio/pcm", rate: INPUT_RATE }, output: { type: "audio/pcm", rate: 24000 } };
+}
+
+function showAudioFormat() {
+  const { format, why } = page.audioChoice ?? {};
+  const text =
+    page.wireFormat === "opus"
+      ? `Audio: Opus ${OPUS_BITRATE / 1000} kbit/s (${why})`
+      : page.wireFormat === "pcm16"
+        ? `Audio: pcm16 (${format === "opus" ? "the server refused Opus" : why})`
+        : "";
+  ui.audioFormat.textContent = text;
+  ui.audioFormat.dataset.format = page.wireFormat ?? "";
+  window.__audioFormat = page.wireFormat;
+}
+
+function startOpusEncoder() {
+  page.opusEncoder?.close();
+  page.opusEncoder = new OpusMicEncoder({
+    onPacket: (packet) => {
+      client.sendBinary(packet);
+      window.__audio.packetsSent += 1;
+    },
+    onError: (error) => fallBackToPcm16(`the Opus encoder failed (${error.message})`),
+  });
+}
+
+/** Opus failed here or was refused by the server: carry on in pcm16 on the same connection. */
+function fallBackToPcm16(why) {
+  page.opusEncoder?.close();
+  page.opusEncoder = null;
+  page.audioChoice = { format: "pcm16", why };
+  page.wireFormat = null; // until the server confirms
+  const { input, output } = audioFormats("pcm16");
+  const session = { type: "realtime", audio: { input: { format: input }, output: { format: output } } };
+  if (ui.instructions.value.trim()) session.instructions = ui.instructions.value;
+  client.send({ type: "session.update", session });
+}
+
+function onBinary(bytes) {
+  const [number, , packet] = parseFrame(bytes);
+  const owners = page.responseIds.filter((_, index) => index % 256 === number);
+  const id = owners[owners.length - 1];
+  const response = page.response;
+  window.__audio.packetsReceived += 1;
+  if (!response || response.id !== id || !response.decoder || page.cancelled.has(id)) return;
+  response.decoder.decode(packet);
+}
+
+/** Schedule a piece of the answer's audio (pcm16 delta, or decoded Opus) for playback. */
+function scheduleAnswerAudio(response, samples, rate) {
+  if (page.cancelled.has(response.id) || !player) return;
+  response.bubble ??= addEntry("assistant", "");
+  const startAt = player.enqueue(samples, rate);
+  window.__audio.deltas += 1;
+  window.__audio.secondsScheduled += samples.length / rate;
+  response.scheduledS += samples.length / rate;
+  if (response.firstStart === null) {
+    response.firstStart = startAt;
+    showFirstAudioLatency(response, startAt);
+  }
+  refreshState();
 }
 
 function onOpen() {
@@ -219,6 +314,10 @@ function onOpen() {
 
 function onClose({ code, opened }) {
   page.sessionReady = false;
+  page.response?.decoder?.close();
+  page.opusEncoder?.close();
+  Object.assign(page, { opusEncoder: null, wireFormat: null, outputOpus: false, responseIds: [] });
+  showAudioFormat();
   setConnected(false);
   stopPlayback();
   Object.assign(page, {
@@ -287,7 +386,9 @@ function onEvent(event, receivedAt) {
 const HANDLERS = {
   "session.created": () => {
     page.retries = 0;
-    const session = { type: "realtime", audio: { input: { format: { type: "audio/pcm", rate: INPUT_RATE } } } };
+    page.responseIds = [];
+    const { input, output } = audioFormats(page.audioChoice.format);
+    const session = { type: "realtime", audio: { input: { format: input }, output: { format: output } } };
     if (ui.instructions.value.trim()) session.instructions = ui.instructions.value;
     client.send({ type: "session.update", session });
     page.sessionReady = true; // appends sent from now on follow the format declared above
@@ -296,6 +397,11 @@ const HANDLERS = {
   },
   "session.updated": ({ session }) => {
     page.outputRate = session?.audio?.output?.format?.rate || 24000;
+    const opusIn = session?.audio?.input?.format?.type === OPUS_FORMAT;
+    if (opusIn && !page.opusEncoder) startOpusEncoder();
+    page.wireFormat = opusIn ? "opus" : "pcm16";
+    page.outputOpus = session?.audio?.output?.format?.type === OPUS_FORMAT;
+    showAudioFormat();
     if (page.instructionsSent) notify("Instructions applied.");
     page.instructionsSent = false;
   },
@@ -324,7 +430,19 @@ const HANDLERS = {
   },
   "response.created": ({ response }) => {
     page.awaitingAnswer = false;
-    page.response = { id: response.id, itemId: null, bubble: null, firstStart: null, scheduledS: 0 };
+    page.responseIds.push(response.id);
+    if (page.responseIds.length > 512) page.responseIds.splice(0, 256); // keeps index % 256 right
+    const live = { id: response.id, itemId: null, bubble: null, firstStart: null, scheduledS: 0, decoder: null };
+    if (page.outputOpus) {
+      live.decoder = new OpusAnswerDecoder({
+        onSamples: (samples, rate) => scheduleAnswerAudio(live, samples, rate),
+        onError: (error) => notify(`Could not decode the answer's audio (${error.message}).`, "error"),
+      });
+    }
+    page.response = live;
+  },
+  "response.output_item.added": ({ response_id, item }) => {
+    if (page.response?.id === response_id) page.response.itemId = item.id;
   },
   "response.output_audio_transcript.delta": ({ response_id, delta }) => {
     const response = liveResponse(response_id);
@@ -334,20 +452,17 @@ const HANDLERS = {
   "response.output_audio.delta": ({ response_id, item_id, delta }) => {
     const response = liveResponse(response_id);
     if (!response) return;
-    const samples = decodePcm16(delta);
-    const startAt = player.enqueue(samples, page.outputRate);
-    window.__audio.deltas += 1;
-    window.__audio.secondsScheduled += samples.length / page.outputRate;
-    response.scheduledS += samples.length / page.outputRate;
     response.itemId = item_id;
-    if (response.firstStart === null) {
-      response.firstStart = startAt;
-      showFirstAudioLatency(response, startAt);
-    }
+    scheduleAnswerAudio(response, decodePcm16(delta), page.outputRate);
   },
   "response.done": ({ response }, receivedAt) => {
     const current = page.response;
     page.response = null;
+    if (current?.decoder) {
+      // Completed: its last packets are still decoding, let them play. Otherwise: drop them.
+      if (response.status === "completed") current.decoder.finish();
+      else current.decoder.close();
+    }
     if (response.status === "cancelled") {
       page.cancelled.add(response.id);
       stopForBargeIn(current, receivedAt);
@@ -363,6 +478,12 @@ const HANDLERS = {
   },
   error: ({ error }) => {
     if (error?.code === "idle_timeout") page.idleClosed = true;
+    const aboutFormat = error?.code === "invalid_value" && String(error?.param ?? "format").includes("format");
+    if (page.wireFormat === null && page.audioChoice?.format === "opus" && aboutFormat) {
+      // A server without our Opus extension refused the session.update: ask again in pcm16.
+      fallBackToPcm16("the server refused Opus");
+      return;
+    }
     if (error?.code === "response_cancel_not_active" && page.queuedText !== null) {
       // The answer ended before our cancel arrived: the typed message can go now.
       const text = page.queuedText;
@@ -459,6 +580,7 @@ async function startConnecting() {
   ui.keyForm.hidden = true;
   page.retries = 0;
   await ensureAudio();
+  page.audioChoice ??= await chooseAudioFormat();
   connect();
   startMicrophoneOnce();
 }

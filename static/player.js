@@ -27,11 +27,13 @@ export class Player {
     return this.sources.size > 0;
   }
 
-  /** Queue 16-bit samples at `rate`; returns the context time at which they will start. */
-  enqueue(pcm16, rate) {
-    const buffer = this.context.createBuffer(1, pcm16.length, rate); // resampled by the context
+  /** Queue samples at `rate` (16-bit integers, or floats in [-1, 1] from a decoder); returns the
+   * context time at which they will start. */
+  enqueue(samples, rate) {
+    const buffer = this.context.createBuffer(1, samples.length, rate); // resampled by the context
     const channel = buffer.getChannelData(0);
-    for (let i = 0; i < pcm16.length; i++) channel[i] = pcm16[i] / 32768;
+    if (samples instanceof Float32Array) channel.set(samples);
+    else for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
     const source = this.context.createBufferSource();
     source.buffer = buffer;
     source.connect(this.output);

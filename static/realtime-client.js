@@ -4,11 +4,22 @@
 // OpenAI Realtime protocol defines for browsers: as a subprotocol `openai-insecure-api-key.<key>`
 // offered next to `realtime`.
 
-/** The Realtime URL of the server that served this page: wss: behind TLS, and relative to the
- * page's folder so that a reverse proxy may serve us under a sub-path. */
-export function realtimeUrl(loc = window.location) {
+/** A session key for this page: a load balancer in front of several server processes hashes on it
+ * (`?session=`), so the page's sessions spread over them. getRandomValues, unlike randomUUID, also
+ * works on a plain-http LAN page. */
+export function newSessionKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "page-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const pageSessionKey = newSessionKey();
+
+/** The Realtime URL of the server that served this page: wss: behind TLS, relative to the page's
+ * folder so that a reverse proxy may serve us under a sub-path, with this page's session key. */
+export function realtimeUrl(loc = window.location, sessionKey = pageSessionKey) {
   const url = new URL("v1/realtime", loc.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("session", sessionKey);
   return url.href;
 }
 
@@ -23,12 +34,15 @@ export async function serverStatus() {
   }
 }
 
-/** One connection. Callbacks: onOpen(), onEvent(event, receivedAt), onClose({code, reason, opened});
- * `receivedAt` is the message's arrival on the `performance.now()` clock. */
+/** One connection. Callbacks: onOpen(), onEvent(event, receivedAt), onBinary(bytes, receivedAt),
+ * onClose({code, reason, opened}); `receivedAt` is the message's arrival on the `performance.now()`
+ * clock. `bytesSent` and `bytesReceived` count what crossed the socket (payloads). */
 export class RealtimeClient {
-  constructor({ onOpen, onEvent, onClose }) {
-    Object.assign(this, { onOpen, onEvent, onClose });
+  constructor({ onOpen, onEvent, onBinary = () => {}, onClose }) {
+    Object.assign(this, { onOpen, onEvent, onBinary, onClose });
     this.socket = null;
+    this.bytesSent = 0;
+    this.bytesReceived = 0;
   }
 
   /** Dial; throws only for a key the browser refuses to put in a subprotocol. */
@@ -36,17 +50,24 @@ export class RealtimeClient {
     const protocols = ["realtime"];
     if (apiKey) protocols.push(`openai-insecure-api-key.${apiKey}`);
     const socket = new WebSocket(realtimeUrl(), protocols); // SyntaxError for odd characters
+    socket.binaryType = "arraybuffer"; // Opus answer frames
     let opened = false;
     socket.onopen = () => {
       opened = true;
       this.onOpen();
     };
     socket.onmessage = (message) => {
+      if (message.data instanceof ArrayBuffer) {
+        this.bytesReceived += message.data.byteLength;
+        this.onBinary(new Uint8Array(message.data), message.timeStamp);
+        return;
+      }
+      this.bytesReceived += message.data.length;
       let event;
       try {
         event = JSON.parse(message.data);
       } catch {
-        return; // not ours to handle: the server only sends JSON text frames
+        return; // not ours to handle: the server's text frames are JSON
       }
       this.onEvent(event, message.timeStamp);
     };
@@ -63,7 +84,17 @@ export class RealtimeClient {
 
   /** Send one client event; silently dropped when not connected. */
   send(event) {
-    if (this.isOpen) this.socket.send(JSON.stringify(event));
+    if (!this.isOpen) return;
+    const text = JSON.stringify(event);
+    this.bytesSent += text.length;
+    this.socket.send(text);
+  }
+
+  /** Send one binary frame (an Opus packet); silently dropped when not connected. */
+  sendBinary(bytes) {
+    if (!this.isOpen) return;
+    this.bytesSent += bytes.byteLength;
+    this.socket.send(bytes);
   }
 
   /** Close from our side (1000); the close callback still runs. */

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from app.model.tiny_llm import write_tiny_qwen2
+from app.model.fixtures.tiny_llm import write_tiny_qwen2
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from app.model.checkpoint import FreezeOmni
-    from app.model.tiny import TinyPaths
+    from app.model.checkpoint_io.layout import FreezeOmni
+    from app.model.fixtures.tiny import TinyPaths
 
 SPOKEN_QUESTION = "What is two plus two?"
 
@@ -29,7 +29,7 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> TinyPaths:
     """The tiny Freeze-Omni (seed 0) written once: the checkpoint layout and its Qwen2 folder."""
-    from app.model.tiny import make_tiny
+    from app.model.fixtures.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny_model"))
 
@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> TinyPaths:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: TinyPaths) -> FreezeOmni:
     """The tiny Freeze-Omni loaded on CPU in fp32. Shared: tests must not change its weights."""
-    from app.model.checkpoint import load_freeze_omni
+    from app.model.checkpoint_io.layout import load_freeze_omni
 
     return load_freeze_omni(tiny_model_dir.model_path, tiny_model_dir.llm_path)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from app.model.audio_llm import AudioLLM
-from app.model.frontend import StreamingFbank
 from app.model.pipeline import pad_to_chunks
+from app.model.speech_in.audio_llm import AudioLLM
+from app.model.speech_in.frontend import StreamingFbank
 from training import domain
 from training.common import DATA_DIR, Clips
 from training.streaming import adapt_stream, encode_stream

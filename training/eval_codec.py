@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from app.model.codec import load_codec
+from app.model.speech_out.codec import load_codec
 from training import domain
 from training.asr import transcribe, word_error_rate
 from training.common import RUNS_DIR, setup_threads
@@ -35,7 +35,7 @@ HELD_OUT = [
 def main() -> None:
     setup_threads(1)
     codec = load_codec(RUNS_DIR / "codec" / "codec")
-    encoder = CodecEncoder(codec.config.latent_dim)
+    encoder = CodecEncoder(codec.latent_dim)
     encoder.load_state_dict(torch.load(RUNS_DIR / "codec" / "encoder.pt", weights_only=True))
     encoder.eval()
     table = codec.quantizer.quantizer_modules[0].embedding.weight

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.model.audio_llm import AudioLLM
-from app.model.checkpoint import FreezeOmni
-from app.model.duplex import IM_END, ChatTemplate, PromptTokens
-from app.model.llm import LLMRow, load_qwen2
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens
+from app.model.llm.qwen2 import LLMRow, load_qwen2
 from app.model.pipeline import InferOptions, OfflinePipeline
+from app.model.speech_in.audio_llm import AudioLLM
 from app.model.turn_parts import system_prefill_embeds
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.model.checkpoint import load_freeze_omni, save_freeze_omni
-from app.model.cmvn import CmvnStats
-from app.model.codec import load_codec
-from app.model.codec_stream import ServerConfig
-from app.model.speech_decoder import SpeechDecoder
-from app.model.tiny import CHECKPOINT_DIR, LLM_DIR
+from app.model.checkpoint_io.layout import load_freeze_omni, save_freeze_omni
+from app.model.fixtures.tiny import CHECKPOINT_DIR, LLM_DIR
+from app.model.speech_in.cmvn import CmvnStats
+from app.model.speech_out.codec import load_codec
+from app.model.speech_out.codec_stream import ServerConfig
+from app.model.speech_out.speech_decoder import SpeechDecoder
 from training import domain
 from training.common import DATA_DIR, MODEL_DIR, RUNS_DIR, Clips, setup_logging, setup_threads
 from training.train_audio import build_audio

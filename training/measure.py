@@ -18,11 +18,11 @@ import numpy as np
 from app.engine.engine import Engine
 from app.engine.events import TextDelta
 from app.engine.settings import EngineSettings
-from app.model.checkpoint import load_freeze_omni
-from app.model.duplex import ListenState
+from app.model.checkpoint_io.layout import load_freeze_omni
+from app.model.fixtures.tiny import TinyPaths
+from app.model.llm.duplex import ListenState
+from app.model.llm.sampling import LLMSampling
 from app.model.pipeline import InferOptions, OfflinePipeline
-from app.model.sampling import LLMSampling
-from app.model.tiny import TinyPaths
 from training import domain
 from training.asr import transcribe, word_error_rate
 from training.common import MODEL_DIR, RUNS_DIR, setup_threads
@@ -119,6 +119,7 @@ def main() -> None:
         for i in range(10)
     ]
     figures.update(asyncio.run(engine_figures(model, ignorable_sounds(seed=40_000), pairs)))
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)  # absent in a fresh checkout (git-ignored)
     (RUNS_DIR / "measure.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from app.model.adapter import ConvAdapter
-from app.model.encoder import SpeechEncoder, sinusoid_positions
+from app.model.speech_in.adapter import ConvAdapter
+from app.model.speech_in.encoder import SpeechEncoder, sinusoid_positions
 
 
 def encode_stream(encoder: SpeechEncoder, feats: Tensor) -> Tensor:

@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from app.model.adapter import AdapterConfig
-from app.model.audio_llm import AudioLLM, AudioLLMConfig
-from app.model.cmvn import CmvnStats
-from app.model.encoder import EncoderConfig
-from app.model.tiny import CHAT_TEMPLATE
+from app.model.fixtures.tiny import CHAT_TEMPLATE
+from app.model.speech_in.adapter import AdapterConfig
+from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
+from app.model.speech_in.cmvn import CmvnStats
+from app.model.speech_in.encoder import EncoderConfig
 from training import domain
 from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, run_llm
 from training.common import (
@@ -78,7 +78,7 @@ def build_audio(llm_hidden: int, im_end: int) -> AudioLLM:
 
 
 def training_cmvn(count: int = 300) -> CmvnStats:
-    from app.model.frontend import fbank_whole
+    from app.model.speech_in.frontend import fbank_whole
 
     clips = Clips(DATA_DIR / "questions.npz")
     rng = np.random.default_rng(1)

@@ -2,7 +2,7 @@
 
 The encoder turns 24 kHz audio into one vector per 600 samples (40 Hz); an EMA vector quantiser
 snaps it to the generator's codebook (straight-through gradients); the generator (the published
-HiFiGAN-V1 shape, `app.model.codec`) makes the waveform back. Losses: log-mel L1 and
+HiFiGAN-V1 shape, `app.model.speech_out.codec`) makes the waveform back. Losses: log-mel L1 and
 multi-resolution STFT; no GAN. The first `--vq-start` steps run without quantisation, then the
 codebook is initialised by k-means on encoder outputs.
 
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from app.model.codec import CodecConfig, CodecDecoder, save_codec
+from app.model.speech_out.codec import CodecConfig, CodecDecoder, save_codec
 from training.common import (
     DATA_DIR,
     Checkpointer,
@@ -115,7 +115,7 @@ class EMAQuantizer:
 
 
 def build_codec() -> CodecDecoder:
-    codec = CodecDecoder(CodecConfig.tiny(channels=CHANNELS))
+    codec = CodecDecoder(CodecConfig.tiny(channels=CHANNELS), latent_dim=CHANNELS)
     for module in codec.generator.modules():
         if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
             nn.init.normal_(module.weight, 0.0, 0.02)
@@ -260,7 +260,7 @@ def main() -> None:
 
 def export(codec: CodecDecoder, encoder: CodecEncoder, ckpt: Checkpointer, step: int) -> None:
     """Write the codec in the published layout plus the encoder, then measure intelligibility."""
-    from app.model.codec import load_codec
+    from app.model.speech_out.codec import load_codec
     from training import domain
     from training.asr import transcribe, word_error_rate
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.model.codec import load_codec
-from app.model.speech_decoder import SpeechDecoder, SpeechDecoderConfig, reshape_llm_vectors
-from app.model.text_segments import post_process
-from app.model.transformer import build_layout
+from app.model.llm.transformer import build_layout
+from app.model.speech_out.codec import load_codec
+from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig, reshape_llm_vectors
+from app.model.speech_out.text_segments import post_process
 from training import domain
 from training.common import (
     RUNS_DIR,
@@ -69,7 +69,7 @@ def collect_conditions(width: int, spoken_per_pair: int) -> dict[str, list[Condi
     """Segment text -> conditions seen for it, from typed turns and (if trained) spoken turns."""
     from transformers import AutoTokenizer
 
-    from app.model.llm import LLMRow, load_qwen2
+    from app.model.llm.qwen2 import LLMRow, load_qwen2
     from app.model.pipeline import InferOptions, OfflinePipeline
     from app.model.turn_parts import system_prefill_embeds, text_turn_embeds
     from training.common import DATA_DIR, Clips
@@ -129,7 +129,7 @@ def collect_conditions(width: int, spoken_per_pair: int) -> dict[str, list[Condi
 def build_targets(conditions: dict[str, list[Condition]]) -> list[Target]:
     state = torch.load(RUNS_DIR / "codec" / "encoder.pt", weights_only=True)
     codec = load_codec(RUNS_DIR / "codec" / "codec")
-    encoder = CodecEncoder(codec.config.latent_dim)
+    encoder = CodecEncoder(codec.latent_dim)
     encoder.load_state_dict(state)
     encoder.eval()
     table = codec.quantizer.quantizer_modules[0].embedding.weight
@@ -216,7 +216,7 @@ def training_forward(decoder: SpeechDecoder, conds: list[Condition], tokens: lis
 
 def greedy_tokens(decoder: SpeechDecoder, cond: Condition, limit: int) -> list[int]:
     """The runtime's own greedy loop (prepare_segments + forward_ar), as the pipeline speaks."""
-    from app.model.speech_decoder import SegmentInput
+    from app.model.speech_out.speech_decoder import SegmentInput
 
     cache = decoder.new_cache(1, cond.prefix.shape[0] + cond.text.shape[0] + 2 + limit)
     slot = cache.allocate()
@@ -247,7 +247,7 @@ def main() -> None:
     ckpt = Checkpointer("decoder", args.save_every)
     import json
 
-    from app.model.llm import Qwen2Config
+    from app.model.llm.qwen2 import Qwen2Config
 
     llm_hidden = Qwen2Config.from_folder(RUNS_DIR / "llm" / "hf").hidden_size
     config = decoder_config(llm_hidden)

@@ -1,7 +1,7 @@
 """Stage 2: the tiny LLM. A Qwen2-shaped causal LM (transformers' Qwen2ForCausalLM) that answers the
 domain's questions in the chat template, saved as a Hugging Face folder our runtime loads.
 
-The tokenizer is `app.model.tiny_llm`'s byte-level BPE, trained on a corpus covering the domain.
+The tokenizer is `app.model.fixtures.tiny_llm`'s byte-level BPE, trained on a corpus covering the domain.
 Training sequences follow inference's exact turn structure (`training.turns`), with one to three
 turns; earlier answers are sometimes cut short, as a barge-in leaves them in the history.
 
@@ -20,7 +20,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from app.model import tiny_llm
+from app.model.fixtures import tiny_llm
 from training import domain
 from training.common import Checkpointer, Progress, add_run_args, start_run
 from training.turns import IGNORE, Pieces, text_dialog
@@ -86,7 +86,7 @@ def greedy_text_answers(folder: Path) -> list[str]:
     """Each question as a typed turn through our own runtime, greedy: the answers it gives."""
     from transformers import AutoTokenizer
 
-    from app.model.llm import LLMRow, load_qwen2
+    from app.model.llm.qwen2 import LLMRow, load_qwen2
 
     llm = load_qwen2(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

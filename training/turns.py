@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.model.duplex import IM_END, ChatTemplate
-from app.model.tiny import CHAT_TEMPLATE
+from app.model.fixtures.tiny import CHAT_TEMPLATE
+from app.model.llm.duplex import IM_END, ChatTemplate
 from training.domain import SYSTEM_ROLE
 
 TEMPLATE = ChatTemplate.parse(CHAT_TEMPLATE)

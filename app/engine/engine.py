@@ -34,14 +34,14 @@ from app.engine.runner import StepOutcome, StepRunner
 from app.engine.scheduler import Scheduler
 from app.engine.settings import EngineSettings
 from app.engine.state import AnswerState, HistoryEntry, ListenTurn, PendingChunk, SessionState
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import CodecChunker
-from app.model.duplex import ListenState
-from app.model.frontend import FbankConfig
-from app.model.pipeline import OUTPUT_RATE
-from app.model.text_segments import Segmenter
-from app.model.turn_parts import (
+from app.model import (
+    OUTPUT_RATE,
+    CodecChunker,
+    FbankConfig,
+    FreezeOmni,
     IncrementalDetokenizer,
+    ListenState,
+    Segmenter,
     answer_start_embeds,
     instructions_embeds,
     system_prefill_embeds,

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from app.model.duplex import ListenState
+from app.model import ListenState
 
 
 class AnswerStatus(StrEnum):

@@ -25,15 +25,19 @@ from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, SegmentTex
 from app.engine.scheduler import StepPlan
 from app.engine.settings import EngineSettings
 from app.engine.state import AnswerPhase, AnswerState, PendingChunk, SessionState, SpeechSegment
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import decode_windows
-from app.model.duplex import decide_state
-from app.model.kv_cache import SlotKVCache
-from app.model.llm import LLMRow
-from app.model.sampling import sample_llm_token, sample_top_k
-from app.model.speech_decoder import SegmentInput
-from app.model.text_segments import Segment
-from app.model.turn_parts import segment_condition, turn_opening_embeds
+from app.model import (
+    FreezeOmni,
+    LLMRow,
+    Segment,
+    SegmentInput,
+    SlotKVCache,
+    decide_state,
+    decode_windows,
+    sample_llm_token,
+    sample_top_k,
+    segment_condition,
+    turn_opening_embeds,
+)
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from app.engine.settings import EngineSettings
 from app.engine.state import AnswerPhase, SessionState
-from app.model.pipeline import OUTPUT_RATE
+from app.model import OUTPUT_RATE
 
 
 @dataclass

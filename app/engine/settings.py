@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.model.sampling import LLMSampling
+from app.model import LLMSampling
 
 
 @dataclass(frozen=True)

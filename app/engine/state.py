@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from app.engine.events import AnswerEvent, AnswerOptions
-from app.model.codec_stream import CodecChunker
-from app.model.encoder import EncoderState
-from app.model.frontend import StreamingFbank
-from app.model.sampling import LLMSampling
-from app.model.text_segments import Segment, Segmenter
-from app.model.turn_parts import IncrementalDetokenizer
+from app.model import (
+    CodecChunker,
+    EncoderState,
+    IncrementalDetokenizer,
+    LLMSampling,
+    Segment,
+    Segmenter,
+    StreamingFbank,
+)
 
 
 @dataclass

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import CodecChunker, decode_windows
-from app.model.duplex import decide_state
-from app.model.frontend import StreamingFbank
-from app.model.llm import LLMRow
-from app.model.sampling import LLMSampling, sample_llm_token, sample_top_k
-from app.model.speech_decoder import SegmentInput
-from app.model.text_segments import Segment, Segmenter
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import decide_state
+from app.model.llm.qwen2 import LLMRow
+from app.model.llm.sampling import LLMSampling, sample_llm_token, sample_top_k
+from app.model.speech_in.frontend import StreamingFbank
+from app.model.speech_out.codec_stream import CodecChunker, decode_windows
+from app.model.speech_out.speech_decoder import SegmentInput
+from app.model.speech_out.text_segments import SERVER_SEGMENTATION, Segment, Segmenter
 from app.model.turn_parts import (
     IncrementalDetokenizer,
     answer_start_embeds,
@@ -45,6 +45,7 @@ class InferOptions:
     max_new_tokens: int = 128  # the published offline script's cap
     max_speech_tokens: int = 1000  # per segment, as published
     max_segment_tokens: int = 80  # cut a segment that finds no punctuation (the engine's default)
+    segmentation: str = SERVER_SEGMENTATION  # or "offline": the released offline script's rule
     system_role: str | None = None
     llm_max_len: int = 4096
 
@@ -63,6 +64,7 @@ class TurnResult:
     states: list[str]
     codec_ids: list[list[int]]  # per text segment
     audio: np.ndarray  # float32, 24 kHz
+    segments: list[Segment] = field(default_factory=list)  # the text segments, in order
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -107,6 +109,7 @@ class OfflinePipeline:
             states=states,
             codec_ids=codec_ids,
             audio=audio,
+            segments=segments,
             timings={
                 "listen_s": listened - started,
                 "llm_answer_s": answered - listened,
@@ -141,7 +144,7 @@ class OfflinePipeline:
         """Generate the answer text; return its token ids and its segments."""
         model = self.model
         detok = IncrementalDetokenizer(model.tokenizer)
-        segmenter = Segmenter(max_tokens=options.max_segment_tokens)
+        segmenter = Segmenter.for_rule(options.segmentation, options.max_segment_tokens)
         segments: list[Segment] = []
         token_ids: list[int] = []
         out = model.llm.forward_rows([LLMRow(slot, answer_start_embeds(model), want_logits=True)], cache)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.model.checkpoint import FreezeOmni
-from app.model.speech_decoder import reshape_llm_vectors
-from app.model.text_segments import Segment, post_process
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.speech_out.speech_decoder import reshape_llm_vectors
+from app.model.speech_out.text_segments import Segment, post_process
 
 
 def system_prefill_embeds(model: FreezeOmni, role: str | None) -> torch.Tensor:

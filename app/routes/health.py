@@ -20,6 +20,8 @@ async def readyz(server: Server) -> JSONResponse:
     auth = bool(server.settings.api_keys)
     if server.load_error is not None:
         return JSONResponse({"status": "failed", "error": server.load_error, "auth": auth}, status_code=503)
+    if server.draining:
+        return JSONResponse({"status": "draining", "auth": auth}, status_code=503)
     if server.pool is None:
         return JSONResponse({"status": "loading", "auth": auth}, status_code=503)
     pool = server.pool
@@ -29,6 +31,7 @@ async def readyz(server: Server) -> JSONResponse:
             "replicas": [e.name for e in pool.engines],
             "capacity": pool.capacity,
             "active_sessions": pool.active_sessions,
+            "instance_id": server.instance_id,
             "auth": auth,
         }
     )
@@ -37,7 +40,8 @@ async def readyz(server: Server) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(server: Server) -> PlainTextResponse:
     gauges: dict[str, float] = {
-        "ready": float(server.ready),
+        "ready": float(server.ready and not server.draining),
+        "draining": float(server.draining),
         "websocket_sessions": float(len(server.sessions)),
     }
     rows: dict[str, tuple[int, int]] = {}

@@ -4,11 +4,19 @@ Refusals follow what clients expect: a bad key is an HTTP 401 at the handshake; 
 (or one still loading its model) accepts, sends an `error` event and closes with 1013 ("try again
 later"), which the official SDK retries. Clients that send `OpenAI-Beta: realtime=v1` get the beta
 event names; everyone else gets the current (GA) names.
+
+Behind a load balancer: a client may name its session (`?session=KEY`, see `routing`), and
+`session.created` says which key and which process it got. A draining process (SIGTERM) refuses
+new sessions with 1013 and tells each live one, with an `error` of code `server_shutting_down`,
+to reconnect with its key (the balancer then picks a live process) before closing it with 1001.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
@@ -17,6 +25,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from app.engine.errors import CapacityError
 from app.routes.auth import error_body
 from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, Server
+from app.routes.routing import (
+    EXTENSION_FIELD,
+    SESSION_KEY_PARAM,
+    SessionKeyError,
+    created_extension,
+    new_session_key,
+    parse_session_key,
+)
 from app.sessions.close_codes import CloseCode
 from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
 from app.sessions.realtime import RealtimeSession
@@ -26,21 +42,35 @@ router = APIRouter()
 
 
 class _Socket:
-    """Send and close that tolerate a peer that has already gone."""
+    """Send and close that tolerate a peer that has already gone.
 
-    def __init__(self, websocket: WebSocket, dialect: str) -> None:
+    `created_extension` is added to `session.created` (an extension object OpenAI clients ignore).
+    """
+
+    def __init__(self, websocket: WebSocket, dialect: str, created_extension: dict[str, Any]) -> None:
         self.websocket = websocket
         self.dialect = dialect
+        self.created_extension = created_extension
         self.closed = False
+        self._sending = asyncio.Lock()  # the session's sender and a drain notice may send at once
 
-    async def send(self, event: ServerEvent) -> None:
+    async def send(self, event: ServerEvent | bytes, extension: dict[str, Any] | None = None) -> None:
         if self.closed:
             return
-        text = event.to_json(self.dialect)
-        if text is None:  # no such event in this dialect
-            return
+        if isinstance(event, bytes):  # a binary audio frame (app.sessions.binary_frames)
+            message: dict[str, Any] = {"type": "websocket.send", "bytes": event}
+        else:
+            if extension is None and event.type == "session.created":
+                extension = self.created_extension
+            payload = event.payload(self.dialect)
+            if payload is None:  # no such event in this dialect
+                return
+            if extension is not None:
+                payload[EXTENSION_FIELD] = extension
+            message = {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
         try:
-            await self.websocket.send_text(text)
+            async with self._sending:
+                await self.websocket.send(message)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True
 
@@ -53,6 +83,27 @@ class _Socket:
                 await self.websocket.close(code, reason[:120])
         except (RuntimeError, OSError):
             pass
+
+
+class _LiveConnection:
+    """A served session as the server state sees it: what a draining process says goodbye to."""
+
+    def __init__(self, session: RealtimeSession, socket: _Socket, session_key: str) -> None:
+        self.session = session
+        self.socket = socket
+        self.session_key = session_key
+
+    async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
+        """Tell the client to reconnect elsewhere (with its key), then end the session with `code`."""
+        notice = ErrorDetail(
+            type="server_error",
+            code="server_shutting_down",
+            message="this server is shutting down: reconnect with the same ?session= key "
+            "to continue on another one",
+        )
+        hint = {"reconnect": True, "session_key": self.session_key}
+        await self.socket.send(ErrorEvent(error=notice), extension=hint)
+        await self.session.shutdown(code, reason, grace_s=grace_s)
 
 
 async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, message: str, kind: str) -> None:
@@ -76,7 +127,31 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
 
     beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-    socket = _Socket(websocket, "beta" if beta else "ga")
+    try:
+        chosen_key = parse_session_key(
+            websocket.query_params.get(SESSION_KEY_PARAM), settings.session_key_max_chars
+        )
+    except SessionKeyError as error:
+        server.metrics.count_error("invalid_session_key")
+        socket = _Socket(websocket, "beta" if beta else "ga", {})
+        await socket.send(
+            ErrorEvent(error=ErrorDetail(code="invalid_session_key", message=str(error), param="session"))
+        )
+        await socket.close(CloseCode.POLICY_VIOLATION, "invalid session key")
+        return
+    session_key = chosen_key or new_session_key()
+    extension = created_extension(session_key, server.instance_id)
+    socket = _Socket(websocket, "beta" if beta else "ga", extension)
+    if server.draining:
+        server.metrics.sessions_refused += 1
+        await _refuse_after_accept(
+            socket,
+            CloseCode.TRY_AGAIN_LATER,
+            "server_shutting_down",
+            "this server is shutting down; reconnect to reach another one",
+            "server_error",
+        )
+        return
     if not server.ready:
         message = "the model is still loading" if server.load_error is None else "the model failed to load"
         await _refuse_after_accept(
@@ -97,7 +172,10 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
         )
         await session.close()
         return
-    server.sessions.add(session)
+    connection = _LiveConnection(session, socket, session_key)
+    server.sessions.add(connection)
+    if server.draining:  # the drain began while this session was opening: it missed the goodbyes
+        await connection.shutdown(1001, "server shutting down", grace_s=settings.shutdown_grace_s)
     try:
         while not socket.closed:
             message = await websocket.receive()
@@ -124,5 +202,5 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
             socket, CloseCode.INTERNAL_ERROR, "internal_error", "internal server error", "server_error"
         )
     finally:
-        server.sessions.discard(session)
+        server.sessions.discard(connection)
         await session.close()

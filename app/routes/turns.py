@@ -46,6 +46,13 @@ async def _upload(request: Request, limit: int) -> bytes | None:
 )
 async def turn(request: Request, server: Server, instructions: str | None = None) -> Response:
     settings = server.settings
+    if server.draining:
+        raise ApiError(
+            503,
+            "server_shutting_down",
+            "this server is shutting down; send the turn again",
+            {"Retry-After": "1"},
+        )
     if not server.ready:
         raise ApiError(
             503, "server_not_ready", "the model is still loading; try again shortly", {"Retry-After": "5"}

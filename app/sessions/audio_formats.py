@@ -16,11 +16,12 @@ from typing import Literal
 import numpy as np
 import soxr
 
-Encoding = Literal["pcm16", "pcmu", "pcma"]
+Encoding = Literal["pcm16", "pcmu", "pcma", "opus"]
 
 MODEL_INPUT_RATE = 16000
 MODEL_OUTPUT_RATE = 24000
 G711_RATE = 8000
+OPUS_CLOCK_RATE = 48000  # Opus packets decode at 48 kHz whatever they were encoded from
 
 
 class AudioFormatError(ValueError):
@@ -33,14 +34,21 @@ class Base64Error(AudioFormatError):
 
 @dataclass(frozen=True)
 class WireFormat:
-    """How audio travels on the socket: the sample encoding and its sample rate."""
+    """How audio travels on the socket: the sample encoding and its sample rate.
+
+    Opus (``app.sessions.opus_codec``) travels as raw packets, not samples: its rate is Opus's 48 kHz
+    clock, and ``bitrate`` (bits per second) is what the server encodes its answers at.
+    """
 
     encoding: Encoding
     sample_rate: int
+    bitrate: int | None = None
 
     def __post_init__(self) -> None:
         if self.encoding in ("pcmu", "pcma") and self.sample_rate != G711_RATE:
             raise ValueError(f"G.711 ({self.encoding}) is always {G711_RATE} Hz, not {self.sample_rate}")
+        if self.encoding == "opus" and self.sample_rate != OPUS_CLOCK_RATE:
+            raise ValueError(f"Opus runs on a {OPUS_CLOCK_RATE} Hz clock, not {self.sample_rate}")
         if self.sample_rate <= 0:
             raise ValueError(f"sample rate must be positive, got {self.sample_rate}")
 

@@ -11,8 +11,7 @@ import numpy as np
 from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta
 from app.engine.pool import EnginePool
-from app.model.pipeline import OUTPUT_RATE, pad_to_chunks
-from app.model.wav import WavError, read_wav_bytes, resample, wav_bytes
+from app.model import OUTPUT_RATE, WavError, pad_to_chunks, read_wav_bytes, resample, wav_bytes
 from app.sessions.audio_formats import MODEL_INPUT_RATE
 
 

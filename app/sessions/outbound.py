@@ -4,6 +4,10 @@ Control events (errors, session and input-buffer events) never wait behind answe
 a response keep their order, and its audio is sent at most `ahead_s` ahead of real-time playback
 (as Pipecat paces its output), so that when the user barges in there is little queued audio to
 flush: `purge` drops what a cancelled response still had waiting.
+
+A response can be held (`hold`: nothing more of it leaves, at once) and later resumed from a point of
+its audio (`resume`: the replayed audio goes first, paced anew), which is how an interruption pauses an
+answer and a backchannel lets it go on.
 """
 
 from __future__ import annotations
@@ -28,8 +32,19 @@ class _Item:
 
 @dataclass
 class _Pace:
+    """The response's audio timeline: `sent_seconds` of it were sent; playback of second 0 began at `started`."""
+
     started: float | None = None
     sent_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueuedAudio:
+    """An audio delta to (re)send: the event, its playback seconds and what to run once it is sent."""
+
+    event: ServerEvent
+    seconds: float
+    on_sent: Callable[[], None] | None = None
 
 
 @dataclass
@@ -42,6 +57,7 @@ class Outbound:
     _responses: deque[_Item] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _pace: dict[str, _Pace] = field(default_factory=dict)
+    _held: set[str] = field(default_factory=set)
     _closed: bool = False
 
     def put(
@@ -67,11 +83,41 @@ class Outbound:
         self._ready.set()
 
     def purge(self, response_id: str) -> int:
-        """Drop every queued item of a response; returns how many were dropped."""
+        """Drop every queued item of a response (and any hold on it); returns how many were dropped."""
         kept = deque(item for item in self._responses if item.response_id != response_id)
         dropped = len(self._responses) - len(kept)
         self._responses = kept
+        self._held.discard(response_id)
+        self._ready.set()
         return dropped
+
+    def hold(self, response_id: str) -> float:
+        """Send nothing more of the response until `resume` or `purge`, from now on.
+
+        Returns how much of its audio the client has played by now, in seconds: real time since its
+        first audio left, at most what was sent (a client plays what it gets at real-time pace).
+        """
+        self._held.add(response_id)
+        pace = self._pace.get(response_id)
+        if pace is None or pace.started is None:
+            return 0.0
+        return max(0.0, min(pace.sent_seconds, time.monotonic() - pace.started))
+
+    def held(self, response_id: str) -> bool:
+        """Whether the response is held."""
+        return response_id in self._held
+
+    def resume(self, response_id: str, from_seconds: float, replay: list[QueuedAudio]) -> None:
+        """Send the held response again: first `replay` (its audio from `from_seconds` that the client
+        dropped), then what was queued, paced as if playback restarted at `from_seconds` now."""
+        replayed = [
+            _Item(event=a.event, response_id=response_id, audio_seconds=a.seconds, on_sent=a.on_sent)
+            for a in replay
+        ]
+        self._responses.extendleft(reversed(replayed))
+        self._pace[response_id] = _Pace(started=time.monotonic() - from_seconds, sent_seconds=from_seconds)
+        self._held.discard(response_id)
+        self._ready.set()
 
     def close(self) -> None:
         self._closed = True
@@ -94,6 +140,11 @@ class Outbound:
                 await self._ready.wait()
                 continue
             item = self._responses[0]
+            if item.response_id in self._held:
+                # A held response blocks its lane; control events still go out.
+                self._ready.clear()
+                await self._ready.wait()
+                continue
             wait = self._wait_for(item)
             if wait > 0:
                 # Wake early for control events or a purge; otherwise when the audio is due.
@@ -104,8 +155,11 @@ class Outbound:
             self._responses.popleft()
             if item.audio_seconds > 0:
                 pace = self._pace.setdefault(item.response_id, _Pace())
-                if pace.started is None:
-                    pace.started = time.monotonic()
+                now = time.monotonic()
+                if pace.started is None or now - pace.started > pace.sent_seconds:
+                    # First audio, or the client ran dry waiting for this delta: its playback
+                    # (re)starts now, so the timeline does too (no burst to "catch up").
+                    pace.started = now - pace.sent_seconds
                 pace.sent_seconds += item.audio_seconds
             await self._emit(item)
 

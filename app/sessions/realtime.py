@@ -9,6 +9,11 @@ silence included, goes to the engine, whose state head ends the turn: "answer" s
 (cancelling one in progress: barge-in), "ignore" drops the turn. If the head never fires, the
 VAD's end of speech answers anyway. With turn detection off, the client commits and asks for a
 response itself (push to talk).
+
+Speech during an answer is an interruption in two steps: after `min_interruption_ms` of it the answer
+pauses (no more audio, and `speech_started`, on which clients flush playback); the state head then
+either takes the turn (the answer ends cancelled, `turn_detected`) or ignores it (a backchannel, a
+cough), and the answer resumes from where playback stopped, as it does when the VAD closes first.
 """
 
 from __future__ import annotations
@@ -29,15 +34,13 @@ from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
-from app.model.duplex import ListenState
+from app.model import ListenState
 from app.sessions import events as ev
-from app.sessions.audio_formats import (
-    MODEL_INPUT_RATE,
-    AudioFormatError,
-    InputAudioConverter,
-    OutputAudioConverter,
-)
+from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
+from app.sessions.binary_frames import BinaryFramer
 from app.sessions.close_codes import CloseCode
+from app.sessions.noise_floor import NoiseGateSettings
+from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
@@ -65,7 +68,7 @@ class RealtimeSession:
         self,
         pool: EnginePool,
         settings: Settings,
-        send: Callable[[ev.ServerEvent], Awaitable[None]],
+        send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         metrics: Metrics,
     ) -> None:
@@ -73,7 +76,8 @@ class RealtimeSession:
         self.settings = settings
         self._close_socket = close
         self.metrics = metrics
-        self.outbound = Outbound(send, ahead_s=settings.audio_ahead_s)
+        # Opus answer audio leaves as binary frames (app.sessions.binary_frames); everything else as JSON.
+        self.outbound = Outbound(BinaryFramer().wrap(send), ahead_s=settings.audio_ahead_s)
         self.config = ev.SessionConfig(
             turn_detection=ev.TurnDetection(
                 aggressiveness=settings.vad_aggressiveness,
@@ -92,6 +96,7 @@ class RealtimeSession:
         self._awaiting_response = False  # a committed user turn waits for response.create
         self._user_item_id: str | None = None
         self._speech_stopped_sent = False
+        self._turn_unannounced = False
         self._preroll_left = 0
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffered_chunks = 0
@@ -101,6 +106,10 @@ class RealtimeSession:
         # response
         self._streamer: ResponseStreamer | None = None
         self._streamer_task: asyncio.Task | None = None
+        # interruption: the response the open listen turn interrupts, and where its speech began
+        self._interrupted: ResponseStreamer | None = None
+        self._speech_start_ms = 0
+        self._turn_audio_start_ms = 0
         self._apply_formats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -188,19 +197,20 @@ class RealtimeSession:
 
     # -- session.update -----------------------------------------------------------------------------
     def _apply_formats(self) -> None:
-        self.input_converter = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
-        self.output_converter = OutputAudioConverter(self.config.output_format.wire)
+        self.input_converter = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
         detection = self.config.turn_detection
         self.vad: VadGate | None = None
         if detection is not None:
-            aggressiveness = detection.aggressiveness
-            if aggressiveness is None:
-                aggressiveness = self.settings.vad_aggressiveness
             self.vad = VadGate(
                 VadSettings(
-                    aggressiveness=aggressiveness,
+                    aggressiveness=detection.vad_aggressiveness(self.settings.vad_aggressiveness),
                     prefix_padding_ms=detection.prefix_padding_ms,
-                    silence_duration_ms=detection.silence_duration_ms,
+                    silence_duration_ms=detection.fallback_silence_ms(),
+                    noise=NoiseGateSettings(
+                        margin_db=self.settings.vad_noise_margin_db,
+                        min_speech_dbfs=self.settings.vad_min_speech_dbfs,
+                        rise_db_per_s=self.settings.vad_floor_rise_db_per_s,
+                    ),
                 )
             )
 
@@ -208,7 +218,9 @@ class RealtimeSession:
         for refusal in refusals(event.session):
             self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
         before = self.config
-        self.config = self.config.apply(without_refused(event.session))
+        self.config = self.config.apply(without_refused(event.session)).with_opus_bitrate(
+            self.settings.opus_bitrate
+        )
         formats_changed = (
             before.input_format != self.config.input_format
             or before.output_format != self.config.output_format
@@ -264,7 +276,8 @@ class RealtimeSession:
                 if self._listening:
                     self._buffer_audio(item.samples, act=self._acting())
             elif isinstance(item, SpeechStopped):
-                self._on_speech_stopped(item)
+                await self._on_speech_stopped(item)
+        self._pause_if_interrupting()
 
     def _acting(self) -> bool:
         detection = self.config.turn_detection
@@ -274,14 +287,37 @@ class RealtimeSession:
         detection = self.config.turn_detection
         if self._listening or self._awaiting_response:
             return
-        if self._streamer is not None and detection is not None and not detection.interrupt_response:
-            return  # the client asked us not to be interrupted
-        self._open_turn(started.audio_start_ms)
+        answering = self._streamer if self._streamer is not None and not self._streamer.finished else None
+        if answering is not None and detection is not None and not detection.interrupt_response:
+            return  # the client asked us not to be interrupted: the answer plays on, unpaused
+        # Speech during an answer is announced only once it has lasted min_interruption_ms (the pause).
+        self._open_turn(started.audio_start_ms, announce=answering is None)
+        self._interrupted = answering
+        self._speech_start_ms = started.speech_start_ms
         self._preroll_left = len(started.audio)
         self._buffer_audio(started.audio, act=False)
 
-    def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
+    def _pause_if_interrupting(self) -> None:
+        """Pause the interrupted answer once the speech has lasted `min_interruption_ms`."""
+        streamer = self._interrupted
+        if streamer is None or streamer.paused or not self._listening or self.vad is None:
+            return
+        if self.vad.clock_ms - self._speech_start_ms < self.settings.min_interruption_ms:
+            return
+        if not streamer.pause():  # it ended meanwhile: an ordinary turn now
+            self._interrupted = None
+        self._announce_turn()
+
+    async def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
         if not self._listening:
+            return
+        if self._interrupted is not None:
+            # The head never took the turn: it was not an interruption after all. The answer goes on.
+            unannounced = self._turn_unannounced
+            self._send_speech_stopped(stopped.audio_end_ms)
+            if not unannounced:
+                self.outbound.put(ev.InputAudioBufferCleared())
+            await self._drop_listen()
             return
         self._send_speech_stopped(stopped.audio_end_ms)
         # The state head had its chance during the silence: answer now (fallback), once all the
@@ -290,17 +326,28 @@ class RealtimeSession:
         self._feed.put_nowait(_FeedItem("commit", self._turn))
 
     def _open_turn(self, audio_start_ms: int, announce: bool = True) -> None:
-        """Start a user turn; only a VAD-detected one is announced with speech_started."""
+        """Start a user turn; only a VAD-detected one is announced with speech_started (maybe later)."""
         self._turn += 1
         self._listening = True
-        self._speech_stopped_sent = not announce  # nothing to stop when nothing was started
+        self._speech_stopped_sent = True  # nothing to stop until something was started
+        self._turn_unannounced = True
         self._user_item_id = ev.new_item_id()
+        self._turn_audio_start_ms = audio_start_ms
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffered_chunks = 0
         if announce:
-            self.outbound.put(
-                ev.InputAudioBufferSpeechStarted(audio_start_ms=audio_start_ms, item_id=self._user_item_id)
+            self._announce_turn()
+
+    def _announce_turn(self) -> None:
+        if not self._turn_unannounced or self._user_item_id is None:
+            return
+        self._turn_unannounced = False
+        self._speech_stopped_sent = False
+        self.outbound.put(
+            ev.InputAudioBufferSpeechStarted(
+                audio_start_ms=self._turn_audio_start_ms, item_id=self._user_item_id
             )
+        )
 
     def _send_speech_stopped(self, audio_end_ms: int | None = None) -> None:
         if self._speech_stopped_sent or self._user_item_id is None:
@@ -362,6 +409,10 @@ class RealtimeSession:
         if decision.skipped or turn != self._turn:
             return
         if decision.state == ListenState.ANSWER:
+            interrupted, self._interrupted = self._interrupted, None
+            if interrupted is not None:
+                self._announce_turn()  # taken before the pause: the client still hears speech_started first
+                interrupted.cancel_reason = "turn_detected"
             if decision.answer_id is not None:  # the engine answered: our turn is over
                 self._send_speech_stopped()
                 self._committed_events()
@@ -376,10 +427,14 @@ class RealtimeSession:
                 self._listening = False
                 self._awaiting_response = True
                 self._reset_vad()
+                if interrupted is not None:
+                    await self._cancel_response(interrupted, "turn_detected")
         elif decision.state == ListenState.IGNORE and decision.turn_ended:
             # Noise or a backchannel: the engine dropped the turn; an answer in progress goes on.
+            unannounced = self._turn_unannounced
             self._send_speech_stopped()
-            self.outbound.put(ev.InputAudioBufferCleared())
+            if not unannounced:
+                self.outbound.put(ev.InputAudioBufferCleared())
             self._end_turn()
 
     def _committed_events(self) -> None:
@@ -401,6 +456,9 @@ class RealtimeSession:
         self._known_items.add(self._user_item_id)
 
     def _end_turn(self) -> None:
+        interrupted, self._interrupted = self._interrupted, None
+        if interrupted is not None:
+            interrupted.resume()  # the turn ended without taking over: the answer goes on
         self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
         self._listening = False
         self._awaiting_response = False
@@ -458,7 +516,7 @@ class RealtimeSession:
             self._listening = True
             self._user_item_id = item.id
             try:
-                samples = InputAudioConverter(self.config.input_format.wire, MODEL_INPUT_RATE)
+                samples = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
                 audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
             except AudioFormatError as error:
                 self._client_error("invalid_audio", str(error), event.event_id)
@@ -560,12 +618,14 @@ class RealtimeSession:
                 "response_cancel_not_active", "Cancellation failed: no active response found", event.event_id
             )
             return
-        streamer = self._streamer
-        streamer.cancel_reason = "client_cancelled"
+        await self._cancel_response(self._streamer, "client_cancelled")
+
+    async def _cancel_response(self, streamer: ResponseStreamer, reason: str) -> None:
+        streamer.cancel_reason = reason
         if streamer.engine_done:
-            streamer.cancel_queued("client_cancelled")
+            streamer.cancel_queued(reason)
         else:
-            await self.ref.engine.cancel_answer(self.ref.session_id, "cancelled by the client")
+            await self.ref.engine.cancel_answer(self.ref.session_id, reason)
 
     async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
         previous, previous_task = self._streamer, self._streamer_task
@@ -580,9 +640,10 @@ class RealtimeSession:
         streamer = ResponseStreamer(
             stream=stream,
             outbound=self.outbound,
-            converter=OutputAudioConverter(self.config.output_format.wire),
+            converter=output_converter_for(self.config.output_format.wire),
             delta_ms=self.settings.audio_delta_ms,
             started_at=time.perf_counter(),
+            rewind_s=self.settings.resume_rewind_ms / 1000,
             on_finished=self._response_finished,
             **_streamer_fields(request or ResponseRequest.of(self.config)),
         )

@@ -45,6 +45,15 @@ def refusals(patch: SessionPatch) -> list[Refusal]:
                 "input_audio_noise_reduction); send null to silence this",
             )
         )
+    detection = audio_in.turn_detection if audio_in is not None else None
+    if detection is not None and detection.idle_timeout_ms is not None:
+        found.append(
+            Refusal(
+                "session.audio.input.turn_detection.idle_timeout_ms",
+                "idle timeouts of turn detection are not available; the session's own idle limit is "
+                "FREEZE_OMNI_IDLE_TIMEOUT_S",
+            )
+        )
     if audio_out is not None and audio_out.speed is not None and audio_out.speed != 1.0:
         found.append(
             Refusal("session.audio.output.speed", "the model speaks at one speed: only 1.0 is supported")

@@ -14,7 +14,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.sessions.audio_formats import WireFormat
+from app.sessions.audio_formats import OPUS_CLOCK_RATE, WireFormat
+from app.sessions.opus_codec import MAX_OPUS_BITRATE, MIN_OPUS_BITRATE
 from app.sessions.protocol_base import (
     BETA_RENAMES,
     ErrorCode,
@@ -24,49 +25,80 @@ from app.sessions.protocol_base import (
     custom_error,
     new_session_id,
 )
+from app.sessions.vad import aggressiveness_from_threshold
+
+# Our extension: Opus as raw packets in binary frames (the OpenAI Realtime API has no Opus on its socket).
+OPUS_TYPE = "audio/x-opus"
+OPUS_BETA_NAME = "x-opus"
+_BETA_NAMES = {
+    "pcm16": "audio/pcm",
+    "g711_ulaw": "audio/pcmu",
+    "g711_alaw": "audio/pcma",
+    OPUS_BETA_NAME: OPUS_TYPE,
+}
+_ENCODINGS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma", OPUS_TYPE: "opus"}
+_FIXED_RATES = {"audio/pcmu": 8000, "audio/pcma": 8000, OPUS_TYPE: OPUS_CLOCK_RATE}
 
 
 class AudioFormat(BaseModel):
     """A wire audio format: GA ``{type, rate}`` objects, or the beta strings ``pcm16``/``g711_ulaw``/``g711_alaw``.
 
     ``audio/pcm`` may be 24000 Hz (the protocol's rate) or 16000 Hz (ours, to skip a resampling step).
+    ``audio/x-opus`` (beta ``x-opus``) is ours: raw Opus packets, one per binary frame; ``bitrate`` is
+    what the server encodes its answers at (``None``: the server's default, filled in by the session).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] = "audio/pcm"
+    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma", "audio/x-opus"] = "audio/pcm"
     rate: int = 24000
+    bitrate: int | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_legacy_name(cls, data: Any) -> Any:
         if isinstance(data, str):
-            names = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
-            data = {"type": names.get(data, data)}
-        if isinstance(data, dict) and data.get("type") in ("audio/pcmu", "audio/pcma"):
-            data = {"rate": 8000, **data}
+            data = {"type": _BETA_NAMES.get(data, data)}
+        if isinstance(data, dict) and data.get("type") in _FIXED_RATES:
+            data = {"rate": _FIXED_RATES[data["type"]], **data}
         return data
 
     @model_validator(mode="after")
     def _check_rate(self) -> AudioFormat:
-        allowed = (24000, 16000) if self.type == "audio/pcm" else (8000,)
+        allowed = (24000, 16000) if self.type == "audio/pcm" else (_FIXED_RATES[self.type],)
         if self.rate not in allowed:
             raise custom_error(ErrorCode.INVALID_VALUE, f"{self.type} supports rates {allowed}", "rate")
+        if self.bitrate is not None:
+            if self.type != OPUS_TYPE:
+                raise custom_error(ErrorCode.INVALID_VALUE, f"{self.type} has no bitrate", "bitrate")
+            if not MIN_OPUS_BITRATE <= self.bitrate <= MAX_OPUS_BITRATE:
+                raise custom_error(
+                    ErrorCode.INVALID_VALUE,
+                    f"Opus bitrate must be {MIN_OPUS_BITRATE}-{MAX_OPUS_BITRATE} bits per second",
+                    "bitrate",
+                )
         return self
 
     @property
     def wire(self) -> WireFormat:
-        """The encoding and rate, for the audio converters."""
-        encoding = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}[self.type]
-        return WireFormat(encoding, self.rate)  # type: ignore[arg-type]
+        """The encoding and rate (and Opus bitrate), for the audio converters."""
+        return WireFormat(_ENCODINGS[self.type], self.rate, self.bitrate)  # type: ignore[arg-type]
 
     def to_ga(self) -> dict[str, Any]:
-        """The GA object; G.711 formats have no ``rate`` field there."""
+        """The GA object; G.711 formats have no ``rate`` field there, Opus has its ``bitrate``."""
+        if self.type == OPUS_TYPE:  # input formats have no bitrate: the client's encoder picks it
+            return (
+                {"type": self.type} if self.bitrate is None else {"type": self.type, "bitrate": self.bitrate}
+            )
         return {"type": self.type, "rate": self.rate} if self.type == "audio/pcm" else {"type": self.type}
 
     def to_beta(self) -> str:
         """The beta string name (16 kHz PCM has none of its own and reads as ``pcm16``)."""
-        return {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}[self.type]
+        return {v: k for k, v in _BETA_NAMES.items()}[self.type]
+
+
+# semantic_vad's eagerness as the silence (ms) after which a turn the state head left open is answered.
+SEMANTIC_EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
 
 
 class TurnDetection(BaseModel):
@@ -90,6 +122,21 @@ class TurnDetection(BaseModel):
     def _drop_nulls(cls, data: Any) -> Any:
         # Some clients send every field, unset ones as null: those mean "the default".
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def vad_aggressiveness(self, default: int) -> int:
+        """WebRTC VAD mode: ``aggressiveness`` if given, else the client's ``threshold``, else `default`."""
+        if self.aggressiveness is not None:
+            return self.aggressiveness
+        if "threshold" in self.model_fields_set:
+            return aggressiveness_from_threshold(self.threshold)
+        return default
+
+    def fallback_silence_ms(self) -> int:
+        """Silence that ends a turn the state head left open. With ``semantic_vad`` (the state head is our
+        semantic detector) ``eagerness`` sets it unless ``silence_duration_ms`` was given."""
+        if self.type == "semantic_vad" and "silence_duration_ms" not in self.model_fields_set:
+            return SEMANTIC_EAGERNESS_SILENCE_MS.get(self.eagerness or "auto", self.silence_duration_ms)
+        return self.silence_duration_ms
 
 
 # --- session configuration ----------------------------------------------------------------------------------
@@ -226,6 +273,16 @@ class SessionConfig(BaseModel):
                 if name in audio_out.model_fields_set:
                     updates[name] = getattr(audio_out, name)
         return self.model_copy(update=updates)
+
+    def with_opus_bitrate(self, default_bitrate: int) -> SessionConfig:
+        """Opus output without a bitrate gets the server's default; Opus input drops one (the client's
+        encoder chooses its own bitrate, and the decoder takes any), so only what is honoured is echoed."""
+        updates: dict[str, Any] = {}
+        if self.output_format.type == OPUS_TYPE and self.output_format.bitrate is None:
+            updates["output_format"] = self.output_format.model_copy(update={"bitrate": default_bitrate})
+        if self.input_format.bitrate is not None:
+            updates["input_format"] = self.input_format.model_copy(update={"bitrate": None})
+        return self.model_copy(update=updates) if updates else self
 
     def to_ga(self) -> dict[str, Any]:
         """The nested GA session object."""

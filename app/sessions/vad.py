@@ -3,6 +3,9 @@
 WebRTC's VAD classifies fixed frames of 10, 20 or 30 ms as voiced or not; the gate smooths those decisions
 into speech-started / speech-stopped events on the session's audio clock, keeps a pre-roll so the start of
 a word is not lost, and passes every sample through so a full-duplex model can keep listening.
+A frame counts as voiced only when WebRTC says so *and* its energy stands out of the room's noise floor
+(see :mod:`app.sessions.noise_floor`): WebRTC alone calls a steady floor speech for seconds after a
+question whose pauses were exact zeros.
 Pure logic: no asyncio, no I/O.
 """
 
@@ -16,6 +19,7 @@ import numpy as np
 import webrtcvad
 
 from app.sessions.audio_formats import float_to_int16
+from app.sessions.noise_floor import NoiseFloor, NoiseGateSettings
 
 VAD_SAMPLE_RATE = 16000
 
@@ -45,6 +49,7 @@ class VadSettings:
     # WebRTC's noise model starts untrained and calls the first ~120 ms voiced whatever they hold (even
     # faint noise), so decisions within this span of the gate's start count as unvoiced.
     warmup_ms: int = 150
+    noise: NoiseGateSettings = NoiseGateSettings()
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -125,9 +130,11 @@ class VadGate:
     def __init__(self, settings: VadSettings | None = None, start_ms: int = 0) -> None:
         self.settings = settings or VadSettings()
         self._vad = webrtcvad.Vad(self.settings.aggressiveness)
+        self._noise_floor = NoiseFloor(self.settings.noise, self.settings.frame_ms, VAD_SAMPLE_RATE)
         self._start_ms = start_ms
         self._frame_samples = self.settings.frame_samples
         self._warmup_samples = VAD_SAMPLE_RATE * self.settings.warmup_ms // 1000
+        self._warm_from = self._warmup_samples  # decisions before this sample index count as unvoiced
         self._pending = np.zeros(0, dtype=np.float32)
         self._samples_done = 0  # samples classified (or dropped by reset) since the gate began
         self._speaking = False
@@ -156,13 +163,14 @@ class VadGate:
         frames = data[:usable].reshape(num_frames, self._frame_samples)
         self._pending = data[usable:]
         frames_int16 = float_to_int16(frames)
+        not_floor = self._noise_floor.not_floor(frames) if num_frames else np.zeros(0, dtype=bool)
 
         events: list[VadEvent] = []
         run: list[np.ndarray] = []
         run_start = self._samples_done
-        for frame, frame_int16 in zip(frames, frames_int16, strict=True):
+        for frame, frame_int16, frame_not_floor in zip(frames, frames_int16, not_floor, strict=True):
             voiced = self._vad.is_speech(frame_int16.tobytes(), VAD_SAMPLE_RATE)
-            voiced = voiced and self._samples_done >= self._warmup_samples
+            voiced = voiced and bool(frame_not_floor) and self._samples_done >= self._warm_from
             run.append(frame)
             was_speaking = self._speaking
             transition = self._step(frame, voiced)
@@ -185,16 +193,21 @@ class VadGate:
         return [audio]
 
     def reset(self) -> None:
-        """Forget speech state and buffered audio (``input_audio_buffer.clear``); the clock keeps running.
+        """Forget all per-turn state and buffered audio (a turn ended, or ``input_audio_buffer.clear``).
 
-        No event is produced: a caller that cares whether a turn was open reads :attr:`speaking` first.
+        WebRTC's detector starts afresh too (its noise model learnt the turn just heard), with its warm-up;
+        the noise floor, a property of the room, is kept. The clock keeps running. No event is produced:
+        a caller that cares whether a turn was open reads :attr:`speaking` first.
         """
         self._samples_done += self._pending.size
         self._pending = np.zeros(0, dtype=np.float32)
+        self._vad = webrtcvad.Vad(self.settings.aggressiveness)
+        self._warm_from = self._samples_done + self._warmup_samples
         self._speaking = False
         self._open_window.clear()
         self._close_window.clear()
         self._recent.clear()
+        self._last_voiced_end = self._samples_done
 
     def _ms(self, sample_index: int) -> int:
         return self._start_ms + sample_index * 1000 // VAD_SAMPLE_RATE

@@ -7,6 +7,7 @@ transitions, audio deltas, first-audio latencies, barge-in stop latency), which 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,8 @@ def test_page_asks_for_the_api_key_the_server_requires(start_server, page) -> No
     page.click("#key-form button")
     wait_connected(page)
     assert page.is_hidden("#key-form")
+    (connection,) = server.state.sessions  # the page names its session, so a balancer can spread pages
+    assert re.fullmatch(r"page-[0-9a-f]{24}", connection.session_key), connection.session_key
 
     server.stop()  # the server says goodbye with 1001
     page.wait_for_function("document.querySelector('#notice').textContent.includes('shutting down')")
@@ -208,16 +211,119 @@ def test_busy_server_retries_until_a_place_frees_up(start_server, page) -> None:
     ("settings", "microphone", "expected"),
     [
         ({"idle_timeout_s": 1.0}, False, "idle timeout"),  # error idle_timeout, then close 1000
-        ({"max_message_bytes": 1024}, True, "too large"),  # the first append is over: close 1009
+        ({"max_message_bytes": 1024}, True, "too large"),  # the first pcm16 append is over: close 1009
     ],
     ids=["idle-1000", "too-big-1009"],
 )
 def test_closes_are_explained(start_server, page, settings: dict, microphone: bool, expected: str) -> None:
     server = start_server(**settings)
-    page.goto(server.base_url + "/")
+    page.goto(server.base_url + "/?audio=pcm16")  # in Opus no message comes near 1 KiB
     page.set_checked("#mic", microphone)
     page.click("#connect")
     page.wait_for_function(
         f"document.querySelector('#notice').textContent.includes({expected!r})", timeout=20_000
     )
     assert page.inner_text("#connect") == "Connect"
+
+
+# -- Opus through WebCodecs -----------------------------------------------------------------------------------
+# Counts what the page's socket sends and receives, by kind (the page's own handlers still run).
+COUNT_FRAMES = """
+(() => {
+  const Native = window.WebSocket;
+  window.__frames = { sentBinary: 0, sentAppends: 0, receivedBinary: 0, receivedDeltas: 0 };
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (message) => {
+        if (typeof message.data !== "string") window.__frames.receivedBinary += 1;
+        else if (message.data.includes('"response.output_audio.delta"')) window.__frames.receivedDeltas += 1;
+      });
+    }
+    send(data) {
+      if (typeof data !== "string") window.__frames.sentBinary += 1;
+      else if (data.includes('"input_audio_buffer.append"')) window.__frames.sentAppends += 1;
+      super.send(data);
+    }
+  };
+})();
+"""
+NO_WEBCODECS = "delete window.AudioEncoder; delete window.AudioDecoder;"
+# A server without our extension: the page's session.update names a format this server does not know.
+OLD_SERVER = """
+(() => {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (typeof data === "string") data = data.replaceAll("audio/x-opus", "audio/x-unknown");
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def spoken_answer_plays(page) -> None:
+    """Until the fake microphone's question has been answered and the answer scheduled for playback."""
+    page.wait_for_function(
+        "window.__stateLog.map(e => e.state).join(' ').match(/listening.*thinking.*speaking/)",
+        timeout=40_000,
+    )
+    page.wait_for_function(
+        "window.__audio.secondsScheduled > 0.2 && window.__firstAudioLatenciesMs.length > 0"
+    )
+
+
+def test_the_page_talks_opus_through_webcodecs(start_server, browser) -> None:
+    server = start_server()
+    context = browser.new_context()
+    context.add_init_script(COUNT_FRAMES)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server.base_url + "/")
+    page.click("#connect")
+    wait_connected(page)
+    spoken_answer_plays(page)
+
+    frames, audio = page.evaluate("[window.__frames, window.__audio]")  # one snapshot
+    shown = page.inner_text("#audio-format")
+    assert page.evaluate("window.__audioFormat") == "opus"
+    assert shown.startswith("Audio: Opus"), shown
+    # The microphone went out as Opus packets (binary frames) and the answer came back as such.
+    assert frames["sentBinary"] > 25 and frames["sentAppends"] == 0, frames
+    assert frames["receivedBinary"] > 0 and frames["receivedDeltas"] == 0, frames
+    assert audio["packetsSent"] == frames["sentBinary"], (audio, frames)
+    assert audio["packetsReceived"] == frames["receivedBinary"], (audio, frames)
+    # The packets received were decoded and scheduled, 20 ms each (the last few may still be decoding).
+    received_s = 0.020 * audio["packetsReceived"]
+    assert received_s - 0.2 <= audio["secondsScheduled"] <= received_s + 0.001, audio
+    screenshot(page, "opus.png")
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    print(f"\nOpus page: {shown}; frames {frames}; audio {audio}")
+
+
+@pytest.mark.parametrize(
+    ("script", "path", "reason"),
+    [
+        (NO_WEBCODECS, "/", "no WebCodecs Opus"),
+        ("", "/?audio=pcm16", "asked for in the address"),
+        (OLD_SERVER, "/", "the server refused Opus"),
+    ],
+    ids=["no-webcodecs", "asked", "refused"],
+)
+def test_the_page_falls_back_to_pcm16(start_server, browser, script: str, path: str, reason: str) -> None:
+    server = start_server()
+    context = browser.new_context()
+    context.add_init_script(script + COUNT_FRAMES)  # the counter sees what the page really sends
+    page = context.new_page()
+    page.goto(server.base_url + path)
+    page.click("#connect")
+    wait_connected(page)
+    spoken_answer_plays(page)
+
+    frames = page.evaluate("window.__frames")
+    assert page.evaluate("window.__audioFormat") == "pcm16"
+    assert reason in page.inner_text("#audio-format")
+    assert frames["sentAppends"] > 0 and frames["sentBinary"] == 0, frames
+    assert frames["receivedDeltas"] > 0 and frames["receivedBinary"] == 0, frames
+    context.close()

@@ -15,10 +15,10 @@ from app.engine.errors import CapacityError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, TextDelta
 from app.engine.pool import EnginePool
 from app.engine.settings import EngineSettings
-from app.model.checkpoint import FreezeOmni, load_freeze_omni
-from app.model.duplex import ListenState
+from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni
+from app.model.llm.duplex import ListenState
+from app.model.llm.sampling import LLMSampling
 from app.model.pipeline import InferOptions, OfflinePipeline
-from app.model.sampling import LLMSampling
 from tests.engine.conftest import chunks_of
 
 MAX_TOKENS = 24

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.model.checkpoint import FreezeOmni
+from app.model.checkpoint_io.layout import FreezeOmni
 from app.model.pipeline import InferOptions, OfflinePipeline
 from app.model.wav import read_wav, read_wav_bytes, resample, wav_bytes
 
@@ -109,6 +109,10 @@ def test_greedy_infer_twice_gives_the_same_answer_and_a_valid_wav(
     assert outputs[0].read_bytes() == outputs[1].read_bytes()
 
     report = reports[0]
+    assert report["segmentation"] == "server"
+    assert [seg["codec_token_ids"] for seg in report["segments"]] == report["codec_token_ids"]
+    assert [t for seg in report["segments"] for t in seg["llm_token_ids"]] == report["llm_token_ids"]
+    assert "".join(seg["text"] for seg in report["segments"]) == report["text"]
     assert report["input_seconds"] == round(len(spoken_16k) / 16000, 3)
     assert len(report["state_probs"]) == len(report["states"]) == math.ceil(len(spoken_16k) / 2560)
     with wave.open(str(outputs[0]), "rb") as answer:
@@ -182,5 +186,61 @@ def test_help_lists_the_commands_and_the_infer_options(workdir: Path) -> None:
     assert "infer" in top.stdout and "make-tiny" in top.stdout and "serve" in top.stdout
     infer = _run(["infer", "--help"], workdir / "home")
     assert infer.returncode == 0
-    for option in ("--model-path", "--llm-path", "--input-wav", "--output-wav", "--greedy", "--json"):
+    for option in (
+        "--model-path",
+        "--llm-path",
+        "--input-wav",
+        "--output-wav",
+        "--greedy",
+        "--json",
+        "--strict-load",
+    ):
         assert option in infer.stdout
+
+
+def test_strict_load_refuses_training_state_that_the_default_skips(
+    made_tiny: tuple[subprocess.CompletedProcess[str], Path], workdir: Path, spoken_wav: Path
+) -> None:
+    import torch
+
+    _, target = made_tiny
+    polluted = workdir / "polluted"
+    shutil.copytree(target, polluted, dirs_exist_ok=True)
+    decoder_file = polluted / "checkpoints" / "decoder" / "final.pt"
+    state = torch.load(decoder_file, weights_only=True)
+    torch.save({"model": state, "step": 1200}, decoder_file)
+    args = ["--model-path", str(polluted / "checkpoints"), "--llm-path", str(polluted / "Qwen2-tiny")]
+    output = workdir / "strict.wav"
+    done = _run(_infer_args(args, spoken_wav, output, "--strict-load", "--max-tokens", "4"), workdir / "home")
+    assert done.returncode != 0
+    assert "error: cannot load the model" in done.stderr
+    assert f"unexpected entry 'step' (int) in {decoder_file}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not output.exists()
+    lenient = _run(_infer_args(args, spoken_wav, output, "--max-tokens", "4"), workdir / "home")
+    assert lenient.returncode == 0, lenient.stderr
+    assert f"{decoder_file}: loaded" in lenient.stderr and "step (int)" in lenient.stderr
+
+
+def test_offline_segmentation_is_named_and_printed_segment_by_segment(
+    model_args: list[str], workdir: Path, spoken_wav: Path, spoken_16k: np.ndarray, tiny_model: FreezeOmni
+) -> None:
+    output = workdir / "offline.wav"
+    report = _report(
+        _run(_infer_args(model_args, spoken_wav, output, "--segmentation", "offline"), workdir / "home")
+    )
+    assert report["segmentation"] == "offline"
+    expected = OfflinePipeline(tiny_model).run(spoken_16k, InferOptions.greedy(segmentation="offline"))
+    assert report["llm_token_ids"] == expected.token_ids
+    assert len(report["segments"]) == len(expected.segments) > 1
+    for printed, segment, ids in zip(report["segments"], expected.segments, expected.codec_ids, strict=True):
+        assert printed["text"] == segment.text
+        assert printed["llm_token_ids"] == segment.token_ids
+        assert printed["codec_token_ids"] == ids
+        assert printed["spoken_text"] and printed["spoken_text"][-1] in "。？！.?!"
+    with wave.open(str(output), "rb") as answer:
+        assert answer.getnframes() == 600 * sum(len(seg["codec_token_ids"]) for seg in report["segments"])
+    refused = _run(
+        _infer_args(model_args, spoken_wav, output, "--segmentation", "sentence"), workdir / "home"
+    )
+    assert refused.returncode != 0 and "invalid choice: 'sentence'" in refused.stderr

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.model.codec import (
+from app.model.checkpoint_io.weights import CheckpointError
+from app.model.speech_out.codec import (
     CodecCheckpointError,
     CodecConfig,
     CodecDecoder,
@@ -22,7 +23,7 @@ from app.model.codec import (
     load_codec_state_dict,
     save_codec,
 )
-from app.model.codec_stream import (
+from app.model.speech_out.codec_stream import (
     CodecChunker,
     DecodeWindow,
     ServerConfig,
@@ -31,7 +32,6 @@ from app.model.codec_stream import (
     find_seam,
     strip_leading_silence,
 )
-from app.model.weights import CheckpointError
 
 SPT = 600
 
@@ -45,7 +45,7 @@ def _lively(model: CodecDecoder, seed: int = 0) -> CodecDecoder:
 @pytest.fixture(scope="module")
 def codec() -> CodecDecoder:
     torch.manual_seed(0)
-    return _lively(CodecDecoder(CodecConfig.tiny(channels=32))).eval()
+    return _lively(CodecDecoder(CodecConfig.tiny(channels=32), latent_dim=32)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +173,13 @@ def test_published_layout_with_split_weight_norm_loads_and_decodes_the_same(
     loaded = load_codec(tmp_path)
     ids = list(range(40))
     np.testing.assert_allclose(_decode(loaded, ids), _decode(codec, ids), atol=1e-5)
-    folded = CodecDecoder(codec.config)
+    folded = CodecDecoder(codec.config, codec.latent_dim)
     load_codec_state_dict(folded, codec_state_dict(codec))
     np.testing.assert_allclose(_decode(folded.eval(), ids), _decode(codec, ids), atol=1e-6)
 
 
 def test_strict_loading_names_the_key_and_both_shapes(codec: CodecDecoder) -> None:
-    target = CodecDecoder(codec.config)
+    target = CodecDecoder(codec.config, codec.latent_dim)
     bad = codec_state_dict(codec)
     bad["generator"]["conv_post.weight"] = torch.zeros(1, 8, 7)
     with pytest.raises(CheckpointError, match=r"generator\.conv_post\.weight.*\(1, 8, 7\).*\(1, 2, 7\)"):
@@ -408,3 +408,109 @@ def test_server_config_round_trip() -> None:
     config = ServerConfig.from_json({**ServerConfig().to_json(), "something_new": 1})
     assert (config.decoder_first_chunk_size, config.decoder_chunk_size, config.decoder_N) == (20, 40, 2401)
     assert config.to_json()["something_new"] == 1
+
+
+# --- fidelity to the released generator: last activation, latent width --------------------------
+
+
+def _hand_checkable_codec(slope: float | None) -> CodecDecoder:
+    """Two upsampling stages of 4 and 2 channels whose last stage outputs known constants.
+
+    Resblocks are zeroed (each returns its input), the last upsampling conv has zero weights and
+    biases (-2.0, -0.5), so the signal entering the last activation is those two constants at every
+    sample; conv_post keeps only its centre tap, weights (0.25, 1.0), no bias.
+    """
+    config = CodecConfig(
+        upsample_rates=[2, 2],
+        upsample_kernel_sizes=[2, 2],
+        upsample_initial_channel=8,
+        resblock_kernel_sizes=[1],
+        resblock_dilation_sizes=[[1]],
+        n_codes=4,
+        global_code_num=2,
+        global_feature_conv=[4, 2, 4, 3, 1],
+        global_tokens=[0, 1],
+        **({} if slope is None else {"final_leaky_relu_slope": slope}),
+    )
+    model = CodecDecoder(config, latent_dim=3).eval()
+    with torch.no_grad():
+        for block in model.generator.resblocks:
+            for conv in [*block.convs1, *block.convs2]:
+                conv.weight.zero_()
+                conv.bias.zero_()
+        last = model.generator.ups[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-2.0, -0.5]))
+        post = model.generator.conv_post
+        post.weight.zero_()
+        post.weight[0, :, 3] = torch.tensor([0.25, 1.0])
+        post.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize(
+    ("slope", "expected"),
+    [
+        # The published slope: 0.25 * (0.1 * -2.0) + 1.0 * (0.1 * -0.5) = -0.1; tanh(-0.1).
+        (None, -0.09966799462495582),
+        # The slope the embedded model's model.json carries: 0.25 * -0.02 + 1.0 * -0.005 = -0.01.
+        (0.01, -0.009999666686665238),
+    ],
+    ids=["published-default-0.1", "model-json-0.01"],
+)
+def test_last_activation_before_conv_post_uses_the_configured_slope(slope, expected) -> None:
+    model = _hand_checkable_codec(slope)
+    assert model.config.final_leaky_relu_slope == (0.1 if slope is None else slope)
+    out = _decode(model, [0, 1, 2, 3, 1])
+    assert out.shape == (5 * 4,)
+    np.testing.assert_allclose(out, np.full(20, expected, dtype=np.float32), rtol=1e-6)
+
+
+def test_the_slope_key_is_read_from_model_json_and_defaults_to_the_published_one(tmp_path) -> None:
+    published = CodecConfig().to_json()
+    del published["final_leaky_relu_slope"]
+    assert CodecConfig.from_json(published).final_leaky_relu_slope == 0.1
+    for slope in (0.01, 0.1):
+        model = _hand_checkable_codec(slope)
+        # Plain weights: weight norm cannot represent the zeroed convs (their norm is 0).
+        save_codec(model, tmp_path / str(slope), weight_norm=False)
+        loaded = load_codec(tmp_path / str(slope))
+        assert loaded.generator.final_slope == slope
+        np.testing.assert_array_equal(_decode(loaded, [1, 2]), _decode(model, [1, 2]))
+    with pytest.raises(ValueError, match="final_leaky_relu_slope"):
+        CodecConfig(final_leaky_relu_slope=-1.0)
+
+
+def test_the_embedded_trained_codec_keeps_the_slope_it_was_trained_with() -> None:
+    from app.model.checkpoint_io.defaults import TRAINED_MODEL_ROOT
+
+    config = CodecConfig.from_file(TRAINED_MODEL_ROOT / "checkpoints" / "codec" / "model.json")
+    assert config.final_leaky_relu_slope == 0.01
+
+
+def test_a_codec_with_256_initial_channels_and_a_512_wide_codebook_loads_and_decodes(tmp_path) -> None:
+    # Legal in the released code: the codebook and conv_pre's input stay 512 wide.
+    config = CodecConfig(upsample_initial_channel=256, global_feature_conv=[64, 32, 64, 3, 1])
+    assert config.global_stage == 1
+    torch.manual_seed(0)
+    model = _lively(CodecDecoder(config)).eval()
+    assert model.quantizer.quantizer_modules[0].embedding.weight.shape == (1024, 512)
+    assert model.generator.conv_pre.weight.shape == (256, 512, 7)
+    save_codec(model, tmp_path)
+    loaded = load_codec(tmp_path, strict=True)
+    assert loaded.latent_dim == 512
+    ids = [5, 900, 17, 333, 2, 64]
+    decoded = _decode(loaded, ids)
+    assert decoded.shape == (len(ids) * SPT,) and np.abs(decoded).max() > 1e-3
+    np.testing.assert_allclose(decoded, _decode(model, ids), atol=1e-5)
+
+
+def test_a_latent_width_that_differs_between_codebook_and_conv_pre_is_named(
+    codec: CodecDecoder, tmp_path
+) -> None:
+    save_codec(codec, tmp_path)
+    checkpoint = torch.load(tmp_path / "final.pt", weights_only=True)
+    checkpoint["quantizer"]["quantizer_modules.0.embedding.weight"] = torch.zeros(1024, 48)
+    torch.save(checkpoint, tmp_path / "final.pt")
+    with pytest.raises(CheckpointError, match=r"generator\.conv_pre\.weight.*\(32, 32, 7\).*\(32, 48, 7\)"):
+        load_codec(tmp_path)

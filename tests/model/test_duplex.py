@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from app.model.checkpoint import FreezeOmni
-from app.model.duplex import ChatTemplate, ListenState, PromptTokens, decide_state
-from app.model.text_segments import Segment, Segmenter, post_process
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import ChatTemplate, ListenState, PromptTokens, decide_state
+from app.model.speech_out.text_segments import Segment, Segmenter, post_process
 
 PUBLISHED_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -192,6 +192,62 @@ def test_a_segment_without_punctuation_is_cut_at_max_tokens() -> None:
     results = _feed(segmenter, words[:12])
     assert [i for i, r in enumerate(results) if r is not None] == [5, 11]
     assert results[5] is not None and results[5].token_ids == list(range(100, 106))
+
+
+# --- the released offline script's rule ("offline") ------------------------------------------
+
+
+def _cuts(segmenter: Segmenter, pieces: list[str]) -> list[str]:
+    """Texts of the segments cut while pushing `pieces`, then the flushed rest."""
+    cut = [s.text for s in _feed(segmenter, pieces) if s is not None]
+    if rest := segmenter.flush():
+        cut.append(rest.text)
+    return cut
+
+
+@pytest.mark.parametrize("end", [".", "?", "!", "。", "？", "！", "：", "\n"])
+def test_offline_rule_cuts_at_every_sentence_end_without_a_minimum(end: str) -> None:
+    segmenter = Segmenter.for_rule("offline")
+    first = _feed(segmenter, [f"Yes{end}"])
+    assert first[0] is not None and first[0].text == f"Yes{end}" and first[0].token_ids == [100]
+    assert _cuts(segmenter, ["I", end, " Go", " on", end]) == ["I" + end, " Go on" + end]
+
+
+def test_offline_rule_keeps_a_full_stop_after_a_digit() -> None:
+    segmenter = Segmenter.for_rule("offline")
+    assert _cuts(segmenter, ["It", " costs", " 3", ".", "5", " euros", ".", " Version", " 2.", "0", "!"]) == [
+        "It costs 3.5 euros.",
+        " Version 2.0!",
+    ]
+    # A digit followed by other punctuation still ends a segment.
+    assert _cuts(Segmenter.for_rule("offline"), ["Route", " 66", "?", " Yes", " 7", "!"]) == [
+        "Route 66?",
+        " Yes 7!",
+    ]
+
+
+def test_offline_rule_never_cuts_at_commas_or_ascii_colons() -> None:
+    pieces = ["Well", ",", " you", " see", "，", " one", ":", " two", ";"] + [f" w{i}," for i in range(30)]
+    segmenter = Segmenter.for_rule("offline")
+    assert _feed(segmenter, pieces) == [None] * len(pieces)  # not the first segment, not after 20 tokens
+    rest = segmenter.flush()
+    assert rest is not None and len(rest.token_ids) == len(pieces)
+
+
+def test_offline_rule_has_no_length_cap_and_the_server_rule_keeps_its_own() -> None:
+    words = [f" w{i}" for i in range(200)]
+    assert _feed(Segmenter.for_rule("offline"), words) == [None] * 200
+    server = Segmenter.for_rule("server", max_tokens=6)
+    assert (server.min_tokens, server.soft_after_tokens, server.max_tokens) == (4, 20, 6)
+    # The same stream cut both ways: the server waits for 4 tokens and cuts at the first comma.
+    pieces = ["Hi", ".", " Well", ",", " I", " am", " fine", ".", " Bye", "."]
+    assert _cuts(Segmenter.for_rule("offline"), pieces) == ["Hi.", " Well, I am fine.", " Bye."]
+    assert _cuts(Segmenter.for_rule("server"), pieces) == ["Hi. Well,", " I am fine.", " Bye."]
+
+
+def test_an_unknown_segmentation_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown segmentation 'greedy'; use one of server, offline"):
+        Segmenter.for_rule("greedy")
 
 
 # --- post-processing --------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.model.adapter import AdapterConfig, ConvAdapter
-from app.model.cmvn import GlobalCMVN
-from app.model.encoder import EncoderConfig, EncoderState, SpeechEncoder
+from app.model.speech_in.adapter import AdapterConfig, ConvAdapter
+from app.model.speech_in.cmvn import GlobalCMVN
+from app.model.speech_in.encoder import EncoderConfig, EncoderState, SpeechEncoder
 
 PUBLISHED_TRAIN_YAML = {
     "input_dim": 80,

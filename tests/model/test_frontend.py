@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.model.cmvn import CmvnStats, GlobalCMVN
-from app.model.frontend import FbankConfig, StreamingFbank, fbank_whole
+from app.model.speech_in.cmvn import CmvnStats, GlobalCMVN
+from app.model.speech_in.frontend import FbankConfig, StreamingFbank, fbank_whole
 
 CFG = FbankConfig()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.model.kv_cache import CacheFullError
-from app.model.llm import LLMRow, Qwen2Runtime, load_qwen2
+from app.model.llm.kv_cache import CacheFullError
+from app.model.llm.qwen2 import LLMRow, Qwen2Runtime, load_qwen2
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from app.model.checkpoint import FreezeOmni
-from app.model.codec_stream import decode_stream
-from app.model.duplex import ListenState
+from app.model.checkpoint_io.layout import FreezeOmni
+from app.model.llm.duplex import ListenState
 from app.model.pipeline import InferOptions, OfflinePipeline, TurnResult
-from app.model.text_segments import Segmenter
+from app.model.speech_out.codec_stream import decode_stream
+from app.model.speech_out.text_segments import Segmenter
 from app.model.turn_parts import IncrementalDetokenizer
 
 CHUNK = 2560  # 160 ms at 16 kHz
@@ -110,6 +110,32 @@ def test_one_codec_stream_per_text_segment(greedy: TurnResult, tiny_model: Freez
         segments.append(last)
     assert len(segments) > 1
     assert len(greedy.codec_ids) == len(segments)
+
+
+def test_offline_segmentation_cuts_the_same_answer_at_every_sentence_end(
+    greedy: TurnResult, pipeline: OfflinePipeline, tiny_model: FreezeOmni, spoken_16k: np.ndarray
+) -> None:
+    offline = pipeline.run(spoken_16k, InferOptions.greedy(segmentation="offline"))
+    assert offline.token_ids == greedy.token_ids  # the LLM does not see the segmentation
+    assert [t for s in offline.segments for t in s.token_ids] == offline.token_ids
+    assert "".join(s.text for s in offline.segments) == offline.text
+    assert len(offline.codec_ids) == len(offline.segments)
+    assert len(offline.audio) == 600 * sum(map(len, offline.codec_ids))
+    # Exactly the offline script's cuts: a segment ends at the first token whose text makes it end in
+    # sentence punctuation (not a digit's full stop), and nowhere else.
+    detok = IncrementalDetokenizer(tiny_model.tokenizer)
+    pieces = [detok.push(t) for t in offline.token_ids]
+    ends, text = [], ""
+    for index, piece in enumerate(pieces):
+        text += piece
+        if text.endswith(tuple("。：？！.?!\n")) and not (
+            len(text) > 1 and text[-1] == "." and text[-2].isdigit()
+        ):
+            ends.append(index + 1)
+            text = ""
+    expected = list(np.cumsum([len(s.token_ids) for s in offline.segments]))
+    assert ends == expected[: len(ends)] and len(expected) - len(ends) in (0, 1)
+    assert len(ends) >= 2  # the answer has sentence ends to cut at
 
 
 def test_sampling_repeats_with_a_seed_and_differs_across_seeds(

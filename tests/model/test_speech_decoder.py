@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from app.model.speech_decoder import (
+from app.model.speech_out.speech_decoder import (
     ARRow,
     SegmentInput,
     SpeechDecoder,
@@ -82,7 +82,7 @@ def test_incremental_decoding_equals_one_block_forward() -> None:
     whole = ARRow(slot, torch.cat([row.embeds, fed]), bidirectional=row.bidirectional)
     # Run the whole stream in one forward and read every position's logits.
     with torch.inference_mode():
-        from app.model.transformer import build_layout
+        from app.model.llm.transformer import build_layout
 
         past = cache.lengths[slot]
         layout = build_layout(

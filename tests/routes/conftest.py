@@ -308,3 +308,114 @@ def transcript(done: dict[str, Any]) -> str:
 def run(coroutine: Any) -> Any:
     """Run a test's coroutine on a fresh event loop."""
     return asyncio.run(coroutine)
+
+
+# -- what an OpenAI-style client plays, and a microphone that is never digitally silent ----------------------
+@dataclass
+class Playback:
+    """What a client that plays each response's audio at real-time pace, and flushes its playback on
+    `input_audio_buffer.speech_started` (as OpenAI's guidance says), actually played."""
+
+    played: bytes  # the response's audio as it came out of the speaker, flushed parts left out
+    max_lead_s: float  # the most audio ever waiting in the client's buffer
+    flushed_bytes: int  # audio received but never played (flushed)
+
+
+def playback(client: RealtimeClient, response_id: str, bytes_per_second: int = 2 * WIRE_RATE) -> Playback:
+    """Replay the client's log through a speaker that plays in real time from each delta's arrival."""
+    played = bytearray()
+    queue = bytearray()
+    clock: float | None = None  # the speaker's time: everything before it has been played
+    max_lead = 0.0
+    flushed = 0
+
+    def advance(now: float) -> None:
+        nonlocal clock
+        if clock is not None and queue:
+            take = min(len(queue), int((now - clock) * bytes_per_second) // 2 * 2)
+            played.extend(queue[:take])
+            del queue[:take]
+            clock += take / bytes_per_second
+        if not queue:
+            clock = now
+
+    for received in client.log:
+        event = received.event
+        if event["type"] == "response.output_audio.delta" and event["response_id"] == response_id:
+            advance(received.at)
+            queue.extend(base64.b64decode(event["delta"]))
+            max_lead = max(max_lead, len(queue) / bytes_per_second)
+        elif event["type"] == "input_audio_buffer.speech_started":
+            advance(received.at)
+            flushed += len(queue)
+            queue.clear()
+    played.extend(queue)
+    return Playback(bytes(played), max_lead, flushed)
+
+
+def noise_floor(seconds: float, dbfs: float = -60.0, seed: int = 0, rate: int = WIRE_RATE) -> np.ndarray:
+    """A microphone's floor: white noise at `dbfs` (RMS)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * rate)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+@dataclass
+class Utterance:
+    """Speech handed to a `Microphone`: when its first loud append left, and when it was all sent."""
+
+    samples: np.ndarray
+    onset_sent_at: float | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Microphone:
+    """Streams a noise floor to the server at real-time pace in 100 ms appends, with speech mixed in on
+    demand (`say`), until `stop`. Records when speech onsets left the client."""
+
+    def __init__(self, client: RealtimeClient, floor_dbfs: float = -60.0, seed: int = 0) -> None:
+        self.client = client
+        self.floor_dbfs = floor_dbfs
+        self._rng_seed = seed
+        self._queue: list[Utterance] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def say(self, samples: np.ndarray) -> Utterance:
+        """Mix 24 kHz float speech into the stream from the next append on."""
+        utterance = Utterance(np.asarray(samples, dtype=np.float32))
+        self._queue.append(utterance)
+        return utterance
+
+    async def __aenter__(self) -> Microphone:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._task
+
+    async def _run(self) -> None:
+        step = WIRE_RATE * APPEND_MS // 1000
+        started = time.perf_counter()
+        sent = 0
+        position = 0  # within the utterance being spoken
+        seed = self._rng_seed
+        while not self._stop.is_set():
+            piece = noise_floor(step / WIRE_RATE, self.floor_dbfs, seed)
+            seed += 1
+            if self._queue:
+                utterance = self._queue[0]
+                speech = utterance.samples[position : position + step]
+                piece[: len(speech)] += speech
+                if utterance.onset_sent_at is None and np.abs(speech).max(initial=0.0) > 0.02:
+                    utterance.onset_sent_at = time.perf_counter()
+                position += step
+                if position >= len(utterance.samples):
+                    self._queue.pop(0)
+                    position = 0
+                    utterance.finished.set()
+            await self.client.append(pcm16(piece))
+            sent += step
+            await asyncio.sleep(max(0.0, started + sent / WIRE_RATE - time.perf_counter()))

@@ -110,4 +110,5 @@ def test_shutdown_closes_open_sessions_with_1001(start_server: Callable[..., Liv
     assert closed.rcvd is not None and closed.rcvd.code == CLOSE_GOING_AWAY
     assert closed.rcvd.reason == "server shutting down"
     assert not server.thread.is_alive()
-    assert not client.events("error")
+    (notice,) = client.events("error")  # the reconnect hint before the close
+    assert notice["error"]["code"] == "server_shutting_down"

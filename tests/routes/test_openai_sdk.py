@@ -110,3 +110,23 @@ def test_sdk_beta_client_gets_beta_event_names(keyed_server: LiveServer) -> None
     assert "response.audio_transcript.done" in types
     assert events[-1].response.status == "completed"
     assert events[0].session.input_audio_format == "pcm16"  # the flat beta session
+
+
+@pytest.mark.slow
+def test_sdk_parses_session_created_with_the_routing_extension(realtime_server: LiveServer) -> None:
+    """A session key in the URL (`extra_query`): the SDK still parses `session.created`, and keeps our
+    extension object (session key, serving process) as an extra field."""
+    client = AsyncOpenAI(api_key="unused", base_url=f"{realtime_server.base_url}/v1")
+
+    async def main() -> Any:
+        async with client.realtime.connect(model=MODEL, extra_query={"session": "sdk-user-42"}) as connection:
+            (created,) = await events_until(connection, "session.created", timeout=10)
+            return created
+
+    created = run(main())
+    assert type(created).__name__ == "SessionCreatedEvent"
+    assert created.session.type == "realtime"
+    assert created.model_extra["freeze_omni"] == {
+        "session_key": "sdk-user-42",
+        "instance_id": realtime_server.state.instance_id,
+    }

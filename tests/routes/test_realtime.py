@@ -23,6 +23,7 @@ from tests.routes.conftest import (
     RealtimeClient,
     forced_state,
     from_pcm16,
+    playback,
     realtime_client,
     run,
     send_text_turn,
@@ -142,14 +143,20 @@ def pcm_chunks_are_whole(chunks: list[bytes]) -> None:
 
 
 def max_lead_s(client: RealtimeClient, response_id: str, bytes_per_second: int = 2 * WIRE_RATE) -> float:
-    """How far ahead of real-time playback (from its first delta) the response's audio ever arrived."""
-    deltas = client.audio_deltas(response_id)
-    start = deltas[0].at
+    """How far ahead of real-time playback the response's audio ever arrived, playback counted from its
+    first delta, and again from the first delta after each `speech_started` (where clients flush)."""
+    start: float | None = None
     sent = 0.0
     lead = 0.0
-    for received in deltas:
-        lead = max(lead, sent - (received.at - start))  # audio already held when this delta arrived
-        sent += len(base64.b64decode(received.event["delta"])) / bytes_per_second
+    for received in client.log:
+        event = received.event
+        if event["type"] == "input_audio_buffer.speech_started":
+            start = None
+        elif event["type"] == "response.output_audio.delta" and event["response_id"] == response_id:
+            if start is None:
+                start, sent = received.at, 0.0
+            lead = max(lead, sent - (received.at - start))  # audio already held when this delta arrived
+            sent += len(base64.b64decode(event["delta"])) / bytes_per_second
     return lead
 
 
@@ -428,10 +435,12 @@ def test_ignored_speech_leaves_the_answer_alone(long_server: LiveServer, questio
     assert first_index(client, "input_audio_buffer.speech_started") < cleared
     # Audio kept coming after the speech was ignored, up to the end.
     assert any(r.event["type"] == "response.output_audio.delta" for r in client.log[cleared:])
-    seconds = len(client.audio(first)) / (2 * WIRE_RATE)
+    # What a client that flushes on speech_started plays: all of the answer (test_interruptions.py checks
+    # the resume point); and audio never came more than audio_ahead_s ahead of real time (an unpaced
+    # server would be seconds ahead), the pauses aside.
+    seconds = len(playback(client, first).played) / (2 * WIRE_RATE)
     assert seconds > 3.0
     assert_transcript_consistent(client, done)
-    # Never more than audio_ahead_s ahead of real time; an unpaced server would be `seconds` ahead.
     ahead_s = long_server.settings.audio_ahead_s
     assert seconds > ahead_s + 2.0
     assert max_lead_s(client, first) <= ahead_s + PACING_TOLERANCE_S

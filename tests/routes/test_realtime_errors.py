@@ -20,7 +20,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.model.tiny import TinyPaths
+from app.model.fixtures.tiny import TinyPaths
 from tests.conftest import LiveServer, free_port
 from tests.routes.conftest import (
     API_KEY,

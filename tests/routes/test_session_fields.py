@@ -32,6 +32,11 @@ REFUSED = {
         "session.tools",
     ),
     "tool_choice": ({"tool_choice": "required"}, {"tool_choice": "required"}, "session.tool_choice"),
+    "idle_timeout_ms": (
+        {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
+        {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}},
+        "session.audio.input.turn_detection.idle_timeout_ms",
+    ),
 }
 
 
@@ -85,5 +90,9 @@ def test_unhonoured_field_is_refused_and_the_rest_applies(
         assert echoed["input_audio_transcription"] is None and echoed["input_audio_noise_reduction"] is None
         assert echoed["speed"] in (None, 1.0)
     assert echoed["tools"] in (None, []) and echoed["tool_choice"] in (None, "auto")
+    turn_detection = (
+        echoed["audio"]["input"]["turn_detection"] if dialect == "ga" else echoed["turn_detection"]
+    )
+    assert turn_detection.get("idle_timeout_ms") is None
     assert turn[-1].response.status == "completed"  # the session goes on
     assert not [e for e in turn if e.type == "error"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from app.sessions.audio_formats import decode_pcm16, resample
+from app.sessions.noise_floor import NoiseFloor, NoiseGateSettings
 from app.sessions.vad import (
     SpeechStarted,
     SpeechStopped,
@@ -237,3 +238,78 @@ def test_settings_are_checked_and_threshold_maps_to_aggressiveness() -> None:
         25,
         15,
     )
+
+
+# -- a real room: a steady floor after (or under) a question whose pauses are exact zeros ------------------
+def room_floor(kind: str, dbfs: float, seconds: float, seed: int = 3) -> np.ndarray:
+    """White or pink noise at `dbfs` (RMS)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.standard_normal(int(RATE * seconds))
+    if kind == "pink":
+        spectrum = np.fft.rfft(samples)
+        spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(samples.size), 1.0 / samples.size))
+        samples = np.fft.irfft(spectrum, samples.size)
+    samples /= np.sqrt(np.mean(samples**2))
+    return (samples * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+ROOMS = [("white", -64.0, False), ("pink", -50.0, False), ("pink", -45.0, False), ("white", -64.0, True)]
+
+
+@pytest.mark.parametrize("aggressiveness", [0, 1, 2, 3])
+@pytest.mark.parametrize(("kind", "dbfs", "under"), ROOMS)
+def test_a_steady_floor_after_a_question_with_exact_zeros_is_not_speech(
+    utterance: Utterance, aggressiveness: int, kind: str, dbfs: float, under: bool
+) -> None:
+    speech = utterance.samples
+    assert np.mean(speech == 0.0) > 0.02, "espeak-ng's pauses should be exact zeros"
+    lead = room_floor(kind, dbfs, 1.0, seed=5) if under else silence(1.0)
+    if under:
+        speech = speech + room_floor(kind, dbfs, speech.size / RATE, seed=6)
+    signal = np.concatenate([lead, speech, room_floor(kind, dbfs, 10.0)])
+    found = turns(run(VadGate(VadSettings(aggressiveness=aggressiveness)), signal))
+
+    assert [type(event) for event in found] == [SpeechStarted, SpeechStopped], found
+    stop = found[1]
+    assert isinstance(stop, SpeechStopped)
+    assert stop.speech_end_ms <= 1000 + utterance.duration_ms + 250
+
+
+def test_a_reset_at_the_end_of_a_question_does_not_reopen_on_the_floor(utterance: Utterance) -> None:
+    # As when the state head answers: the turn ends while the gate is still open.
+    gate = VadGate()
+    gate.push(silence(1.0))
+    gate.push(utterance.samples)
+    assert gate.speaking
+    gate.reset()
+    assert turns(gate.push(room_floor("white", -64.0, 6.0))) == []
+    assert turns(gate.push(room_floor("pink", -50.0, 6.0, seed=4))) == []
+    # ...and the next question still opens a turn.
+    assert [type(e) for e in turns(gate.push(utterance.samples))] == [SpeechStarted]
+
+
+def test_the_noise_floor_follows_the_room_down_at_once_and_up_slowly() -> None:
+    frame = 480
+    settings = NoiseGateSettings(margin_db=10.0, min_speech_dbfs=-55.0, rise_db_per_s=10.0)
+    tracker = NoiseFloor(settings, frame_ms=30, sample_rate=RATE)
+
+    def frames(samples: np.ndarray) -> np.ndarray:
+        return samples[: samples.size // frame * frame].reshape(-1, frame)
+
+    quiet = frames(room_floor("white", -64.0, 1.0))
+    assert not tracker.not_floor(quiet)[5:].any()
+    quiet_floor = tracker.floor_dbfs
+    assert -72.0 < quiet_floor < -62.0  # the speech band holds part of the white noise's power
+    assert tracker.not_floor(np.zeros((3, frame), dtype=np.float32)).all()  # left to WebRTC
+    assert tracker.floor_dbfs == quiet_floor  # digital silence does not drag the floor
+
+    loud = frames(room_floor("pink", -45.0, 4.0, seed=9))
+    passed = tracker.not_floor(loud)
+    one_second = RATE // frame
+    assert tracker.floor_dbfs <= quiet_floor + 10.0 * 4.0 + 1.0
+    assert not passed[-one_second:].any()  # learnt within seconds
+    assert tracker.floor_dbfs > quiet_floor + 10.0
+    tracker.not_floor(quiet)
+    assert tracker.floor_dbfs < quiet_floor + 3.0  # and back down at once
+    with pytest.raises(ValueError):
+        NoiseGateSettings(margin_db=-1.0)

@@ -6,9 +6,12 @@ seeds, a little silence before and after.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from app.model.tiny import TinyPaths
+from app.model import TinyPaths
+from tests.conftest import LiveServer, free_port
 from training.common import MODEL_DIR
 from training.heldout import TEST_PAIRS, Recording, held_out_question, ignorable_sounds
 
@@ -24,7 +27,7 @@ def trained_paths() -> TinyPaths:
 @pytest.fixture(scope="session")
 def trained_model(trained_paths: TinyPaths):
     """The committed model on CPU in fp32. Shared: tests must not change its weights."""
-    from app.model.checkpoint import load_freeze_omni
+    from app.model.checkpoint_io.layout import load_freeze_omni
 
     return load_freeze_omni(trained_paths.model_path, trained_paths.llm_path)
 
@@ -46,3 +49,20 @@ def question_turns(trained_model, held_out_questions):
 
     pipeline = OfflinePipeline(trained_model)
     return [(rec, pipeline.run(rec.samples, InferOptions.greedy())) for rec in held_out_questions]
+
+
+@pytest.fixture(scope="session")
+def trained_server(trained_paths: TinyPaths) -> Iterator[LiveServer]:
+    """A live server on the committed trained model, with the serving defaults (sampling, VAD) and seed 0."""
+    from app.config import Settings
+
+    settings = Settings(
+        model_path=trained_paths.model_path,
+        llm_path=trained_paths.llm_path,
+        port=free_port(),
+        seed=0,
+        log_level="warning",
+    )
+    server = LiveServer(settings).start()
+    yield server
+    server.stop()

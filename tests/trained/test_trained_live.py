@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from app.model.wav import resample, write_wav
 from app.sessions.audio_formats import InputAudioConverter
 from app.sessions.events import AudioFormat
 from app.sessions.vad import SpeechStopped, VadGate, VadSettings
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
 from tests.e2e.browser import FAKE_MIC_RATE, chromium_with_mic, wait_connected
 from tests.routes.conftest import (
     APPEND_MS,
@@ -57,21 +56,6 @@ TRAIL_S = 1.0  # the noisy silence `training.heldout` places after each question
 HEAD_LIMIT_S = 0.5  # committed at most this long after the end of speech: the head, not the 500 ms fallback
 PAGE_LEAD_S = 1.0  # fake-mic silence before the question, so it is all heard once the session is ready
 PAGE_TRAIL_S = 4.0  # and after it, so the looping microphone does not ask again during the answer
-
-
-@pytest.fixture(scope="module")
-def trained_server(trained_paths) -> Iterator[LiveServer]:
-    """A live server on the committed trained model, with the serving defaults (sampling, VAD) and seed 0."""
-    settings = Settings(
-        model_path=trained_paths.model_path,
-        llm_path=trained_paths.llm_path,
-        port=free_port(),
-        seed=0,
-        log_level="warning",
-    )
-    server = LiveServer(settings).start()
-    yield server
-    server.stop()
 
 
 # -- the Realtime WebSocket -------------------------------------------------------------------------------
@@ -242,7 +226,7 @@ def test_the_page_shows_the_expected_answer_to_its_microphone(
 ) -> None:
     recording = held_out_questions[PAGE_QUESTION]
     began = time.perf_counter()
-    mic_page.goto(trained_server.base_url + "/")
+    mic_page.goto(trained_server.base_url + "/?audio=pcm16")  # the tee reads JSON deltas (Opus: test_page.py)
     mic_page.click("#connect")
     wait_connected(mic_page)
     mic_page.wait_for_function(

@@ -13,9 +13,9 @@ import numpy as np
 from app.engine.engine import Engine
 from app.engine.events import AnswerDone, AnswerStatus, TextDelta
 from app.engine.settings import EngineSettings
-from app.model.defaults import ensure_default_model
-from app.model.duplex import ListenState
-from app.model.sampling import LLMSampling
+from app.model.checkpoint_io.defaults import ensure_default_model
+from app.model.llm.duplex import ListenState
+from app.model.llm.sampling import LLMSampling
 from training import domain
 from training.asr import transcribe, word_error_rate
 from training.common import MODEL_DIR

@@ -6,11 +6,11 @@ import logging
 import os
 from pathlib import Path
 
-from app.model.tiny import TinyPaths, make_tiny
+from app.model.fixtures.tiny import TinyPaths, make_tiny
 
 log = logging.getLogger(__name__)
 
-TRAINED_MODEL_ROOT = Path(__file__).resolve().parents[2] / "models" / "trained"
+TRAINED_MODEL_ROOT = Path(__file__).resolve().parents[3] / "models" / "trained"
 """The model trained on synthetic speech by training/ and committed (checkpoints/ + Qwen2-tiny/)."""
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from app.model.sampling_settings import LLMSampling
+from app.model.llm.sampling_settings import LLMSampling
 
 
 def sample_llm_token(logits: torch.Tensor, settings: LLMSampling, generator: torch.Generator | None) -> int:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.model.adapter import AdapterConfig, ConvAdapter
-from app.model.encoder import EncoderConfig, EncoderState, SpeechEncoder
+from app.model.speech_in.adapter import AdapterConfig, ConvAdapter
+from app.model.speech_in.encoder import EncoderConfig, EncoderState, SpeechEncoder
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """When the answer text is cut into segments for the speech decoder, and how a segment is cleaned.
 
-These follow the published server's rules (its offline script is looser): a segment ends at
-sentence punctuation once at least 4 tokens have accumulated (a '.' after a digit does not count);
-commas and colons also end one for the first segment of a reply or after 20 tokens.
+Two published rules, both ending a segment at sentence punctuation (`。：？！.?!` or a newline,
+except a '.' after a digit):
+- "server" (the released server, our default): only once at least 4 tokens have accumulated;
+  commas and colons also end one for the first segment of a reply or after 20 tokens.
+- "offline" (the released offline script): no minimum, no comma rule.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from dataclasses import dataclass, field
 SENTENCE_END = tuple("。：？！.?!\n")
 SOFT_END = tuple(",，:")
 TERMINAL = tuple("。？！.?!")
+SERVER_SEGMENTATION = "server"
+OFFLINE_SEGMENTATION = "offline"
+SEGMENTATIONS = (SERVER_SEGMENTATION, OFFLINE_SEGMENTATION)
 
 
 def post_process(text: str) -> str:
@@ -50,15 +55,27 @@ class Segmenter:
     """Accumulates (token, hidden, text piece) and says when a segment is complete.
 
     Text pieces come from an incremental detokeniser that already holds back partial UTF-8
-    characters. `max_tokens` is our addition: a segment that finds no punctuation is cut there,
-    which bounds the speech decoder's prefix and the wait for first audio.
+    characters. The defaults are the released server's rule; `Segmenter.for_rule` builds either
+    published rule. `soft_after_tokens` None means commas and colons never end a segment.
+    `max_tokens` is our addition: a segment that finds no punctuation is cut there, which bounds
+    the speech decoder's prefix and the wait for first audio.
     """
 
     min_tokens: int = 4
-    soft_after_tokens: int = 20
+    soft_after_tokens: int | None = 20
     max_tokens: int | None = None
     current: Segment = field(default_factory=Segment)
     segments_emitted: int = 0
+
+    @classmethod
+    def for_rule(cls, rule: str, max_tokens: int | None = None) -> Segmenter:
+        """The released server's rule ("server", with our `max_tokens` cap) or its offline
+        script's ("offline": every sentence end cuts, commas never; no cap, as there)."""
+        if rule == SERVER_SEGMENTATION:
+            return cls(max_tokens=max_tokens)
+        if rule == OFFLINE_SEGMENTATION:
+            return cls(min_tokens=1, soft_after_tokens=None, max_tokens=None)
+        raise ValueError(f"unknown segmentation {rule!r}; use one of {', '.join(SEGMENTATIONS)}")
 
     def push(self, token_id: int, hidden, piece: str) -> Segment | None:
         """Add one token; returns the finished segment when this token closes one."""
@@ -73,6 +90,8 @@ class Segmenter:
             return None
         if text.endswith(SENTENCE_END) and not re.search(r"\d\.$", text):
             return self._cut()
+        if self.soft_after_tokens is None:
+            return None
         soft_allowed = self.segments_emitted == 0 or count >= self.soft_after_tokens
         if soft_allowed and text.endswith(SOFT_END):
             return self._cut()

@@ -24,8 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.model.kv_cache import CacheShape, SlotKVCache
-from app.model.transformer import BatchLayout, DecoderLayer, LayerDims, RMSNorm, RotaryEmbedding, build_layout
+from app.model.llm.kv_cache import CacheShape, SlotKVCache
+from app.model.llm.transformer import (
+    BatchLayout,
+    DecoderLayer,
+    LayerDims,
+    RMSNorm,
+    RotaryEmbedding,
+    build_layout,
+)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.model.kv_cache import CacheShape, SlotKVCache
-from app.model.transformer import DecoderLayer, LayerDims, RMSNorm, RotaryEmbedding, build_layout
-from app.model.weights import load_state_dict_strict, read_weight_files
+from app.model.checkpoint_io.weights import load_state_dict_strict, read_weight_files
+from app.model.llm.kv_cache import CacheShape, SlotKVCache
+from app.model.llm.transformer import DecoderLayer, LayerDims, RMSNorm, RotaryEmbedding, build_layout
 
 
 @dataclass(frozen=True)

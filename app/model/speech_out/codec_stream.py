@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.model.codec import CodecDecoder
+from app.model.speech_out.codec import CodecDecoder
 
 LEADING_SILENCE_THRESHOLD = 0.03
 

@@ -9,6 +9,10 @@ Parameter names follow the published `codec/final.pt` (`generator.conv_pre`, `ge
 `generator.resblocks.i.convs1.j`, `quantizer.quantizer_modules.0.embedding`, ...), whose convs carry
 weight norm as `weight_g`/`weight_v`; `load_codec_state_dict` folds those into plain weights. The
 unused codec encoder is never built.
+
+The latent width (codebook vectors, the generator's first conv input) is not a model.json key: the
+published codec has it at 512 whatever `upsample_initial_channel` says, so `load_codec` reads it
+from the checkpoint's codebook.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.model.weights import CheckpointError, WeightSet, load_state_dict_strict
+from app.model.checkpoint_io.weights import (
+    MODEL_WRAPPER_KEY,
+    CheckpointError,
+    WeightSet,
+    load_state_dict_checked,
+    read_torch_checkpoint,
+    unwrap_model_key,
+)
 
 RESBLOCK_SLOPE = 0.1
+# The published generator uses this slope before conv_post too; a model.json may say otherwise.
+PUBLISHED_FINAL_SLOPE = RESBLOCK_SLOPE
+PUBLISHED_LATENT_DIM = 512
 CONFIG_FILE = "model.json"
 CHECKPOINT_FILE = "final.pt"
 
@@ -63,6 +77,11 @@ class CodecConfig:
 
     Unknown keys (the training-only ones: `num_mels`, `n_fft`, `learning_rate`, ...) are kept in
     `extra` and written back by `to_json`, never read. `residul_layer` keeps the published spelling.
+
+    `final_leaky_relu_slope` is ours, not a published key: the slope of the LeakyReLU before the
+    generator's `conv_post`. Absent, it is the published 0.1 (the slope used everywhere in the
+    generator). The embedded trained model (models/trained) was trained with 0.01 and its
+    model.json says so, which keeps its output unchanged.
     """
 
     resblock: str = "1"
@@ -78,6 +97,7 @@ class CodecConfig:
     global_code_num: int = 8
     global_feature_conv: list[int] = _default([128, 64, 128, 3, 1])
     global_tokens: list[int] = _default([473, 975, 419, 219, 565, 121, 550, 616])
+    final_leaky_relu_slope: float = PUBLISHED_FINAL_SLOPE
     extra: dict[str, Any] = _default(_TRAINING_ONLY_DEFAULTS)
 
     def __post_init__(self) -> None:
@@ -123,11 +143,6 @@ class CodecConfig:
         return math.prod(self.upsample_rates)
 
     @property
-    def latent_dim(self) -> int:
-        """Width of a codebook vector and of the generator's input."""
-        return self.upsample_initial_channel
-
-    @property
     def global_dim(self) -> int:
         """Width of the global style vector (the global encoder's output channels)."""
         return self.global_feature_conv[2]
@@ -171,6 +186,8 @@ class CodecConfig:
             raise ValueError("the global vector does not split evenly over the global codebooks")
         if not all(0 <= t < self.n_codes for t in self.global_tokens):
             raise ValueError("a global token is outside the codebook")
+        if not 0 <= self.final_leaky_relu_slope <= 1:
+            raise ValueError(f"final_leaky_relu_slope {self.final_leaky_relu_slope} is not in [0, 1]")
         _ = self.global_stage
 
 
@@ -200,15 +217,18 @@ class CodecGenerator(nn.Module):
 
     Kept as published: each stage averages its resblocks' outputs; the style vector is added,
     broadcast over time, right after the stage as wide as it (the second of four); the last
-    activation before `conv_post` uses leaky_relu's default slope 0.01, not the 0.1 used elsewhere.
+    activation before `conv_post` is a LeakyReLU with the same 0.1 slope as everywhere else
+    (`config.final_leaky_relu_slope`, which a model.json may change). `latent_dim` is the
+    codebook's width: 512 in the published codec, whatever `upsample_initial_channel` is.
     """
 
-    def __init__(self, config: CodecConfig) -> None:
+    def __init__(self, config: CodecConfig, latent_dim: int = PUBLISHED_LATENT_DIM) -> None:
         super().__init__()
         c0 = config.upsample_initial_channel
         self.num_kernels = len(config.resblock_kernel_sizes)
         self.global_stage = config.global_stage
-        self.conv_pre = nn.Conv1d(config.latent_dim, c0, 7, padding=3)
+        self.final_slope = config.final_leaky_relu_slope
+        self.conv_pre = nn.Conv1d(latent_dim, c0, 7, padding=3)
         self.ups = nn.ModuleList(
             nn.ConvTranspose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, padding=(k - u) // 2)
             for i, (u, k) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes, strict=True))
@@ -232,7 +252,7 @@ class CodecGenerator(nn.Module):
             x = summed / self.num_kernels
             if i == self.global_stage:
                 x = x + style.reshape(-1, style.shape[-1], 1)
-        return torch.tanh(self.conv_post(F.leaky_relu(x)))
+        return torch.tanh(self.conv_post(F.leaky_relu(x, self.final_slope)))
 
 
 class _Codebook(nn.Module):
@@ -246,9 +266,9 @@ class _Codebook(nn.Module):
 class CodecQuantizer(nn.Module):
     """The decode side of the quantizer: the token codebook and the global-token codebooks."""
 
-    def __init__(self, config: CodecConfig) -> None:
+    def __init__(self, config: CodecConfig, latent_dim: int = PUBLISHED_LATENT_DIM) -> None:
         super().__init__()
-        self.quantizer_modules = nn.ModuleList([_Codebook(config.n_codes, config.latent_dim)])
+        self.quantizer_modules = nn.ModuleList([_Codebook(config.n_codes, latent_dim)])
         global_part = config.global_dim // config.global_code_num
         self.quantizer_modules_globaltokens = nn.ModuleList(
             _Codebook(config.n_codes, global_part) for _ in range(config.global_code_num)
@@ -271,16 +291,18 @@ class CodecDecoder(nn.Module):
 
     Runs in its parameters' dtype with autocast turned off, so an fp32 codec stays fp32 inside a
     bf16 autocast region (the published code ran the codec under bf16 autocast; we keep it fp32).
+    `latent_dim` is the codebook's width (`load_codec` takes it from the checkpoint).
     """
 
-    def __init__(self, config: CodecConfig) -> None:
+    def __init__(self, config: CodecConfig, latent_dim: int = PUBLISHED_LATENT_DIM) -> None:
         super().__init__()
         self.config = config
+        self.latent_dim = latent_dim
         # A plain tuple, not a buffer, so the model can be built on the meta device and loaded
         # without anything outside the checkpoint to restore.
         self.global_tokens = tuple(config.global_tokens)
-        self.quantizer = CodecQuantizer(config)
-        self.generator = CodecGenerator(config)
+        self.quantizer = CodecQuantizer(config, latent_dim)
+        self.generator = CodecGenerator(config, latent_dim)
 
     @property
     def samples_per_token(self) -> int:
@@ -384,33 +406,89 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def load_codec_state_dict(
-    model: CodecDecoder, checkpoint: Mapping[str, Any], source: str = "codec checkpoint"
-) -> None:
-    """Load a `{generator, quantizer[, encoder]}` checkpoint strictly, folding weight norm.
+CODEC_SECTIONS = ("generator", "quantizer")
+UNUSED_CODEC_SECTIONS = ("encoder",)  # published, but decoding never uses it
 
-    The encoder section is ignored (decoding never uses it). Any missing, unexpected or
-    wrongly-shaped key raises a `CheckpointError` naming the key, `source` and the shapes. A model
-    built on the meta device is given the checkpoint's tensors.
+
+def load_codec_state_dict(
+    model: CodecDecoder,
+    checkpoint: Mapping[str, Any],
+    source: str = "codec checkpoint",
+    *,
+    strict: bool = True,
+) -> None:
+    """Load a `{generator, quantizer[, encoder]}` checkpoint, folding weight norm.
+
+    The encoder section is part of the published layout and ignored (decoding never uses it).
+    A missing or wrongly-shaped tensor raises a `CheckpointError` naming the key, `source` and the
+    shapes. Anything else (discriminators, optimizer state, step counters, unused tensors, a
+    `model` wrapper's siblings) is an error with `strict`, else skipped and logged; without
+    `strict` a data-parallel `module.` prefix is removed. A model built on the meta device is given
+    the checkpoint's tensors.
     """
     weights = WeightSet()
-    for section in ("generator", "quantizer"):
-        if section not in checkpoint:
+    checkpoint = unwrap_model_key(checkpoint, source, weights)
+    if not isinstance(checkpoint, Mapping):
+        raise CodecCheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a dict of sections")
+    for section in CODEC_SECTIONS:
+        if not isinstance(checkpoint.get(section), Mapping):
             raise CodecCheckpointError(f"{source} has no '{section}' section (expected generator, quantizer)")
-        weights.add(fold_weight_norm_state_dict(checkpoint[section]), source, prefix=f"{section}.")
-    load_state_dict_strict(model, weights, device="cpu", dtype=torch.float32)
+    for key, value in checkpoint.items():
+        if key in CODEC_SECTIONS:
+            section = WeightSet()
+            section.add_checkpoint(value, source, strict=strict)
+            weights.add(fold_weight_norm_state_dict(section.tensors), source, prefix=f"{key}.")
+            weights.skipped += [replace(e, name=f"{key}.{e.name}") for e in section.skipped]
+            weights.prefix_stripped.update(section.prefix_stripped)
+        elif key not in UNUSED_CODEC_SECTIONS:
+            weights.skip(str(key), value, source)
+    load_state_dict_checked(model, weights, strict=strict, device="cpu", dtype=torch.float32)
 
 
-def load_codec(codec_dir: str | Path, device: torch.device | str = "cpu") -> CodecDecoder:
+_LATENT_KEYS = (
+    ("quantizer", "quantizer_modules.0.embedding.weight"),
+    ("generator", "conv_pre.weight"),
+    ("generator", "conv_pre.weight_v"),
+)
+
+
+def checkpoint_latent_dim(checkpoint: Any) -> int:
+    """The latent width a codec checkpoint holds: its codebook's (else conv_pre's input) width.
+
+    The published codec's is 512 while `upsample_initial_channel` may differ; a checkpoint with
+    neither tensor gets the published 512 (and then fails to load, naming what is missing).
+    """
+    content = checkpoint
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(MODEL_WRAPPER_KEY), Mapping):
+        content = checkpoint[MODEL_WRAPPER_KEY]
+    if not isinstance(content, Mapping):
+        return PUBLISHED_LATENT_DIM
+    for section, name in _LATENT_KEYS:
+        tensors = content.get(section)
+        if not isinstance(tensors, Mapping):
+            continue
+        for key, value in tensors.items():
+            if (
+                (key == name or key.endswith("." + name))
+                and isinstance(value, torch.Tensor)
+                and value.dim() >= 2
+            ):
+                return int(value.shape[1])
+    return PUBLISHED_LATENT_DIM
+
+
+def load_codec(
+    codec_dir: str | Path, device: torch.device | str = "cpu", *, strict: bool = False
+) -> CodecDecoder:
     """Build the codec from `codec_dir/model.json`, load `codec_dir/final.pt`, fp32, eval mode."""
     codec_dir = Path(codec_dir)
     config_path, weights_path = codec_dir / CONFIG_FILE, codec_dir / CHECKPOINT_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the codec needs model.json and final.pt")
-    model = CodecDecoder(CodecConfig.from_file(config_path))
-    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
-    load_codec_state_dict(model, checkpoint, source=str(weights_path))
+    checkpoint = read_torch_checkpoint(weights_path)
+    model = CodecDecoder(CodecConfig.from_file(config_path), latent_dim=checkpoint_latent_dim(checkpoint))
+    load_codec_state_dict(model, checkpoint, source=str(weights_path), strict=strict)
     return model.to(device=device, dtype=torch.float32).eval()
 
 

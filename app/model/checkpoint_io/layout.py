@@ -6,8 +6,10 @@
     MODEL_PATH/server.json
     LLM_PATH/{config.json, *.safetensors | pytorch_model*.bin, tokenizer files}
 
-Loading is strict (see `weights.load_state_dict_strict`); device and dtype are options. The codec
-always runs in fp32, as the published model does.
+Missing or mis-shaped tensors always fail with a precise message; content the model does not use
+(training state, EMA copies, a data-parallel prefix) is skipped and logged unless `strict` (see
+`weights.load_state_dict_checked`). CMVN, the configs and server.json are checked the same way in
+both modes. Device and dtype are options. The codec always runs in fp32, as the published model does.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ from typing import Any
 import torch
 import yaml
 
-from app.model.audio_llm import AudioLLM, AudioLLMConfig
-from app.model.cmvn import CmvnStats
-from app.model.codec import CodecDecoder, load_codec, save_codec
-from app.model.codec_stream import ServerConfig
-from app.model.duplex import IM_END, ChatTemplate, PromptTokens
-from app.model.llm import Qwen2Runtime, load_qwen2
-from app.model.speech_decoder import SpeechDecoder, SpeechDecoderConfig
-from app.model.weights import CheckpointError, WeightSet, load_state_dict_strict, read_torch_checkpoint
+from app.model.checkpoint_io.weights import (
+    CheckpointError,
+    WeightSet,
+    load_state_dict_checked,
+    read_torch_checkpoint,
+    unwrap_model_key,
+)
+from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens
+from app.model.llm.qwen2 import Qwen2Runtime, load_qwen2
+from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
+from app.model.speech_in.cmvn import CmvnStats
+from app.model.speech_out.codec import CodecDecoder, load_codec, save_codec
+from app.model.speech_out.codec_stream import ServerConfig
+from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +109,19 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 
 def load_audio_llm(
-    model_path: Path, llm_hidden: int, *, device: torch.device, dtype: torch.dtype
+    model_path: Path, llm_hidden: int, *, device: torch.device, dtype: torch.dtype, strict: bool = False
 ) -> AudioLLM:
     """Build from train.yaml and load final.pt; CMVN from the checkpoint if there, else the JSON file."""
     train_yaml = _require(model_path / TRAIN_YAML, "--model-path must hold the Freeze-Omni layout")
     config = AudioLLMConfig.from_train_yaml(yaml.safe_load(train_yaml.read_text()))
     with torch.device("meta"):
         audio = AudioLLM(config, llm_hidden)
-    state = read_torch_checkpoint(
-        _require(model_path / AUDIOLLM_WEIGHTS, "the audio LLM weights are missing")
-    )
+    path = _require(model_path / AUDIOLLM_WEIGHTS, "the audio LLM weights are missing")
     weights = WeightSet()
-    weights.add(state, str(model_path / AUDIOLLM_WEIGHTS))
+    content = unwrap_model_key(read_torch_checkpoint(path), str(path), weights)
+    weights.add_checkpoint(content, str(path), strict=strict)
     cmvn_keys = {"encoder.global_cmvn.mean", "encoder.global_cmvn.istd"}
-    load_state_dict_strict(audio, weights, device=device, dtype=dtype, optional=cmvn_keys)
+    load_state_dict_checked(audio, weights, strict=strict, device=device, dtype=dtype, optional=cmvn_keys)
     if not cmvn_keys <= set(weights.keys()):
         stats = CmvnStats.from_json(
             _require(model_path / CMVN_FILE, "no CMVN in final.pt nor a global_cmvn file")
@@ -127,7 +134,9 @@ def load_audio_llm(
     return audio.eval()
 
 
-def load_speech_decoder(model_path: Path, *, device: torch.device, dtype: torch.dtype) -> SpeechDecoder:
+def load_speech_decoder(
+    model_path: Path, *, device: torch.device, dtype: torch.dtype, strict: bool = False
+) -> SpeechDecoder:
     config = SpeechDecoderConfig.from_file(
         _require(model_path / DECODER_JSON, "the speech decoder config is missing")
     )
@@ -135,9 +144,11 @@ def load_speech_decoder(model_path: Path, *, device: torch.device, dtype: torch.
         decoder = SpeechDecoder(config)
     path = _require(model_path / DECODER_WEIGHTS, "the speech decoder weights are missing")
     weights = WeightSet()
-    weights.add(read_torch_checkpoint(path, unwrap="model"), str(path))
+    # The published loader accepts the state dict bare or under a `model` key.
+    content = unwrap_model_key(read_torch_checkpoint(path), str(path), weights)
+    weights.add_checkpoint(content, str(path), strict=strict)
     weights.drop_suffix("inv_freq")  # rotary tables some exports carry; we compute them
-    load_state_dict_strict(decoder, weights, device=device, dtype=dtype)
+    load_state_dict_checked(decoder, weights, strict=strict, device=device, dtype=dtype)
     return decoder.eval()
 
 
@@ -147,8 +158,13 @@ def load_freeze_omni(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "auto",
+    strict: bool = False,
 ) -> FreezeOmni:
-    """Load every piece, logging what is loaded and how long it took."""
+    """Load every piece, logging what is loaded and how long it took.
+
+    With `strict`, a weight file holding anything the model does not use is an error (the
+    published loaders skip such content; so do we by default, with a log line).
+    """
     model_path, llm_path = Path(model_path), Path(llm_path)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
@@ -159,16 +175,17 @@ def load_freeze_omni(
 
         tokenizer = AutoTokenizer.from_pretrained(str(llm_path))
     with _timed(f"speech encoder, adapter and state head from {model_path / 'audiollm'}"):
-        audio = load_audio_llm(model_path, llm.config.hidden_size, device=device, dtype=dtype)
+        audio = load_audio_llm(model_path, llm.config.hidden_size, device=device, dtype=dtype, strict=strict)
     with _timed(f"speech decoder from {model_path / 'decoder'}"):
-        decoder = load_speech_decoder(model_path, device=device, dtype=dtype)
+        decoder = load_speech_decoder(model_path, device=device, dtype=dtype, strict=strict)
     if llm.config.hidden_size % decoder.config.hidden_size:
         raise CheckpointError(
             f"LLM hidden size {llm.config.hidden_size} is not a multiple of the speech decoder's "
             f"{decoder.config.hidden_size}: the checkpoint and --llm-path do not belong together"
         )
     with _timed(f"codec from {model_path / CODEC_DIR}"):
-        codec = load_codec(_require(model_path / CODEC_DIR, "the codec folder is missing"), device=device)
+        codec_dir = _require(model_path / CODEC_DIR, "the codec folder is missing")
+        codec = load_codec(codec_dir, device=device, strict=strict)
     server = ServerConfig.from_file(_require(model_path / SERVER_JSON, "server.json is missing"))
 
     template = ChatTemplate.parse(audio.config.chat_template)

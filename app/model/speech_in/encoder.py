@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.model.cmvn import GlobalCMVN
+from app.model.speech_in.cmvn import GlobalCMVN
 
 PE_TABLE_LEN = 5000
 """Length of the published sinusoid table; only its wrap period survives in the inference rule."""
