@@ -158,7 +158,11 @@ async def barge_in(server: LiveServer, question: np.ndarray, head: str) -> float
         return len(late) / SPEAKER_RATE
 
 
-@pytest.mark.parametrize("head", ["answer", "listen"], ids=["head-takes-the-turn", "head-undecided"])
+@pytest.mark.parametrize(
+    "head",
+    ["answer", "listen", "ignore"],
+    ids=["head-takes-the-turn", "head-undecided", "head-hears-a-backchannel"],
+)
 def test_livekit_barge_in_stops_the_old_answer(tiny_server: LiveServer, spoken_question, head: str) -> None:
     """Speech over an answer: once LiveKit has cleared its speaker, no audio of the old answer reaches it."""
     question = to_rate(spoken_question.samples, MIC_RATE)

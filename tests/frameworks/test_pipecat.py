@@ -108,6 +108,16 @@ BARGE_IN_CASES = [
             "truncated answer keeps streaming and Pipecat plays it over the user",
         ),
     ),
+    pytest.param(
+        "ignore",
+        id="head-hears-a-backchannel",
+        # Pipecat has already flushed and truncated: the answer must not go on (nor resume) after the head
+        # decides the speech was a backchannel.
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=f"server, {TRUNCATE_FIX}: the head ignoring the speech lets the truncated answer play on",
+        ),
+    ),
 ]
 BARGE_IN_TRIES = 3  # the tiny model's answers vary in length; a try whose answer ends first is repeated
 
