@@ -34,7 +34,9 @@ NOISE_FLOOR_RMS = 10 ** (-60 / 20)  # a quiet room through a real microphone
 LONG_ANSWER_TOKENS = 60  # tiny-model answers of several seconds: long enough to barge into
 SPOKEN_QUESTION_INDEX = 3  # held_out_questions[3]: "What is two plus two?"
 TEXT_QUESTION = "What is two plus two?"
-ALWAYS_ALLOWED_ERRORS: set[str] = set()  # error codes no framework conversation may receive
+# A refused cancel: the client's cancel crossed the response's end. The OpenAI API answers the same, and both
+# frameworks ignore it by this code (Pipecat) or by its message's opening "Cancellation failed" (LiveKit).
+CANCEL_CROSSED_THE_END = "response_cancel_not_active"
 
 
 # -- audio -------------------------------------------------------------------------------------------------
@@ -150,8 +152,15 @@ class WireTap:
             out.append(detail)
         return out
 
-    def unexpected_errors(self, allowed_codes: set[str] = ALWAYS_ALLOWED_ERRORS) -> list[dict[str, Any]]:
-        return [e for e in self.errors() if e.get("code") not in allowed_codes]
+    def unexpected_errors(
+        self, expected: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """The errors that are neither a cancel crossing a response's end nor `expected`."""
+        return [
+            e
+            for e in self.errors()
+            if e.get("code") != CANCEL_CROSSED_THE_END and (expected is None or not expected(e))
+        ]
 
     def first_at(self, direction: str, event_type: str, where: Callable[[dict], bool] | None = None) -> float:
         """When the first matching event passed (raises if none did)."""

@@ -142,17 +142,19 @@ class LiveKitAgent:
 
 
 @asynccontextmanager
-async def livekit_agent(base_url: str, instructions: str, **model_options) -> AsyncIterator[LiveKitAgent]:
+async def livekit_agent(
+    base_url: str, instructions: str, session_options: dict | None = None, **model_options
+) -> AsyncIterator[LiveKitAgent]:
     """Start an AgentSession whose realtime model dials `base_url` (http://.../v1); close it on exit."""
     model = openai.realtime.RealtimeModel(base_url=base_url, api_key="unused", **model_options)
-    session = AgentSession(llm=model)
+    session = AgentSession(llm=model, **(session_options or {}))
     agent = LiveKitAgent(session=session, mic=Microphone(MIC_RATE), speaker=Speaker())
     session.input.audio = MicrophoneInput(agent.mic)
     session.output.audio = agent.speaker
 
     @session.on("error")
     def on_error(event) -> None:
-        agent.errors.append(event.error)
+        agent.errors.append(getattr(event.error, "error", event.error))  # the model's error, not its wrapper
 
     @session.on("conversation_item_added")
     def on_item(event) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 from pipecat.frames.frames import TTSStoppedFrame
 
@@ -38,11 +39,6 @@ def audio_s(agent: PipecatAgent, after: float = 0.0) -> float:
     return len(agent.speaker.audio(after=after)) / 24000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: response.create on a conversation with no user item is refused (nothing_to_respond_to); "
-    "the bot must answer from the instructions (issue 16 item 3)",
-)
 def test_pipecat_greets_first(tiny_server: LiveServer) -> None:
     """`LLMRunFrame` on a context with only the system prompt: the bot speaks first."""
 
@@ -92,62 +88,96 @@ def _answer_done(agent: PipecatAgent, after: float) -> bool:
     return any(at > after for at in agent.speaker.times(TTSStoppedFrame))
 
 
+TRUNCATE_FIX = "issue 16 item 1: after conversation.item.truncate, audio of the truncated item must stop"
 BARGE_IN_CASES = [
-    pytest.param("answer", id="head-takes-the-turn"),
+    pytest.param(
+        "answer",
+        id="head-takes-the-turn",
+        # Pipecat truncates on speech_started; the state head cancels a chunk or two later, and in between
+        # the server sends 2 more deltas of the truncated item (every run so far).
+        marks=pytest.mark.xfail(
+            strict=True, reason=f"server, {TRUNCATE_FIX}: 2 deltas leak before the head cancels"
+        ),
+    ),
     pytest.param(
         "listen",
         id="head-undecided",
         marks=pytest.mark.xfail(
             strict=True,
-            reason="server: after conversation.item.truncate the truncated item's audio keeps streaming while "
-            "the state head has not cancelled the response (issue 16 item 1)",
+            reason=f"server, {TRUNCATE_FIX}: while the state head has not cancelled the response, the whole "
+            "truncated answer keeps streaming and Pipecat plays it over the user",
+        ),
+    ),
+    pytest.param(
+        "ignore",
+        id="head-hears-a-backchannel",
+        # Pipecat has already flushed and truncated: the answer must not go on (nor resume) after the head
+        # decides the speech was a backchannel.
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=f"server, {TRUNCATE_FIX}: the head ignoring the speech lets the truncated answer play on",
         ),
     ),
 ]
+BARGE_IN_TRIES = 3  # the tiny model's answers vary in length; a try whose answer ends first is repeated
+
+
+async def barge_in(server: LiveServer, question: np.ndarray, head: str) -> bool:
+    """Ask for an answer and speak over it with the state head saying `head`; check that nothing of the
+    old answer reached Pipecat after its interruption. False: the answer ended before the user spoke."""
+    from pipecat.frames.frames import InterruptionFrame
+
+    async with wire_tap(server) as tap, pipecat_agent(tap) as agent:
+        await agent.type_text(TEXT_QUESTION)
+        await agent.wait_for(lambda: audio_s(agent) > 0, 30, "answer audio")
+        old = tap.received("response.created")[0]["response"]["id"]
+        with forced_state(server, head):
+            speaking = asyncio.create_task(agent.say(question))
+            await agent.wait_for(
+                lambda: tap.received("input_audio_buffer.speech_started"), 10, "speech_started"
+            )
+            heard_at = tap.first_at("received", "input_audio_buffer.speech_started")
+            if any(
+                w.at < heard_at
+                for w in tap.log
+                if w.type == "response.done" and w.event["response"]["id"] == old
+            ):
+                return False
+            await speaking
+            await agent.wait_for(lambda: agent.speaker.times(InterruptionFrame), 10, "an interruption")
+        await asyncio.sleep(3.0)
+        interrupted_at = agent.speaker.times(InterruptionFrame)[0]
+        late_deltas = [
+            w
+            for w in tap.log
+            if w.direction == "received"
+            and w.type == "response.output_audio.delta"
+            and w.event["response_id"] == old
+            and w.at > interrupted_at
+        ]
+        next_response = [
+            w.at for w in tap.log if w.type == "response.created" and w.event["response"]["id"] != old
+        ]
+        late = agent.speaker.audio(after=interrupted_at, before=min(next_response, default=float("inf")))
+        assert not late_deltas and len(late) == 0, (
+            f"after Pipecat's interruption, {len(late_deltas)} audio deltas of the old response came in and "
+            f"{len(late) / 24000:.2f} s of audio reached Pipecat's speaker\n{tap.summary()}"
+        )
+        assert_clean(agent, tap)
+        return True
 
 
 @pytest.mark.parametrize("head", BARGE_IN_CASES)
 def test_pipecat_barge_in_stops_the_old_answer(tiny_server: LiveServer, spoken_question, head: str) -> None:
-    """Speech over a long answer. Pipecat flushes its speaker on `speech_started` and truncates the item:
+    """Speech over an answer. Pipecat flushes its speaker on `speech_started` and truncates the item:
     from then on no audio of the old answer may reach its speaker, whatever the state head decides."""
-    from pipecat.frames.frames import InterruptionFrame
-
-    async def main() -> None:
-        async with wire_tap(tiny_server) as tap, pipecat_agent(tap) as agent:
-            await agent.type_text(TEXT_QUESTION)
-            await agent.wait_for(lambda: audio_s(agent) >= ANSWER_AUDIO_S, 30, "answer audio")
-            old = tap.received("response.created")[0]["response"]["id"]
-            with forced_state(tiny_server, head):
-                await agent.say(to_rate(spoken_question.samples, MIC_RATE))
-                await agent.wait_for(lambda: agent.speaker.times(InterruptionFrame), 10, "an interruption")
-            await asyncio.sleep(3.0)
-            interrupted_at = agent.speaker.times(InterruptionFrame)[0]
-            late_deltas = [
-                w
-                for w in tap.log
-                if w.direction == "received"
-                and w.type == "response.output_audio.delta"
-                and w.event["response_id"] == old
-                and w.at > interrupted_at
-            ]
-            next_response = [
-                w.at for w in tap.log if w.type == "response.created" and w.event["response"]["id"] != old
-            ]
-            late = agent.speaker.audio(after=interrupted_at, before=min(next_response, default=float("inf")))
-            assert not late_deltas and len(late) == 0, (
-                f"after Pipecat's interruption, {len(late_deltas)} audio deltas of the old response came in and "
-                f"{len(late) / 24000:.2f} s of audio reached Pipecat's speaker\n{tap.summary()}"
-            )
-            assert_clean(agent, tap)
-
-    run(main())
+    question = to_rate(spoken_question.samples, MIC_RATE)
+    for _ in range(BARGE_IN_TRIES):
+        if run(barge_in(tiny_server, question, head)):
+            return
+    pytest.fail(f"no answer outlasted the start of the user's speech in {BARGE_IN_TRIES} tries")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: Pipecat sends a mid-session message as a `system` item and then response.create; we answer "
-    "nothing_to_respond_to (fatal for Pipecat) instead of responding (issue 16 item 3)",
-)
 def test_pipecat_text_turn_mid_session(tiny_server: LiveServer) -> None:
     """A message appended after the conversation is set up goes through the service (as Pipecat's
     `LLMMessagesAppendFrame` handling does) and is answered; the session goes on."""
@@ -165,6 +195,41 @@ def test_pipecat_text_turn_mid_session(tiny_server: LiveServer) -> None:
             await agent.wait_for(
                 lambda: any(at > second for at in agent.speaker.times(TTSStartedFrame)), 30, "a second answer"
             )
+            assert_clean(agent, tap)
+
+    run(main())
+
+
+def test_pipecat_whole_conversation_on_its_defaults(tiny_server: LiveServer, spoken_question) -> None:
+    """Pipecat's defaults, one session: greeting, a spoken turn, a barge-in, a typed turn; no error, and
+    the bot still answers at the end (an error Pipecat does not know would have left it deaf)."""
+    from pipecat.frames.frames import InterruptionFrame, LLMMessagesAppendFrame, TTSStartedFrame
+
+    question = to_rate(spoken_question.samples, MIC_RATE)
+
+    async def main() -> None:
+        async with wire_tap(tiny_server) as tap, pipecat_agent(tap, INSTRUCTIONS) as agent:
+
+            def answers_after(at: float) -> bool:
+                return any(t > at for t in agent.speaker.times(TTSStartedFrame))
+
+            await agent.greet()
+            await agent.wait_for(lambda: _answer_done(agent, 0.0), 30, "the greeting")
+            spoken = time.perf_counter()
+            await agent.say(question)
+            await agent.wait_for(lambda: answers_after(spoken), 30, "an answer to the spoken turn")
+            with forced_state(tiny_server, "answer"):
+                await agent.say(question)
+                await agent.wait_for(lambda: agent.speaker.times(InterruptionFrame), 10, "an interruption")
+            await agent.wait_for(
+                lambda: _answer_done(agent, agent.speaker.times(InterruptionFrame)[-1]), 30, "calm"
+            )
+            typed = time.perf_counter()
+            frame = LLMMessagesAppendFrame(
+                messages=[{"role": "user", "content": TEXT_QUESTION}], run_llm=True
+            )
+            await agent.service.queue_frame(frame)
+            await agent.wait_for(lambda: answers_after(typed), 30, "an answer to the typed turn")
             assert_clean(agent, tap)
 
     run(main())
