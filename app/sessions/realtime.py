@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 class _FeedItem:
     """Work for the feeder task, tagged with the listen turn it belongs to."""
 
-    kind: str  # "chunk" | "commit" | "drop"
+    kind: str  # "chunk" | "commit" | "drop" | "release" (an interrupting turn the head did not take)
     turn: int
     samples: np.ndarray | None = None
     act: bool = False
@@ -288,12 +288,11 @@ class RealtimeSession:
         if not self._listening:
             return
         if self._interrupted is not None:
-            # The head never took the turn: it was not an interruption after all. The answer goes on.
-            unannounced = self._turn_unannounced
+            # Unless the head takes the turn on the audio it has not heard yet, this was no
+            # interruption after all: once it has heard it all, the turn is dropped and the answer goes on.
             self._send_speech_stopped(stopped.audio_end_ms)
-            if not unannounced:
-                self.outbound.put(ev.InputAudioBufferCleared())
-            await self._drop_listen()
+            self._flush_partial_chunk(act=self._acting())
+            self._feed.put_nowait(_FeedItem("release", self._turn))
             return
         self._send_speech_stopped(stopped.audio_end_ms)
         # The state head had its chance during the silence: answer now (fallback), once all the
@@ -376,6 +375,8 @@ class RealtimeSession:
                             await self._start_response(stream)
                 elif item.kind == "drop":
                     await engine.drop_listen(sid)
+                elif item.kind == "release":
+                    await self._release_interruption()
             except SessionClosedError as error:
                 await self._fail(str(error))
                 return
@@ -411,6 +412,14 @@ class RealtimeSession:
             if not unannounced:
                 self.outbound.put(ev.InputAudioBufferCleared())
             self._end_turn()
+
+    async def _release_interruption(self) -> None:
+        """The VAD closed an interrupting turn and the head, having heard all of it, did not take it."""
+        if not self._listening or self._interrupted is None:
+            return
+        if not self._turn_unannounced:
+            self.outbound.put(ev.InputAudioBufferCleared())
+        await self._drop_listen()
 
     def _committed_events(self) -> None:
         if self._user_item_id is None:
