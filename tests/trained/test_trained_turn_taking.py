@@ -10,6 +10,7 @@ phantom answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 
@@ -215,10 +216,38 @@ def test_a_question_into_the_answer_stops_it_within_300_ms_and_gets_its_own_answ
         if e["response_id"] == run.first
     )
     assert transcript(first_done) == sent_text
-    assert answer_to(LONG_QUESTION).startswith(sent_text)
+    # Words go out with their audio: the cut answer shows only its first words.
+    assert answer_to(LONG_QUESTION).startswith(sent_text) and sent_text != answer_to(LONG_QUESTION)
     expected = answer_to(INTERRUPTING_QUESTION)
     assert second_done["response"]["status"] == "completed"
     assert transcript(second_done) == expected
     second = second_done["response"]["id"]
     heard = transcribe(from_pcm16(client.audio(second)), WIRE_RATE, domain.answers())
     assert word_error_rate([expected], [heard]) <= MAX_WER, heard
+
+
+def test_transcript_words_arrive_no_earlier_than_their_audio(interruptions: list[Interrupted]) -> None:
+    """The whole answer to the interrupting question (one speech segment): when each transcript delta
+    arrives, the audio received covers at least its share of the sentence's characters."""
+    (run,) = [r for r in interruptions if r.what == "question"]
+    client = run.client
+    second = client.events("response.done")[1]["response"]["id"]
+    total_audio = len(client.audio(second))
+    text = transcript(client.events("response.done")[1])
+    audio_so_far = 0
+    chars_so_far = 0
+    deltas = 0
+    for received in client.log:
+        event = received.event
+        if event.get("response_id") != second:
+            continue
+        if event["type"] == "response.output_audio.delta":
+            audio_so_far += len(base64.b64decode(event["delta"]))
+        elif event["type"] == "response.output_audio_transcript.delta":
+            deltas += 1
+            chars_so_far += len(event["delta"])
+            assert audio_so_far / total_audio >= chars_so_far / len(text) - 0.02, (
+                event["delta"],
+                audio_so_far,
+            )
+    assert deltas >= len(text.split()) - 1  # word by word, not the sentence up front
