@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from app.engine.errors import CapacityError, EngineStoppedError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerEvent, AnswerStatus, ChunkDecision
+from app.engine.events import AnswerDone, AnswerEvent, AnswerStatus, CancelCause, ChunkDecision
 from app.engine.runner import StepOutcome, StepRunner
 from app.engine.scheduler import Scheduler
 from app.engine.settings import EngineSettings
@@ -199,8 +199,48 @@ class Engine:
         """End the listen turn without answering; the conversation is as if it never happened."""
         await self._submit(lambda: self._drop(self._session(session_id)))
 
-    async def cancel_answer(self, session_id: str, reason: str = "cancelled by the client") -> None:
-        await self._submit(lambda: self._cancel_answer(self._session(session_id), reason))
+    async def cancel_answer(
+        self,
+        session_id: str,
+        reason: str = "cancelled by the client",
+        heard_text: str | None = None,
+        cause: CancelCause = CancelCause.CLIENT,
+    ) -> None:
+        """End the running answer; with `heard_text`, the conversation keeps only that much of it."""
+
+        def cancel() -> None:
+            session = self._session(session_id)
+            answer_id = session.answer.answer_id if session.answer is not None else None
+            self._cancel_answer(session, reason, cause)
+            if answer_id is not None and heard_text is not None:
+                self._cut_history(session, answer_id, heard_text)
+
+        await self._submit(cancel)
+
+    def note_heard(self, session_id: str, answer_id: str, heard_text: str | None) -> None:
+        """How much of the running answer the user has heard, should it end now (an interruption paused
+        it); None: all of it (it goes on). Applied in order with other commands; nothing to wait for."""
+
+        def note() -> None:
+            session = self.sessions.get(session_id)
+            if session is not None and session.answer is not None and session.answer.answer_id == answer_id:
+                session.answer.heard_text = heard_text
+
+        self._commands.append(note)
+        self._wake.set()
+
+    async def cut_answer(self, session_id: str, answer_id: str, heard_text: str) -> None:
+        """The user heard only `heard_text` of a finished answer: the conversation keeps just that."""
+        await self._submit(lambda: self._cut_history(self._session(session_id), answer_id, heard_text))
+
+    def conversation_text(self, session_id: str) -> list[tuple[str, str]]:
+        """The conversation as the model will read it next: (kind, text) per entry, kind "answer" with the
+        text of its tokens, or "user" (audio or typed). For tests and debugging."""
+        session = self._session(session_id)
+        return [
+            ("answer", self.model.tokenizer.decode(e.token_ids)) if e.answer_id is not None else ("user", "")
+            for e in session.history
+        ]
 
     async def text_turn(self, session_id: str, text: str) -> AnswerStream:
         """A typed user turn: cancels any answer and listen turn, then answers the text."""
@@ -284,7 +324,8 @@ class Engine:
         used = cache.lengths[session.main_slot] + (
             session.prefill.shape[0] if session.prefill is not None else 0
         )
-        if not session.role_changed and used + settings.turn_reserve <= settings.llm_max_len:
+        fits = used + settings.turn_reserve <= settings.llm_max_len
+        if not session.role_changed and not session.history_cut and fits:
             return
         system = system_prefill_embeds(self.model, session.role)
         history = session.history
@@ -300,6 +341,7 @@ class Engine:
         session.prefill = torch.cat(parts)
         cache.truncate(session.main_slot, 0)
         session.role_changed = False
+        session.history_cut = False
         log.info(
             "session %s: conversation re-read (%d turns dropped, %d tokens)",
             session.session_id,
@@ -367,13 +409,23 @@ class Engine:
         if listen.chunks_fed == 0:
             self._drop_never_fed(session, listen)
             return None
+        cut: tuple[str, str] | None = None
         if listen.forked:
-            self._cancel_answer(session, "interrupted by the user (barge-in)")
+            answer = session.answer
+            if answer is not None and answer.heard_text is not None:
+                cut = (answer.answer_id, answer.heard_text)
+            self._cancel_answer(session, "the user took the turn", CancelCause.TURN_DETECTED)
             session.main_slot, session.spare_slot = listen.slot, session.main_slot
             self.llm_cache.truncate(session.spare_slot, 0)
             session.prefill = listen.prefill  # the branch's own pending prefill (normally none)
         session.history = listen.history
         session.history.append(HistoryEntry(listen.turn, listen.embeds))
+        if cut is not None:
+            self._cut_history(session, *cut)
+        if session.history_cut:
+            # The answer the user cut short is still whole in the cache: read the conversation again,
+            # with only what was heard of it, before answering.
+            self._rebuild_if_needed(session)
         stream = self._start_answer(session, self._answer_start, listen.turn)
         for waiter in listen.commit_waiters:
             _resolve(waiter, stream)
@@ -388,7 +440,7 @@ class Engine:
     def _start_answer(self, session: SessionState, start_embeds: torch.Tensor, turn: int) -> AnswerStream:
         queue: asyncio.Queue[AnswerEvent] = asyncio.Queue()
         answer_id = f"resp_{secrets.token_hex(8)}"
-        entry = HistoryEntry(turn)
+        entry = HistoryEntry(turn, answer_id=answer_id)
         session.history.append(entry)
         session.answer = AnswerState(
             answer_id=answer_id,
@@ -411,14 +463,20 @@ class Engine:
     def _text_turn(self, session: SessionState, text: str) -> AnswerStream:
         if not text.strip():
             raise ValueError("a text turn needs some text")
-        self._cancel_answer(session, "replaced by a new text turn")
+        self._cancel_answer(session, "replaced by a new text turn", CancelCause.REPLACED)
         self._drop(session)
         turn = session.next_turn()
         self._rebuild_if_needed(session)
         start = torch.cat([text_turn_embeds(self.model, text), self._answer_start])
         return self._start_answer(session, start, turn)
 
-    def _finish_answer(self, session: SessionState, status: AnswerStatus, reason: str = "") -> None:
+    def _finish_answer(
+        self,
+        session: SessionState,
+        status: AnswerStatus,
+        reason: str = "",
+        cause: CancelCause | None = None,
+    ) -> None:
         answer, session.answer = session.answer, None
         if answer is None:
             return
@@ -445,15 +503,44 @@ class Engine:
                 codec_ids=tuple(tuple(ids) for ids in answer.codec_ids),
                 reason=reason,
                 stats=stats,
+                cause=cause if status == AnswerStatus.CANCELLED else None,
             )
         )
 
-    def _cancel_answer(self, session: SessionState, reason: str) -> None:
-        self._finish_answer(session, AnswerStatus.CANCELLED, reason)
+    def _cancel_answer(
+        self, session: SessionState, reason: str, cause: CancelCause = CancelCause.CLIENT
+    ) -> None:
+        self._finish_answer(session, AnswerStatus.CANCELLED, reason, cause)
+
+    def _cut_history(self, session: SessionState, answer_id: str, heard_text: str) -> None:
+        """Keep, of answer `answer_id`, only the tokens whose text the user heard (`heard_text`, a prefix
+        of it as it was sent), in the session's history and in an open branch's copy of it."""
+        histories = [session.history]
+        if session.listen is not None and session.listen.history is not session.history:
+            histories.append(session.listen.history)
+        for history in histories:
+            for entry in history:
+                if entry.answer_id != answer_id:
+                    continue
+                keep = self._tokens_heard(entry.token_ids, heard_text)
+                if keep < len(entry.token_ids):
+                    entry.cut_to_tokens(keep)
+                    session.history_cut = True
+
+    def _tokens_heard(self, token_ids: list[int], heard_text: str) -> int:
+        """How many leading tokens spell no more than `heard_text` (compared without whitespace)."""
+        heard = len("".join(heard_text.split()))
+        decode = self.model.tokenizer.decode
+        keep = 0
+        for count in range(1, len(token_ids) + 1):
+            if len("".join(decode(token_ids[:count]).split())) > heard:
+                break
+            keep = count
+        return keep
 
     def _close(self, session_id: str, reason: str, status: AnswerStatus = AnswerStatus.CANCELLED) -> None:
         session = self._session(session_id)
-        self._finish_answer(session, status, reason)
+        self._finish_answer(session, status, reason, CancelCause.CLOSED)
         listen = self._end_listen(session)
         for waiter in listen.commit_waiters if listen else []:
             _reject(waiter, SessionClosedError(f"session {session_id}: {reason}"))

@@ -16,6 +16,15 @@ class AnswerStatus(StrEnum):
     FAILED = "failed"
 
 
+class CancelCause(StrEnum):
+    """Why an answer was cancelled: callers act on this, never on the wording of a reason."""
+
+    CLIENT = "client_cancelled"  # the caller asked (response.cancel, truncate, shutdown)
+    TURN_DETECTED = "turn_detected"  # the user took the turn (the state head, or a commit)
+    REPLACED = "replaced"  # a new typed turn replaced it
+    CLOSED = "closed"  # the session or the server went away
+
+
 @dataclass(frozen=True)
 class ChunkDecision:
     """The state head's verdict on one 160 ms chunk, and what the engine did about it."""
@@ -60,6 +69,7 @@ class AnswerDone:
     codec_ids: tuple[tuple[int, ...], ...]
     reason: str = ""
     stats: dict[str, float] = field(default_factory=dict)
+    cause: CancelCause | None = None  # set when `status` is CANCELLED
 
 
 AnswerEvent = TextDelta | SegmentText | AudioDelta | AnswerDone

@@ -187,6 +187,8 @@ class StepRunner:
                 else model.llm.embed([answer.last_token])
             )
             answer.history_entry.parts.append(fed.cpu())
+            if answer.phase != AnswerPhase.START:
+                answer.history_entry.token_ids.append(answer.last_token)
             return LLMRow(session.main_slot, torch.cat([*parts, fed]), want_logits=True)
 
         def forward(rows: list) -> list:

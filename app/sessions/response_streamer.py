@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.engine.engine import AnswerStream
-from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, SegmentText
+from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, CancelCause, SegmentText
 from app.sessions.audio_formats import OutputAudioConverter, encode_base64
 from app.sessions.events import (
     ContentPart,
@@ -66,6 +66,7 @@ class ResponseStreamer:
     _sent_audio: bytearray = field(default_factory=bytearray)  # every audio byte sent, in order
     _aligner: TranscriptAligner = field(default_factory=TranscriptAligner)
     _produced_ms: float = 0.0  # answer audio received from the engine so far
+    _furthest_ms: float = 0.0
     _paused_at_s: float | None = None  # the client's playback position when paused
 
     @property
@@ -120,6 +121,23 @@ class ResponseStreamer:
             self.transcript_sent += text
             self.outbound.put(ResponseOutputAudioTranscriptDelta(**self._content(delta=text)))
 
+    def played_s(self) -> float:
+        """How much of the audio the client has played by now (where it stopped, when paused)."""
+        if self._paused_at_s is not None:
+            return self._paused_at_s
+        return self.outbound.played_s(self.response_id)
+
+    def heard_text(self, played_ms: float | None = None) -> str:
+        """The transcript of the audio played up to `played_ms` (by default: up to now)."""
+        if played_ms is None:
+            played_ms = 1000.0 * self.played_s()
+        return self._aligner.text_upto(played_ms, open_end_ms=self._produced_ms)
+
+    @property
+    def audio_ms_sent_total(self) -> float:
+        """The furthest point of the audio ever sent (a replay after a pause sends part of it again)."""
+        return max(self.audio_ms_sent, self._furthest_ms)
+
     def pause(self) -> bool:
         """Send nothing more, at once, and note how far the client has played; False if already over."""
         if self.finished or self.paused:
@@ -137,6 +155,7 @@ class ResponseStreamer:
         cut = min(len(self._sent_audio), int(from_s * wire.sample_rate) * wire.bytes_per_sample)
         replay = bytes(self._sent_audio[cut:])
         del self._sent_audio[cut:]
+        self._furthest_ms = max(self._furthest_ms, self.audio_ms_sent)
         self.audio_ms_sent = wire.duration_ms(cut)
         self.outbound.resume(
             self.response_id, cut / wire.bytes_per_sample / wire.sample_rate, self._deltas(replay)
@@ -234,6 +253,7 @@ class ResponseStreamer:
                 )
             )
         )
+        self._sent_audio = bytearray()  # nothing more to replay
         if self.on_finished is not None:
             self.on_finished(self, status, done)
 
@@ -241,11 +261,8 @@ class ResponseStreamer:
         if status == AnswerStatus.COMPLETED:
             return ResponseStatusDetails(type="completed")
         if status == AnswerStatus.CANCELLED:
-            reason = (
-                "turn_detected"
-                if self.cancel_reason == "turn_detected" or (done is not None and "barge-in" in done.reason)
-                else "client_cancelled"
-            )
+            taken = done is not None and done.cause == CancelCause.TURN_DETECTED
+            reason = "turn_detected" if self.cancel_reason == "turn_detected" or taken else "client_cancelled"
             return ResponseStatusDetails(type="cancelled", reason=reason)
         return ResponseStatusDetails(
             type="failed", error={"message": done.reason if done else "answer failed"}

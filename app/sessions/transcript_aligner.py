@@ -33,12 +33,13 @@ class _Segment:
     end_ms: float | None = None
     released: int = 0  # words already handed out
 
-    def word_end_ms(self, index: int) -> float:
-        """Where word `index` ends in the audio (the segment's end must be known)."""
-        assert self.end_ms is not None
+    def word_end_ms(self, index: int, end_ms: float | None = None) -> float:
+        """Where word `index` ends in the audio (with the segment's end, or `end_ms` in its place)."""
+        end = self.end_ms if self.end_ms is not None else end_ms
+        assert end is not None
         total = sum(len(w) for w in self.words) or 1
         upto = sum(len(w) for w in self.words[: index + 1])
-        return self.start_ms + (self.end_ms - self.start_ms) * upto / total
+        return self.start_ms + (end - self.start_ms) * upto / total
 
 
 @dataclass
@@ -72,6 +73,20 @@ class TranscriptAligner:
                 segment.released += 1
             if segment.released < len(segment.words):
                 break
+        return "".join(out)
+
+    def text_upto(self, audio_ms: float, open_end_ms: float) -> str:
+        """The words whose audio ends by `audio_ms`, released or not: what a listener heard up to there.
+
+        A segment still open is taken to end at `open_end_ms` (the audio made so far), the best guess
+        available while its speech is still being made.
+        """
+        out: list[str] = []
+        for segment in self._segments:
+            for index, word in enumerate(segment.words):
+                if segment.word_end_ms(index, open_end_ms) > audio_ms + 1e-6:
+                    return "".join(out)
+                out.append(word)
         return "".join(out)
 
     def rest(self) -> str:
