@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -35,6 +37,7 @@ class ChunkDecision:
     answer_id: str | None = None  # set when this chunk started an answer
     skipped: bool = False  # the turn ended before this chunk was heard
     turn_ended: bool = False  # the engine ended the listen turn on this verdict (answer or ignore)
+    stream: AnswerStream | None = field(default=None, compare=False)  # the answer this chunk started
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,22 @@ class AnswerDone:
 
 
 AnswerEvent = TextDelta | SegmentText | AudioDelta | AnswerDone
+
+
+class AnswerStream:
+    """The events of one answer, in order, ending with `AnswerDone` (filled by the engine's loop)."""
+
+    def __init__(self, answer_id: str, queue: asyncio.Queue[AnswerEvent]) -> None:
+        self.answer_id = answer_id
+        self._queue = queue
+        self.done: AnswerDone | None = None
+
+    async def next_event(self) -> AnswerEvent:
+        event = await self._queue.get()
+        if isinstance(event, AnswerDone):
+            self.done = event
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[AnswerEvent]:
+        while self.done is None:
+            yield await self.next_event()

@@ -29,9 +29,8 @@ import numpy as np
 
 from app.config import Settings
 from app.engine.engine import CHUNK_SAMPLES as CHUNK
-from app.engine.engine import AnswerStream
 from app.engine.errors import EngineError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerStatus, CancelCause, ChunkDecision
+from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
 from app.model.duplex import ListenState
@@ -403,9 +402,8 @@ class RealtimeSession:
                 self._send_speech_stopped()
                 self._committed_events()
                 self._end_turn()
-                stream = self.ref.engine.answer_stream(self.ref.session_id)
-                if stream is not None and stream.answer_id == decision.answer_id:
-                    await self._start_response(stream)
+                if decision.stream is not None:
+                    await self._start_response(decision.stream)
             elif self.config.turn_detection is not None and not self.config.turn_detection.create_response:
                 # The turn is over but the client starts responses itself.
                 self._send_speech_stopped()

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.engine.engine import AnswerStream
-from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, CancelCause, SegmentText
+from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, AudioDelta, CancelCause, SegmentText
 from app.sessions.audio_formats import OutputAudioConverter, encode_base64
 from app.sessions.events import (
     ContentPart,
