@@ -40,7 +40,11 @@ from app.engine.engine import AnswerStream, Engine  # noqa: E402
 from app.engine.events import AnswerStatus, AudioDelta  # noqa: E402
 from app.engine.runner import StepRunner  # noqa: E402
 from app.engine.settings import EngineSettings  # noqa: E402
-from app.model import CHUNK_SAMPLES  # noqa: E402
+from app.model import (  # noqa: E402
+    CHUNK_SAMPLES,  # noqa: E402
+    INPUT_RATE,
+    OUTPUT_RATE,
+)
 from app.model.checkpoint_io.defaults import ensure_default_model  # noqa: E402
 from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni, resolve_dtype  # noqa: E402
 from app.model.checkpoint_io.weights import assert_materialized  # noqa: E402
@@ -49,7 +53,6 @@ from app.model.fixtures.tiny_llm import write_tokenizer  # noqa: E402
 from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens  # noqa: E402
 from app.model.llm.qwen2 import Qwen2Config, Qwen2Runtime  # noqa: E402
 from app.model.llm.transformer import RMSNorm  # noqa: E402
-from app.model.pipeline import INPUT_RATE, OUTPUT_RATE  # noqa: E402
 from app.model.speech_in.adapter import AdapterConfig  # noqa: E402
 from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig  # noqa: E402
 from app.model.speech_in.cmvn import CmvnStats  # noqa: E402

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.model import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline  # noqa: E402
 from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni  # noqa: E402
 from app.model.llm.duplex import decide_state  # noqa: E402
 from app.model.llm.kv_cache import SlotKVCache  # noqa: E402
 from app.model.llm.qwen2 import LLMRow  # noqa: E402
-from app.model.pipeline import INPUT_RATE, OUTPUT_RATE, InferOptions, OfflinePipeline  # noqa: E402
 from app.model.speech_in.encoder import EncoderState  # noqa: E402
 from app.model.speech_in.frontend import StreamingFbank  # noqa: E402
 from app.model.speech_out.codec_stream import decode_windows  # noqa: E402

@@ -5,9 +5,12 @@
     python benchmarks/bench_server.py --url ws://host:8000/v1/realtime --api-key K   # a running server
 
 Every session is a client with a microphone: it streams 24 kHz pcm16 appends of 100 ms at real-time
-pace, all the time (silence between questions, as a live microphone does), speaks a question, lets
-server VAD end the turn, plays the answer as it comes and cancels it after `--answer-seconds`, then
-pauses and asks again. The server's overhead is the client's first-audio latency minus the one the
+pace, all the time (a noise floor between questions, `--floor-dbfs`, as a live microphone has), speaks
+a question, lets server VAD end the turn, plays the answer as it comes and cancels it after
+`--answer-seconds`, then pauses and asks again. With `--interrupt-after S` it also speaks into each
+answer after S seconds of its audio: the interruption-to-silence time is from that speech's first
+append to the last audio delta of the answer before the server's `speech_started` (the pause).
+Phantom turns are `speech_started` events whose audio holds no speech the client sent. The server's overhead is the client's first-audio latency minus the one the
 server's own engine reports on /metrics, for the very same answers. For each N the same conversations
 also run straight on an `Engine` in this process (no server, no sockets; the question, silence until
 `--vad-silence-ms` after its last sound, then the commit), as benchmarks/bench_engine.py does, side by
@@ -102,15 +105,27 @@ class Turn:
     audio_s: float = 0.0
     worst_stall_s: float | None = None  # how long the player had sat silent when audio came, at worst
     vad_lag_s: float | None = None  # speech_stopped arrival - when the audio it ends at was sent
+    interrupt_to_silence_s: float | None = None  # onset of speech into the answer -> its last audio
+    interrupt_unpaused: bool = False  # spoke into the answer, and it did not pause
+
+    _play_from: float | None = None  # when the player (re)started
+    _played_since: float = 0.0  # audio received since then
 
     def heard(self, at: float, seconds: float, playout_s: float) -> None:
         """Audio arrived: a player that starts `playout_s` after the first audio has played out what came
         before it, and sat silent for whatever time is left over (negative: audio still queued)."""
         if self.first_audio_at is None:
             self.first_audio_at = at
-        stall = at - (self.first_audio_at + playout_s) - self.audio_s
+        if self._play_from is None:
+            self._play_from, self._played_since = at, 0.0
+        stall = at - (self._play_from + playout_s) - self._played_since
         self.worst_stall_s = stall if self.worst_stall_s is None else max(self.worst_stall_s, stall)
         self.audio_s += seconds
+        self._played_since += seconds
+
+    def flushed(self) -> None:
+        """The player flushed on speech_started (a pause): it starts again with the next audio."""
+        self._play_from = None
 
 
 @dataclass
@@ -120,6 +135,7 @@ class Run:
     path: str  # "server" or "engine"
     sessions: int
     turns: list[Turn] = field(default_factory=list)
+    phantom_turns: int = 0  # speech_started with no speech sent in its audio
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     client_cpu: float | None = None  # CPU seconds of this process per wall second (engine path: all of it)
@@ -146,37 +162,73 @@ class Run:
 
 # -- the server path -------------------------------------------------------------------------------------
 class Microphone:
-    """Sends 100 ms appends on a fixed real-time schedule: queued speech first, else silence."""
+    """Sends 100 ms appends on a fixed real-time schedule: queued speech over the room's floor, else the
+    floor alone (white noise at `floor_dbfs`; None: digital silence). Each append is 100 ms of the
+    session's input clock, so the client knows where on that clock it put speech."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(
+        self, ws: Any, floor_dbfs: float | None, seed: int, floor_under_speech: bool = False
+    ) -> None:
         self.ws = ws
+        self.floor_under_speech = floor_under_speech
         self.pending = bytearray()
         self.queued = 0  # bytes of speech ever queued
         self.sent = 0  # bytes of speech ever sent
         self.send_times: list[float] = []  # when each append left
         self.waiters: list[tuple[int, asyncio.Future[float]]] = []
+        self.onset_waiters: list[tuple[int, asyncio.Future[float]]] = []
+        self.speech_spans: list[list[float]] = []  # [start_ms, end_ms] of speech on the input clock
         self.started_at = 0.0
         self.appends = 0
+        step = int(WIRE_RATE * APPEND_S)
+        if floor_dbfs is None:
+            self.floor = np.zeros(step * 50, dtype=np.int16)
+        else:
+            noise = np.random.default_rng(seed).standard_normal(step * 50) * 10 ** (floor_dbfs / 20)
+            self.floor = np.round(noise * 32767).astype(np.int16)
 
-    def say(self, audio: bytes) -> asyncio.Future[float]:
-        """Queue speech; the future gets the time its last byte was sent."""
+    def say(self, audio: bytes) -> tuple[asyncio.Future[float], asyncio.Future[float]]:
+        """Queue speech; the futures get the times its first and its last byte were sent."""
+        loop = asyncio.get_running_loop()
+        onset: asyncio.Future[float] = loop.create_future()
+        self.onset_waiters.append((self.queued, onset))
         self.pending += audio
         self.queued += len(audio)
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = loop.create_future()
         self.waiters.append((self.queued, future))
-        return future
+        return onset, future
+
+    def holds_speech(self, start_ms: float, end_ms: float) -> bool:
+        """Whether any speech was sent between two points of the input clock."""
+        return any(span[0] < end_ms and start_ms < span[1] for span in self.speech_spans)
 
     async def run(self) -> None:
         step = int(2 * WIRE_RATE * APPEND_S)
+        samples = step // 2
         self.started_at = time.perf_counter()
         while True:
             speech = bytes(self.pending[:step])
             del self.pending[:step]
-            piece = speech + bytes(step - len(speech))
+            offset = (self.appends * samples) % (len(self.floor) - samples)
+            piece = self.floor[offset : offset + samples].astype(np.int32)
+            if speech:
+                if not self.floor_under_speech:  # a noise gate: speech as it comes, its pauses exact zeros
+                    piece[: len(speech) // 2] = 0
+                piece[: len(speech) // 2] += np.frombuffer(speech, dtype="<i2")
+                clock_ms = 1000 * self.appends * APPEND_S
+                end_ms = clock_ms + 1000 * len(speech) / (2 * WIRE_RATE)
+                if self.speech_spans and self.speech_spans[-1][1] >= clock_ms:
+                    self.speech_spans[-1][1] = end_ms
+                else:
+                    self.speech_spans.append([clock_ms, end_ms])
+            data = np.clip(piece, -32768, 32767).astype("<i2").tobytes()
             await self.ws.send(
-                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()})
+                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()})
             )
             now = time.perf_counter()
+            for start, onset in [w for w in self.onset_waiters if w[0] < self.sent + len(speech)]:
+                onset.set_result(now)
+                self.onset_waiters.remove((start, onset))
             self.sent += len(speech)
             for end, future in [w for w in self.waiters if w[0] <= self.sent]:
                 future.set_result(now)
@@ -217,7 +269,7 @@ async def server_session(
     async with websockets.connect(url, additional_headers=headers, proxy=None, max_size=None) as ws:
         events: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
         reader = asyncio.create_task(_read(ws, events))
-        mic = Microphone(ws)
+        mic = Microphone(ws, args.floor_dbfs, seed=first, floor_under_speech=args.floor_under_speech)
         microphone = asyncio.create_task(mic.run())
         try:
             await _sleep_until(start_at)
@@ -225,15 +277,41 @@ async def server_session(
                 audio = questions[(first + index) % len(questions)]
                 turn = Turn(question_s=len(audio) / (2 * WIRE_RATE))
                 run.turns.append(turn)
-                spoken = mic.say(audio)
-                await _hear(ws, events, mic, spoken, turn, args)
+                _, spoken = mic.say(audio)
+                interruption = questions[(first + index + 1) % len(questions)]
+                await _hear(ws, events, mic, spoken, turn, args, run, interruption)
                 if turn.status not in ("completed", "capped"):
                     break
                 await asyncio.sleep(args.pause)
+            # The floor alone for a while: any turn it opens is a phantom.
+            await _listen_to_floor(events, mic, args.floor_after, run)
         finally:
             microphone.cancel()
             reader.cancel()
             await asyncio.gather(microphone, reader, return_exceptions=True)
+
+
+def _phantom(event: dict, mic: Microphone) -> bool:
+    """A speech_started whose audio (pre-roll, then the speech that opened it) holds no speech we sent."""
+    start = event["audio_start_ms"]
+    return not mic.holds_speech(start, start + PHANTOM_WINDOW_MS)
+
+
+UNPAUSED_AFTER_S = 0.5  # answer audio arriving this long after speech began into it: not paused
+PHANTOM_WINDOW_MS = 1200  # the pre-roll (300 ms) and the speech that opens a turn (250 ms), with room
+
+
+async def _listen_to_floor(
+    events: asyncio.Queue[tuple[float, dict]], mic: Microphone, seconds: float, run: Run
+) -> None:
+    deadline = time.perf_counter() + seconds
+    while (left := deadline - time.perf_counter()) > 0:
+        try:
+            _, event = await asyncio.wait_for(events.get(), left)
+        except TimeoutError:
+            return
+        if event["type"] == "input_audio_buffer.speech_started" and _phantom(event, mic):
+            run.phantom_turns += 1
 
 
 async def _hear(
@@ -243,11 +321,17 @@ async def _hear(
     spoken: asyncio.Future[float],
     turn: Turn,
     args: argparse.Namespace,
+    run: Run,
+    interruption: bytes,
 ) -> None:
-    """Follow one turn's events until its response is done (cancelling it at `--answer-seconds`)."""
+    """Follow one turn's events until its response is done (cancelling it at `--answer-seconds`), speaking
+    into the answer after `--interrupt-after` seconds of it when asked to."""
     deadline = time.perf_counter() + turn.question_s + args.turn_timeout
     response_id: str | None = None
     capped = False
+    onset: asyncio.Future[float] | None = None
+    last_delta_at: float | None = None
+    paused_at: float | None = None
     while True:
         try:
             at, event = await asyncio.wait_for(events.get(), max(0.01, deadline - time.perf_counter()))
@@ -257,13 +341,27 @@ async def _hear(
         if spoken.done() and turn.speech_end_at is None:
             turn.speech_end_at = spoken.result()
         kind = event["type"]
-        if kind == "input_audio_buffer.speech_stopped" and turn.turn_end_at is None:
+        if kind == "input_audio_buffer.speech_started":
+            if _phantom(event, mic):
+                run.phantom_turns += 1
+            elif onset is not None and paused_at is None and response_id is not None:
+                paused_at = at
+                turn.flushed()
+                if last_delta_at is not None and onset.done():
+                    turn.interrupt_to_silence_s = last_delta_at - onset.result()
+        elif kind == "input_audio_buffer.speech_stopped" and turn.turn_end_at is None:
             turn.turn_end_at = at
             turn.vad_lag_s = at - mic.sent_time_of_ms(event["audio_end_ms"])
         elif kind == "response.created" and response_id is None:
             response_id = event["response"]["id"]
         elif kind == "response.output_audio.delta" and event["response_id"] == response_id:
+            if paused_at is None:
+                last_delta_at = at
+                if onset is not None and onset.done() and at - onset.result() > UNPAUSED_AFTER_S:
+                    turn.interrupt_unpaused = True  # still playing well after speech began
             turn.heard(at, len(base64.b64decode(event["delta"])) / (2 * WIRE_RATE), args.playout_ms / 1000)
+            if args.interrupt_after is not None and onset is None and turn.audio_s >= args.interrupt_after:
+                onset, _ = mic.say(interruption)
             if not capped and turn.audio_s >= args.answer_seconds:
                 capped = True
                 await ws.send(json.dumps({"type": "response.cancel"}))
@@ -525,6 +623,7 @@ def summary(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     after_speech = run.latencies("speech_end_at")
     stalls = [t.worst_stall_s for t in run.turns if t.worst_stall_s is not None]
     lags = [t.vad_lag_s for t in run.turns if t.vad_lag_s is not None]
+    to_silence = [t.interrupt_to_silence_s for t in run.turns if t.interrupt_to_silence_s is not None]
     problems = run.problems(args.audio_slack_ms / 1000)
     return {
         "path": run.path,
@@ -543,6 +642,10 @@ def summary(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "worst_stall_ms": _ms(stalls and [max(stalls)]),
         "worst_vad_lag_ms": _ms(lags and [max(lags)]),
         "step_ms": "-" if run.step_s is None else f"{1000 * run.step_s:.1f}",
+        "interrupt_to_silence_p50_ms": _ms(to_silence, 50),
+        "interrupt_to_silence_p95_ms": _ms(to_silence, 95),
+        "interruptions_unpaused": sum(t.interrupt_unpaused for t in run.turns),
+        "phantom_turns": run.phantom_turns if run.path == "server" else "-",
         "client_cpu": _cores(run.client_cpu),
         "server_cpu": _cores(run.server_cpu),
         "wall_s": round(run.wall_s, 1),
@@ -550,8 +653,10 @@ def summary(run: Run, args: argparse.Namespace) -> dict[str, Any]:
 
 
 HEADER = (
-    "  N  path    real turns   turn end -> audio    speech end->audio    stall  vad lag   step   CPU (cores)\n"
+    "  N  path    real turns   turn end -> audio    speech end->audio    stall  vad lag   step   CPU (cores)"
+    "   interrupt->silence  phantom\n"
     "                           p50   p95  mean        p50   p95          (ms)     (ms)   (ms)  here server"
+    "     p50   p95 unpaused  turns"
 )
 
 
@@ -564,7 +669,8 @@ def print_row(row: dict[str, Any]) -> None:
         f"{row['turn_end_to_audio_mean_ms']:>5}      "
         f"{row['speech_end_to_audio_p50_ms']:>5} {row['speech_end_to_audio_p95_ms']:>5}  "
         f"{row['worst_stall_ms']:>7}  {row['worst_vad_lag_ms']:>7}  {row['step_ms']:>5}  "
-        f"{row['client_cpu']:>5} {row['server_cpu']:>5}{why}",
+        f"{row['client_cpu']:>5} {row['server_cpu']:>5}   {row['interrupt_to_silence_p50_ms']:>5} "
+        f"{row['interrupt_to_silence_p95_ms']:>5} {row['interruptions_unpaused']:>8} {row['phantom_turns']:>6}{why}",
         flush=True,
     )
 
@@ -633,6 +739,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="listen",
         help="own server only: hold the state head on 'listen' (every turn ends by VAD, as the engine "
         "path's commit) or leave it to the model",
+    )
+    parser.add_argument(
+        "--floor-dbfs",
+        type=lambda v: None if v == "none" else float(v),
+        default=-60.0,
+        help="the microphone's noise floor between and under utterances, dBFS (default -60; 'none': digital "
+        "silence)",
+    )
+    parser.add_argument(
+        "--floor-under-speech",
+        action="store_true",
+        help="mix the floor under speech too (default: speech as espeak-ng makes it, its pauses exact zeros, "
+        "as a noise gate or echo canceller passes it: the harder case for a VAD)",
+    )
+    parser.add_argument(
+        "--interrupt-after",
+        type=float,
+        default=None,
+        help="speak into each answer after this many seconds of its audio (interruption-to-silence)",
+    )
+    parser.add_argument(
+        "--floor-after",
+        type=float,
+        default=3.0,
+        help="seconds of floor alone after a session's last turn (phantom turns counted all along)",
     )
     parser.add_argument("--no-engine", action="store_true", help="skip the engine-only comparison")
     parser.add_argument(

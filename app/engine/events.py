@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -16,6 +18,15 @@ class AnswerStatus(StrEnum):
     FAILED = "failed"
 
 
+class CancelCause(StrEnum):
+    """Why an answer was cancelled: callers act on this, never on the wording of a reason."""
+
+    CLIENT = "client_cancelled"  # the caller asked (response.cancel, truncate, shutdown)
+    TURN_DETECTED = "turn_detected"  # the user took the turn (the state head, or a commit)
+    REPLACED = "replaced"  # a new typed turn replaced it
+    CLOSED = "closed"  # the session or the server went away
+
+
 @dataclass(frozen=True)
 class ChunkDecision:
     """The state head's verdict on one 160 ms chunk, and what the engine did about it."""
@@ -26,6 +37,7 @@ class ChunkDecision:
     answer_id: str | None = None  # set when this chunk started an answer
     skipped: bool = False  # the turn ended before this chunk was heard
     turn_ended: bool = False  # the engine ended the listen turn on this verdict (answer or ignore)
+    stream: AnswerStream | None = field(default=None, compare=False)  # the answer this chunk started
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,26 @@ class AnswerDone:
     codec_ids: tuple[tuple[int, ...], ...]
     reason: str = ""
     stats: dict[str, float] = field(default_factory=dict)
+    cause: CancelCause | None = None  # set when `status` is CANCELLED
 
 
 AnswerEvent = TextDelta | SegmentText | AudioDelta | AnswerDone
+
+
+class AnswerStream:
+    """The events of one answer, in order, ending with `AnswerDone` (filled by the engine's loop)."""
+
+    def __init__(self, answer_id: str, queue: asyncio.Queue[AnswerEvent]) -> None:
+        self.answer_id = answer_id
+        self._queue = queue
+        self.done: AnswerDone | None = None
+
+    async def next_event(self) -> AnswerEvent:
+        event = await self._queue.get()
+        if isinstance(event, AnswerDone):
+            self.done = event
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[AnswerEvent]:
+        while self.done is None:
+            yield await self.next_event()

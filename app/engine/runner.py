@@ -24,13 +24,13 @@ import torch
 from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, SegmentText, TextDelta
 from app.engine.scheduler import StepPlan
 from app.engine.settings import EngineSettings
+from app.engine.slots import SlotOwner
 from app.engine.state import AnswerPhase, AnswerState, PendingChunk, SessionState, SpeechSegment
 from app.model import (
     FreezeOmni,
     LLMRow,
     Segment,
     SegmentInput,
-    SlotKVCache,
     decide_state,
     decode_windows,
     sample_llm_token,
@@ -62,12 +62,11 @@ def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
 class StepRunner:
     """Executes plans on one model replica and its caches."""
 
-    def __init__(
-        self, model: FreezeOmni, llm_cache: SlotKVCache, decoder_cache: SlotKVCache, settings: EngineSettings
-    ) -> None:
+    def __init__(self, model: FreezeOmni, slots: SlotOwner, settings: EngineSettings) -> None:
         self.model = model
-        self.llm_cache = llm_cache
-        self.decoder_cache = decoder_cache
+        self.slots = slots
+        self.llm_cache = slots.llm_cache
+        self.decoder_cache = slots.decoder_cache
         self.settings = settings
         self._opening = turn_opening_embeds(model)
         self._top_k = settings.decoder_top_k or model.server.decoder_top_k
@@ -192,6 +191,8 @@ class StepRunner:
                 else model.llm.embed([answer.last_token])
             )
             answer.history_entry.parts.append(fed.cpu())
+            if answer.phase != AnswerPhase.START:
+                answer.history_entry.token_ids.append(answer.last_token)
             return LLMRow(session.main_slot, torch.cat([*parts, fed]), want_logits=True)
 
         def forward(rows: list) -> list:
@@ -261,7 +262,9 @@ class StepRunner:
                 segment = answer.pending_segments.popleft()
                 outcome.events.append((session, answer, SegmentText(segment.text)))
                 prefix, text = segment_condition(self.model, segment)
-                answer.segment = SpeechSegment(slot=cache.allocate(), prefix_length=prefix.shape[0])
+                answer.segment = SpeechSegment(
+                    slot=self.slots.allocate_decoder(), prefix_length=prefix.shape[0]
+                )
                 return answer.segment, SegmentInput(answer.segment.slot, prefix, text), None
             return answer.segment, None, answer.segment.last_token
 
@@ -309,7 +312,7 @@ class StepRunner:
         segment = answer.segment
         if segment is None:
             return
-        self.decoder_cache.free(segment.slot)
+        self.slots.free_decoder(segment.slot)
         answer.codec_ids.append(segment.tokens)
         answer.chunker.end_segment()
         answer.segment = None

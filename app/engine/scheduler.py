@@ -1,19 +1,86 @@
-"""The policy of a step: which sessions' work runs now.
+"""The scheduler: the one owner of every session's turn state, and the policy of each step.
 
-Every listening session with a chunk waiting is heard this step (listening must keep real time).
-Every answer generates text each step. Speech decoding is skipped for an answer whose audio runs
-more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a barge-in
-has little audio to throw away. The runner splits each stage into forwards of `max_batch` rows.
+State transitions live here and nowhere else: a session opens and closes, a listen turn begins (on the
+session's main slot, or as a branch forked from it while the bot speaks), is dropped ("ignore") or
+committed ("answer", which cancels a running answer: the user took the turn), an answer starts,
+finishes or is cancelled with a typed `CancelCause`, and the conversation is cut to what the user
+heard. Callers (the engine's API, as commands between steps) ask for transitions; the state head's
+verdicts come back from the runner as data and are acted on in `apply`.
+
+Each step's plan: every listening session with a chunk waiting is heard (listening must keep real
+time). Every answer generates text each step. Speech decoding is skipped for an answer whose audio
+runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
+barge-in has little audio to throw away. The runner splits each stage into forwards of `max_batch` rows.
+
+Turn taking, as in the published server but without its copies:
+- a listen turn on a quiet session writes into the session's main cache slot; if the state head
+  says "ignore" it is dropped by truncating back (no copy at all);
+- a listen turn while the bot speaks forks main into the session's spare slot once; "answer"
+  cancels the running answer and the branch becomes main, "ignore" drops the branch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
+
+from app.engine.errors import CapacityError, SessionClosedError
+from app.engine.events import (
+    AnswerDone,
+    AnswerEvent,
+    AnswerOptions,
+    AnswerStatus,
+    AnswerStream,
+    CancelCause,
+    ChunkDecision,
+)
+from app.engine.futures import reject, resolve
 from app.engine.settings import EngineSettings
-from app.engine.state import AnswerPhase, SessionState
-from app.model import OUTPUT_RATE
+from app.engine.slots import SlotOwner
+from app.engine.state import (
+    AnswerPhase,
+    AnswerState,
+    HistoryEntry,
+    ListenTurn,
+    PendingChunk,
+    SessionState,
+)
+from app.model import (
+    OUTPUT_RATE,
+    CodecChunker,
+    FreezeOmni,
+    IncrementalDetokenizer,
+    ListenState,
+    Segmenter,
+    answer_start_embeds,
+    instructions_embeds,
+    system_prefill_embeds,
+    text_turn_embeds,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics and benchmarks."""
+
+    steps: int = 0
+    step_seconds: float = 0.0
+    rows: dict[str, int] = field(default_factory=dict)
+    forwards_with_rows: dict[str, int] = field(default_factory=dict)
+    first_audio_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    answers_completed: int = 0
+    answers_cancelled: int = 0
+    sessions_failed: int = 0
 
 
 @dataclass
@@ -32,13 +99,410 @@ class StepPlan:
 
 
 class Scheduler:
-    """Builds a plan from the sessions' states."""
+    """Owns the sessions of one replica: their state, its transitions, and each step's plan."""
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(
+        self, model: FreezeOmni, settings: EngineSettings, slots: SlotOwner, stats: EngineStats, name: str
+    ) -> None:
+        self.model = model
         self.settings = settings
+        self.slots = slots
+        self.stats = stats
+        self.name = name
+        self.sessions: dict[str, SessionState] = {}
+        self._closed_reasons: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._answer_start = answer_start_embeds(model)
+        system_len = system_prefill_embeds(model, None).shape[0]
+        if settings.llm_max_len < system_len + settings.turn_reserve:
+            raise ValueError(
+                f"llm_max_len {settings.llm_max_len} cannot hold the system prompt and one turn "
+                f"({system_len} + {settings.turn_reserve} tokens): raise it or lower max_answer_tokens"
+            )
 
-    def plan(self, sessions: Iterable[SessionState], now: float) -> StepPlan:
+    def session(self, session_id: str) -> SessionState:
+        session = self.sessions.get(session_id)
+        if session is None:
+            reason = self._closed_reasons.get(session_id, "no such session")
+            raise SessionClosedError(f"session {session_id}: {reason}")
+        return session
+
+    def open_session(self, role: str | None, seed: int | None) -> str:
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise CapacityError(
+                f"{self.name} is serving its maximum of {self.settings.max_sessions} sessions"
+            )
+        main, spare = self.slots.open_session()
+        seed = (
+            seed
+            if seed is not None
+            else (
+                self.settings.seed + next(self._ids)
+                if self.settings.seed is not None
+                else secrets.randbits(62)
+            )
+        )
+        session = SessionState(
+            session_id=f"sess_{secrets.token_hex(8)}",
+            main_slot=main,
+            spare_slot=spare,
+            role=role,
+            sampling=self.settings.sampling,
+            llm_rng=torch.Generator().manual_seed(seed),
+            decoder_rng=torch.Generator().manual_seed(seed + 1),
+            prefill=system_prefill_embeds(self.model, role),
+        )
+        self.sessions[session.session_id] = session
+        return session.session_id
+
+    def set_role(self, session: SessionState, role: str | None) -> None:
+        session.role = role
+        if session.prefill is not None and self.slots.length(session.main_slot) == 0:
+            session.prefill = system_prefill_embeds(self.model, role)  # nothing fed yet
+        else:
+            session.role_changed = True
+
+    def _rebuild_if_needed(self, session: SessionState) -> None:
+        """Re-read the conversation under a new role, or drop the oldest turns to make room."""
+        settings = self.settings
+        used = self.slots.length(session.main_slot) + (
+            session.prefill.shape[0] if session.prefill is not None else 0
+        )
+        fits = used + settings.turn_reserve <= settings.llm_max_len
+        if not session.role_changed and not session.history_cut and fits:
+            return
+        system = system_prefill_embeds(self.model, session.role)
+        history = session.history
+        dropped = 0
+        # Keep at most half the room history may use, so that re-reads stay rare.
+        budget = (settings.llm_max_len - settings.turn_reserve - system.shape[0]) // 2
+        while history and sum(e.length for e in history) > budget:
+            oldest = history[0].turn
+            history = [e for e in history if e.turn != oldest]
+            dropped += 1
+        session.history = history
+        parts = [system] + [p.to(system.device, system.dtype) for e in history for p in e.parts]
+        session.prefill = torch.cat(parts)
+        self.slots.truncate(session.main_slot, 0)
+        session.role_changed = False
+        session.history_cut = False
+        log.info(
+            "session %s: conversation re-read (%d turns dropped, %d tokens)",
+            session.session_id,
+            dropped,
+            session.prefill.shape[0],
+        )
+
+    def begin_listen(self, session: SessionState) -> None:
+        if session.listen is not None:
+            return
+        turn = session.next_turn()
+        if session.answer is not None:
+            self.slots.fork(session.main_slot, session.spare_slot)
+            if session.answer.out_of_band_length is not None:  # the branch continues the conversation
+                self.slots.truncate(session.spare_slot, session.answer.out_of_band_length)
+            session.listen = ListenTurn(
+                slot=session.spare_slot,
+                forked=True,
+                start_length=self.slots.length(session.spare_slot),
+                history=[e.snapshot() for e in session.history],
+                turn=turn,
+                prefill=session.prefill,
+            )
+            return
+        self._rebuild_if_needed(session)
+        pending = session.prefill.shape[0] if session.prefill is not None else 0
+        session.listen = ListenTurn(
+            slot=session.main_slot,
+            forked=False,
+            start_length=self.slots.length(session.main_slot) + pending,
+            history=session.history,
+            turn=turn,
+        )
+
+    def _end_listen(self, session: SessionState) -> ListenTurn | None:
+        listen, session.listen = session.listen, None
+        if listen is not None:
+            for chunk in listen.pending:
+                resolve(chunk.future, ChunkDecision(ListenState.LISTEN, (0.0, 0.0, 0.0), -1, skipped=True))
+        return listen
+
+    def drop_listen(self, session: SessionState) -> None:
+        listen = self._end_listen(session)
+        if listen is None:
+            return
+        if listen.forked:
+            self.slots.truncate(session.spare_slot, 0)
+        elif self.slots.length(session.main_slot) >= listen.start_length:
+            self.slots.truncate(session.main_slot, listen.start_length)
+        else:  # the turn's first row (which carried a pending prefill) never ran
+            pass
+
+    def commit_when_drained(
+        self, session: SessionState, options: AnswerOptions | None = None
+    ) -> AnswerStream | asyncio.Future | None:
+        listen = session.listen
+        if listen is None:
+            return None
+        listen.commit_options = options
+        if listen.pending:  # answer after the chunks already fed have been heard
+            future = asyncio.get_running_loop().create_future()
+            listen.commit_waiters.append(future)
+            return future
+        return self._commit(session)
+
+    def _commit(self, session: SessionState) -> AnswerStream | None:
+        listen = self._end_listen(session)
+        if listen is None:
+            return None
+        if listen.chunks_fed == 0:
+            self._drop_never_fed(session, listen)
+            return None
+        cut: tuple[str, str] | None = None
+        if listen.forked:
+            answer = session.answer
+            if answer is not None and answer.heard_text is not None:
+                cut = (answer.answer_id, answer.heard_text)
+            self.cancel_answer(session, "the user took the turn", CancelCause.TURN_DETECTED)
+            session.main_slot, session.spare_slot = listen.slot, session.main_slot
+            self.slots.truncate(session.spare_slot, 0)
+            session.prefill = listen.prefill  # the branch's own pending prefill (normally none)
+        session.history = listen.history
+        session.history.append(HistoryEntry(listen.turn, listen.embeds))
+        if cut is not None:
+            self.cut_history(session, *cut)
+        if session.history_cut:
+            # The answer the user cut short is still whole in the cache: read the conversation again,
+            # with only what was heard of it, before answering.
+            self._rebuild_if_needed(session)
+        options = listen.commit_options or session.answer_defaults
+        stream = self._start_answer(
+            session, self._answer_start, listen.turn, options, input_audio_chunks=listen.chunks_fed
+        )
+        for waiter in listen.commit_waiters:
+            resolve(waiter, stream)
+        return stream
+
+    def _drop_never_fed(self, session: SessionState, listen: ListenTurn) -> None:
+        if listen.forked:
+            self.slots.truncate(session.spare_slot, 0)
+        for waiter in listen.commit_waiters:
+            resolve(waiter, None)
+
+    def _start_answer(
+        self,
+        session: SessionState,
+        start_embeds: torch.Tensor,
+        turn: int,
+        options: AnswerOptions,
+        input_text_tokens: int = 0,
+        input_audio_chunks: int = 0,
+    ) -> AnswerStream:
+        queue: asyncio.Queue[AnswerEvent] = asyncio.Queue()
+        answer_id = f"resp_{secrets.token_hex(8)}"
+        entry = HistoryEntry(turn, answer_id=answer_id)
+        out_of_band_length = None
+        if options.out_of_band:  # answered in main, then cut back to here: nothing is kept
+            pending = session.prefill.shape[0] if session.prefill is not None else 0
+            out_of_band_length = self.slots.length(session.main_slot) + pending
+        else:
+            session.history.append(entry)
+        if options.instructions:
+            start_embeds = torch.cat([instructions_embeds(self.model, options.instructions), start_embeds])
+        max_tokens = self.settings.max_answer_tokens
+        if options.max_tokens is not None:
+            max_tokens = min(max_tokens, options.max_tokens)
+        session.answer = AnswerState(
+            answer_id=answer_id,
+            queue=queue,
+            start_embeds=start_embeds,
+            detokenizer=IncrementalDetokenizer(self.model.tokenizer),
+            segmenter=Segmenter(max_tokens=self.settings.max_segment_tokens),
+            chunker=CodecChunker(
+                self.model.server,
+                self.model.codec.samples_per_token,
+                trim_leading_silence=self.settings.trim_leading_silence,
+            ),
+            max_tokens=max_tokens,
+            started_at=time.perf_counter(),
+            history_entry=entry,
+            speak=options.speak,
+            out_of_band_length=out_of_band_length,
+            input_text_tokens=input_text_tokens,
+            input_audio_chunks=input_audio_chunks,
+        )
+        session.answer.stream = AnswerStream(answer_id, queue)
+        return session.answer.stream
+
+    def text_turn(
+        self, session: SessionState, text: str | None, options: AnswerOptions | None = None
+    ) -> AnswerStream:
+        """Answer typed text, or (`text` None) answer with no new user input."""
+        if text is not None and not text.strip():
+            raise ValueError("a text turn needs some text")
+        self.cancel_answer(session, "replaced by a new text turn", CancelCause.REPLACED)
+        self.drop_listen(session)
+        turn = session.next_turn()
+        self._rebuild_if_needed(session)
+        options = options or session.answer_defaults
+        if text is None:
+            return self._start_answer(session, self._answer_start, turn, options)
+        user = text_turn_embeds(self.model, text)
+        user_tokens = user.shape[0] - len(self.model.prompt_tokens.turn_opening)
+        start = torch.cat([user, self._answer_start])
+        return self._start_answer(session, start, turn, options, input_text_tokens=user_tokens)
+
+    def _finish_answer(
+        self,
+        session: SessionState,
+        status: AnswerStatus,
+        reason: str = "",
+        cause: CancelCause | None = None,
+    ) -> None:
+        answer, session.answer = session.answer, None
+        if answer is None:
+            return
+        if answer.segment is not None:
+            self.slots.free_decoder(answer.segment.slot)
+            answer.codec_ids.append(answer.segment.tokens)
+        if answer.out_of_band_length is not None:
+            main = session.main_slot
+            self.slots.truncate(main, min(answer.out_of_band_length, self.slots.length(main)))
+        stats = {
+            "answer_seconds": time.perf_counter() - answer.started_at,
+            "audio_seconds": answer.audio_samples / OUTPUT_RATE,
+            "text_tokens": float(len(answer.token_ids)),
+            "audio_tokens": float(sum(len(ids) for ids in answer.codec_ids)),
+            "input_text_tokens": float(answer.input_text_tokens),
+            "input_audio_chunks": float(answer.input_audio_chunks),
+        }
+        if answer.first_audio_at is not None:
+            stats["first_audio_latency_s"] = answer.first_audio_at - answer.started_at
+            self.stats.first_audio_latencies.append(stats["first_audio_latency_s"])
+        if status == AnswerStatus.COMPLETED:
+            self.stats.answers_completed += 1
+        elif status == AnswerStatus.CANCELLED:
+            self.stats.answers_cancelled += 1
+        answer.queue.put_nowait(
+            AnswerDone(
+                status=status,
+                text=answer.text,
+                token_ids=tuple(answer.token_ids),
+                codec_ids=tuple(tuple(ids) for ids in answer.codec_ids),
+                reason=reason,
+                stats=stats,
+                cause=cause if status == AnswerStatus.CANCELLED else None,
+            )
+        )
+
+    def cancel_answer(
+        self, session: SessionState, reason: str, cause: CancelCause = CancelCause.CLIENT
+    ) -> None:
+        self._finish_answer(session, AnswerStatus.CANCELLED, reason, cause)
+
+    def cancel_heard(
+        self, session: SessionState, reason: str, cause: CancelCause, heard_text: str | None
+    ) -> None:
+        """Cancel the running answer; with `heard_text`, the conversation keeps only that much of it."""
+        answer_id = session.answer.answer_id if session.answer is not None else None
+        self.cancel_answer(session, reason, cause)
+        if answer_id is not None and heard_text is not None:
+            self.cut_history(session, answer_id, heard_text)
+
+    def note_heard(self, session_id: str, answer_id: str, heard_text: str | None) -> None:
+        """What the user has heard of a running answer, should it be cut now (None: it goes on)."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.answer is not None and session.answer.answer_id == answer_id:
+            session.answer.heard_text = heard_text
+
+    def cut_history(self, session: SessionState, answer_id: str, heard_text: str) -> None:
+        """Keep, of answer `answer_id`, only the tokens whose text the user heard (`heard_text`, a prefix
+        of it as it was sent), in the session's history and in an open branch's copy of it."""
+        histories = [session.history]
+        if session.listen is not None and session.listen.history is not session.history:
+            histories.append(session.listen.history)
+        for history in histories:
+            for entry in history:
+                if entry.answer_id != answer_id:
+                    continue
+                keep = self._tokens_heard(entry.token_ids, heard_text)
+                if keep < len(entry.token_ids):
+                    entry.cut_to_tokens(keep)
+                    session.history_cut = True
+
+    def _tokens_heard(self, token_ids: list[int], heard_text: str) -> int:
+        """How many leading tokens spell no more than `heard_text` (compared without whitespace)."""
+        heard = len("".join(heard_text.split()))
+        decode = self.model.tokenizer.decode
+        keep = 0
+        for count in range(1, len(token_ids) + 1):
+            if len("".join(decode(token_ids[:count]).split())) > heard:
+                break
+            keep = count
+        return keep
+
+    def close_session(
+        self, session_id: str, reason: str, status: AnswerStatus = AnswerStatus.CANCELLED
+    ) -> None:
+        session = self.session(session_id)
+        self._finish_answer(session, status, reason, CancelCause.CLOSED)
+        listen = self._end_listen(session)
+        for waiter in listen.commit_waiters if listen else []:
+            reject(waiter, SessionClosedError(f"session {session_id}: {reason}"))
+        self.slots.close_session(session.main_slot, session.spare_slot)
+        session.closed = True
+        del self.sessions[session_id]
+        self._closed_reasons[session_id] = reason
+        if len(self._closed_reasons) > 10000:
+            self._closed_reasons.pop(next(iter(self._closed_reasons)))
+
+    def close_all(self) -> None:
+        for session_id in list(self.sessions):
+            self.close_session(session_id, "the server is shutting down")
+
+    def _act(self, session: SessionState, chunk: PendingChunk, decision: ChunkDecision) -> ChunkDecision:
+        listen = session.listen
+        too_long = listen is not None and listen.chunks_fed >= self.settings.max_turn_chunks
+        if not chunk.act and not too_long:
+            return decision
+        if decision.state == ListenState.ANSWER or too_long:
+            stream = self._commit(session)
+            return replace(
+                decision, answer_id=stream.answer_id if stream else None, stream=stream, turn_ended=True
+            )
+        if decision.state == ListenState.IGNORE:
+            self.drop_listen(session)
+            return replace(decision, turn_ended=True)
+        return decision
+
+    # -- a step's outcome ---------------------------------------------------------------------------------
+    def apply(self, outcome) -> None:
+        """Act on a step's results: failures, answer events, the state head's verdicts, finished answers."""
+        failed = {s.session_id for s, _ in outcome.failures}
+        for session, message in outcome.failures:
+            if session.session_id in self.sessions:
+                self.stats.sessions_failed += 1
+                self.close_session(session.session_id, f"failed: {message}", AnswerStatus.FAILED)
+        for session, answer, event in outcome.events:
+            if session.session_id not in failed and session.answer is answer:
+                answer.queue.put_nowait(event)
+        for session, chunk, decision in outcome.decisions:
+            if session.session_id in failed:
+                continue
+            # The verdict is acted on even if its caller has stopped waiting (a client that left).
+            resolve(chunk.future, self._act(session, chunk, decision))
+        for session in list(self.sessions.values()):
+            if session.answer is not None and session.answer.speech_done:
+                self._finish_answer(session, AnswerStatus.COMPLETED)
+            listen = session.listen
+            if listen is not None and not listen.pending and listen.commit_waiters:
+                self._commit(session)
+
+    # -- the plan of a step -----------------------------------------------------------------------------
+    def plan(self, now: float, sessions: Iterable[SessionState] | None = None) -> StepPlan:
+        """Which sessions take part in each stage of the next step."""
         plan = StepPlan()
+        sessions = self.sessions.values() if sessions is None else sessions
         speaking: list[tuple[float, SessionState]] = []
         for session in sessions:
             if session.closed or session.error:

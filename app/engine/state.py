@@ -37,6 +37,9 @@ class HistoryEntry:
 
     turn: int
     parts: list[torch.Tensor] = field(default_factory=list)
+    # An answer's entry: its id, and the text tokens fed after its opening part (parts[1 + i] is token i).
+    answer_id: str | None = None
+    token_ids: list[int] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -44,7 +47,13 @@ class HistoryEntry:
 
     def snapshot(self) -> HistoryEntry:
         """A copy that later appends to this entry do not change."""
-        return HistoryEntry(self.turn, list(self.parts))
+        return HistoryEntry(self.turn, list(self.parts), self.answer_id, list(self.token_ids))
+
+    def cut_to_tokens(self, count: int) -> None:
+        """Keep the answer's opening and its first `count` tokens (what the user heard)."""
+        count = max(0, min(count, len(self.parts) - 1))
+        del self.parts[1 + count :]
+        del self.token_ids[count:]
 
 
 @dataclass
@@ -114,6 +123,7 @@ class AnswerState:
     audio_samples: int = 0
     first_audio_at: float | None = None
     history_entry: HistoryEntry | None = None  # grows as tokens are fed
+    heard_text: str | None = None  # what the user has heard of it, should it be cut now (None: all)
     stream: Any = None  # the AnswerStream handed to the caller
     speak: bool = True  # False: text only (segments are reported, never spoken)
     out_of_band_length: int | None = None  # main's length to go back to when an out-of-band answer ends
@@ -153,6 +163,7 @@ class SessionState:
     listen: ListenTurn | None = None
     answer: AnswerState | None = None
     role_changed: bool = False
+    history_cut: bool = False  # the history no longer matches the cache: re-read it at the next turn
     closed: bool = False
     error: str | None = None
     answer_defaults: AnswerOptions = field(default_factory=AnswerOptions)  # for answers the state head starts

@@ -82,8 +82,8 @@ async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
     stream = None
     for start in range(0, len(padded), CHUNK):
         decision = await engine.feed_chunk(sid, padded[start : start + CHUNK], act=False)
-        if decision.answer_id is not None:  # the turn reached its length limit: answered already
-            stream = engine.answer_stream(sid)
+        if decision.stream is not None:  # the turn reached its length limit: answered already
+            stream = decision.stream
             break
     heard = time.perf_counter()
     if stream is None:

@@ -98,6 +98,11 @@ class Outbound:
         first audio left, at most what was sent (a client plays what it gets at real-time pace).
         """
         self._held.add(response_id)
+        return self.played_s(response_id)
+
+    def played_s(self, response_id: str) -> float:
+        """How much of the response's audio the client has played by now: real time since its first
+        audio left (underruns allowed for), at most what was sent."""
         pace = self._pace.get(response_id)
         if pace is None or pace.started is None:
             return 0.0

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.config import Settings
-from app.engine.engine import AnswerStream
 from app.engine.errors import EngineError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
+from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
 from app.model import CHUNK_SAMPLES as CHUNK
@@ -54,7 +53,7 @@ log = logging.getLogger(__name__)
 class _FeedItem:
     """Work for the feeder task, tagged with the listen turn it belongs to."""
 
-    kind: str  # "chunk" | "commit" | "drop"
+    kind: str  # "chunk" | "commit" | "drop" | "release" (an interrupting turn the head did not take)
     turn: int
     samples: np.ndarray | None = None
     act: bool = False
@@ -108,6 +107,7 @@ class RealtimeSession:
         self._streamer_task: asyncio.Task | None = None
         # interruption: the response the open listen turn interrupts, and where its speech began
         self._interrupted: ResponseStreamer | None = None
+        self._spoken_items: dict[str, ResponseStreamer] = {}  # assistant items by id, for truncate
         self._speech_start_ms = 0
         self._turn_audio_start_ms = 0
         self._apply_formats()
@@ -293,6 +293,8 @@ class RealtimeSession:
         # Speech during an answer is announced only once it has lasted min_interruption_ms (the pause).
         self._open_turn(started.audio_start_ms, announce=answering is None)
         self._interrupted = answering
+        if answering is not None:  # should the head take the turn at once, this much was heard
+            self._note_heard(answering, answering.heard_text())
         self._speech_start_ms = started.speech_start_ms
         self._preroll_left = len(started.audio)
         self._buffer_audio(started.audio, act=False)
@@ -304,20 +306,26 @@ class RealtimeSession:
             return
         if self.vad.clock_ms - self._speech_start_ms < self.settings.min_interruption_ms:
             return
-        if not streamer.pause():  # it ended meanwhile: an ordinary turn now
+        if streamer.pause():
+            self._note_heard(streamer, streamer.heard_text())
+        else:  # it ended meanwhile: an ordinary turn now
             self._interrupted = None
         self._announce_turn()
+
+    def _note_heard(self, streamer: ResponseStreamer, heard_text: str | None) -> None:
+        """Tell the engine how much of the answer was heard, should the interruption end it."""
+        if self.ref is not None and not streamer.engine_done:
+            self.ref.engine.note_heard(self.ref.session_id, streamer.response_id, heard_text)
 
     async def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
         if not self._listening:
             return
         if self._interrupted is not None:
-            # The head never took the turn: it was not an interruption after all. The answer goes on.
-            unannounced = self._turn_unannounced
+            # Unless the head takes the turn on the audio it has not heard yet, this was no
+            # interruption after all: once it has heard it all, the turn is dropped and the answer goes on.
             self._send_speech_stopped(stopped.audio_end_ms)
-            if not unannounced:
-                self.outbound.put(ev.InputAudioBufferCleared())
-            await self._drop_listen()
+            self._flush_partial_chunk(act=self._acting())
+            self._feed.put_nowait(_FeedItem("release", self._turn))
             return
         self._send_speech_stopped(stopped.audio_end_ms)
         # The state head had its chance during the silence: answer now (fallback), once all the
@@ -401,6 +409,8 @@ class RealtimeSession:
                             await self._start_response(stream, item.request)
                 elif item.kind == "drop":
                     await engine.drop_listen(sid)
+                elif item.kind == "release":
+                    await self._release_interruption()
             except SessionClosedError as error:
                 await self._fail(str(error))
                 return
@@ -417,9 +427,8 @@ class RealtimeSession:
                 self._send_speech_stopped()
                 self._committed_events()
                 self._end_turn()
-                stream = self.ref.engine.answer_stream(self.ref.session_id)
-                if stream is not None and stream.answer_id == decision.answer_id:
-                    await self._start_response(stream)
+                if decision.stream is not None:
+                    await self._start_response(decision.stream)
             elif self.config.turn_detection is not None and not self.config.turn_detection.create_response:
                 # The turn is over but the client starts responses itself.
                 self._send_speech_stopped()
@@ -436,6 +445,14 @@ class RealtimeSession:
             if not unannounced:
                 self.outbound.put(ev.InputAudioBufferCleared())
             self._end_turn()
+
+    async def _release_interruption(self) -> None:
+        """The VAD closed an interrupting turn and the head, having heard all of it, did not take it."""
+        if not self._listening or self._interrupted is None:
+            return
+        if not self._turn_unannounced:
+            self.outbound.put(ev.InputAudioBufferCleared())
+        await self._drop_listen()
 
     def _committed_events(self) -> None:
         if self._user_item_id is None:
@@ -459,6 +476,7 @@ class RealtimeSession:
         interrupted, self._interrupted = self._interrupted, None
         if interrupted is not None:
             interrupted.resume()  # the turn ended without taking over: the answer goes on
+            self._note_heard(interrupted, None)
         self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
         self._listening = False
         self._awaiting_response = False
@@ -542,17 +560,50 @@ class RealtimeSession:
         return False
 
     async def _item_truncate(self, event: ev.ConversationItemTruncate) -> None:
-        # Acknowledged; the model's history keeps what it generated (see the README's limits).
-        if self._known_item(event.item_id, event):
-            self.outbound.put(
-                ev.ConversationItemTruncated(
-                    item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
-                )
+        """The client played only `audio_end_ms` of an assistant item: the model keeps only that text."""
+        if not self._known_item(event.item_id, event):
+            return
+        streamer = self._spoken_items.get(event.item_id)
+        if streamer is None:
+            self._client_error(
+                "invalid_value",
+                f"item {event.item_id!r} is not an assistant audio item: only those can be truncated",
+                event.event_id,
+                "item_id",
             )
+            return
+        if event.content_index != 0:
+            self._client_error(
+                "invalid_value",
+                f"content_index {event.content_index} does not exist: assistant items have one content part (0)",
+                event.event_id,
+                "content_index",
+            )
+            return
+        sent_ms = streamer.audio_ms_sent_total
+        if event.audio_end_ms > sent_ms:
+            self._client_error(
+                "invalid_value",
+                f"audio_end_ms {event.audio_end_ms} is past the {sent_ms:.0f} ms of audio sent for this item",
+                event.event_id,
+                "audio_end_ms",
+            )
+            return
+        heard = streamer.heard_text(float(event.audio_end_ms))
+        if not streamer.finished:  # the client stopped playing it: the response ends here
+            await self._cancel_response(streamer, "client_cancelled", heard_text=heard)
+        else:
+            await self.ref.engine.cut_answer(self.ref.session_id, streamer.response_id, heard)
+        self.outbound.put(
+            ev.ConversationItemTruncated(
+                item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
+            )
+        )
 
     async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
         if self._known_item(event.item_id, event):
             self._known_items.discard(event.item_id)
+            self._spoken_items.pop(event.item_id, None)
             self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
 
     # -- responses ----------------------------------------------------------------------------------------
@@ -620,19 +671,28 @@ class RealtimeSession:
             return
         await self._cancel_response(self._streamer, "client_cancelled")
 
-    async def _cancel_response(self, streamer: ResponseStreamer, reason: str) -> None:
+    async def _cancel_response(
+        self, streamer: ResponseStreamer, reason: str, heard_text: str | None = None
+    ) -> None:
+        """End a response early; the model's conversation keeps only what was heard of it."""
         streamer.cancel_reason = reason
+        heard = heard_text if heard_text is not None else streamer.heard_text()
+        engine, sid = self.ref.engine, self.ref.session_id
         if streamer.engine_done:
             streamer.cancel_queued(reason)
+            await engine.cut_answer(sid, streamer.response_id, heard)
         else:
-            await self.ref.engine.cancel_answer(self.ref.session_id, reason)
+            cause = CancelCause.TURN_DETECTED if reason == "turn_detected" else CancelCause.CLIENT
+            await engine.cancel_answer(sid, reason, heard_text=heard, cause=cause)
 
     async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
         previous, previous_task = self._streamer, self._streamer_task
         if previous is not None:
             if previous.engine_done:
                 # Generated already, but its audio is still going out: the new turn cuts it off.
-                previous.cancel_queued("turn_detected")
+                heard = previous.heard_text()
+                if previous.cancel_queued("turn_detected"):
+                    await self.ref.engine.cut_answer(self.ref.session_id, previous.response_id, heard)
             elif previous_task is not None and not previous_task.done():
                 # A barge-in: the engine has ended the old answer; its last events come first.
                 with contextlib.suppress(Exception):
@@ -650,6 +710,7 @@ class RealtimeSession:
         self._streamer = streamer
         if not streamer.out_of_band:
             self._known_items.add(streamer.item_id)
+            self._spoken_items[streamer.item_id] = streamer
         self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
 
     def _response_finished(

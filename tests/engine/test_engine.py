@@ -12,7 +12,7 @@ import torch
 
 from app.engine.engine import AnswerStream, Engine
 from app.engine.errors import CapacityError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, TextDelta
+from app.engine.events import AnswerDone, AnswerStatus, AudioDelta, CancelCause, TextDelta
 from app.engine.pool import EnginePool
 from app.engine.settings import EngineSettings
 from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni
@@ -139,7 +139,7 @@ def test_barge_in_cancels_the_answer_within_one_step(own_model, question_wavs) -
                 if isinstance(events[-1], AnswerDone):
                     first.done = events[-1]
             assert first.done.status == AnswerStatus.CANCELLED
-            assert "barge-in" in first.done.reason
+            assert first.done.cause == CancelCause.TURN_DETECTED
             second = engine.answer_stream(sid)
             assert second is not None and second.answer_id == decision.answer_id
             done, audio, _ = await collect(second)
@@ -343,6 +343,82 @@ def test_a_turn_at_its_length_limit_is_answered(tiny_model, question_wavs) -> No
             assert stream is not None and stream.answer_id == decisions[-1].answer_id
             done, audio, _ = await collect(stream)
             assert done.status == AnswerStatus.COMPLETED and len(audio) > 0
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+def _cache_matches_history(engine: Engine, sid: str) -> bool:
+    session = engine.sessions[sid]
+    fed = engine.llm_cache.lengths[session.main_slot]
+    system = engine.llm_cache.lengths[session.main_slot] - sum(e.length for e in session.history)
+    return fed > 0 and system == session_system_length(engine, session)
+
+
+def session_system_length(engine: Engine, session) -> int:
+    from app.model.turn_parts import system_prefill_embeds
+
+    return system_prefill_embeds(engine.model, session.role).shape[0]
+
+
+def test_a_truncated_answer_leaves_only_the_heard_text_in_the_conversation(own_model) -> None:
+    async def main():
+        engine = Engine(own_model, greedy_settings(max_answer_tokens=30))
+        await engine.start()
+        try:
+            sid = await engine.open_session(seed=3)
+            stream = await engine.text_turn(sid, "Tell me about the weather.")
+            done, _, _ = await collect(stream)
+            words = done.text.split()
+            assert len(words) >= 4, done.text
+            heard = " ".join(words[:2])
+            await engine.cut_answer(sid, stream.answer_id, heard)
+            ((kind, kept),) = [entry for entry in engine.conversation_text(sid) if entry[0] == "answer"]
+            assert _squeezed(heard).startswith(_squeezed(kept)) and len(_squeezed(kept)) > 0
+            assert len(_squeezed(kept)) >= len(_squeezed(heard)) - 8  # at most a piece of a word less
+            # The next turn reads the conversation again, cut: the cache holds exactly the history.
+            second, _, _ = await collect(await engine.text_turn(sid, "And tomorrow?"))
+            assert second.status == AnswerStatus.COMPLETED
+            answers = [text for kind, text in engine.conversation_text(sid) if kind == "answer"]
+            assert answers[0] == kept and len(answers) == 2
+            assert _cache_matches_history(engine, sid)
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_an_interrupted_answer_keeps_only_what_was_heard_before_the_next_answer(
+    own_model, question_wavs
+) -> None:
+    async def main():
+        engine = Engine(own_model, greedy_settings(max_answer_tokens=200))
+        await engine.start()
+        try:
+            sid = await engine.open_session(seed=4)
+            first = await engine.text_turn(sid, "Tell me a long story about the weather.")
+            text = ""
+            while len(text.split()) < 6:
+                event = await first.next_event()
+                assert not isinstance(event, AnswerDone)
+                if isinstance(event, TextDelta):
+                    text += event.text
+            heard = " ".join(text.split()[:3])
+            engine.note_heard(sid, first.answer_id, heard)  # paused here by an interruption
+            with forced_state(own_model, ListenState.ANSWER):
+                decision = await engine.feed_chunk(sid, chunks_of(question_wavs[0])[0], act=True)
+            assert decision.answer_id is not None
+            # The new answer starts from a conversation holding only the heard words of the old one.
+            answers = [t for kind, t in engine.conversation_text(sid) if kind == "answer"]
+            assert _squeezed(heard).startswith(_squeezed(answers[0])) and answers[0].strip()
+            done, _, _ = await collect(engine.answer_stream(sid))
+            assert done.status == AnswerStatus.COMPLETED
+            assert _cache_matches_history(engine, sid)
         finally:
             await engine.stop()
 

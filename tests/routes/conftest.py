@@ -118,6 +118,13 @@ def keyed_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     return start_server(api_keys=[API_KEY], idle_timeout_s=1.0, max_answer_tokens=4)
 
 
+def engine_answers(server: LiveServer) -> list[str]:
+    """The assistant texts of the server's one live session, as its model will read them next."""
+    (session,) = list(server.state.sessions)
+    ref = session.ref
+    return [text for kind, text in ref.engine.conversation_text(ref.session_id) if kind == "answer"]
+
+
 # -- the client ------------------------------------------------------------------------------------------
 @dataclass
 class Received:

@@ -22,6 +22,7 @@ from tests.routes.conftest import (
     WIRE_RATE,
     Microphone,
     RealtimeClient,
+    engine_answers,
     forced_state,
     playback,
     realtime_client,
@@ -77,7 +78,7 @@ def texts_before(client: RealtimeClient, response_id: str, stop: int) -> str:
 def test_speech_into_an_answer_stops_its_audio_within_300_ms_and_taking_the_turn_cancels_it(
     interrupt_server: LiveServer, question_24k: np.ndarray
 ) -> None:
-    async def main() -> tuple[RealtimeClient, str, float, dict]:
+    async def main() -> tuple[RealtimeClient, str, float, dict, list[str]]:
         async with realtime_client(interrupt_server.ws_url) as client, Microphone(client) as mic:
             first = await long_answer(client, 1.0)
             utterance = mic.say(question_24k)
@@ -88,9 +89,10 @@ def test_speech_into_an_answer_stops_its_audio_within_300_ms_and_taking_the_turn
                 done = await client.wait_for("response.done", timeout=10, where=of_response(first))
                 await client.wait_for("response.created", timeout=10)
             await client.wait_for("response.output_audio.delta", timeout=10)
-            return client, first, utterance.onset_sent_at, done
+            answers = engine_answers(interrupt_server)
+            return client, first, utterance.onset_sent_at, done, answers
 
-    client, first, onset_at, done = asyncio.run(main())
+    client, first, onset_at, done, answers = asyncio.run(main())
     deltas = client.audio_deltas(first)
     started = index_of(client, "input_audio_buffer.speech_started")
     last_delta_after_s = deltas[-1].at - onset_at
@@ -103,6 +105,9 @@ def test_speech_into_an_answer_stops_its_audio_within_300_ms_and_taking_the_turn
     heard_text = texts_before(client, first, started)
     assert done["response"]["output"][0]["content"][0]["transcript"] == heard_text
     assert texts_before(client, first, len(client.log)) == heard_text
+    # The model's conversation keeps, of the cut answer, at most what was played before the pause.
+    kept = "".join(answers[0].split())
+    assert "".join(heard_text.split()).startswith(kept)
     assert len(client.events("response.created")) == 2
 
 

@@ -10,6 +10,7 @@ phantom answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 
@@ -17,9 +18,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import LiveServer
-from tests.routes.conftest import WIRE_RATE, RealtimeClient, pcm16, realtime_client
+from tests.routes.conftest import (
+    WIRE_RATE,
+    Microphone,
+    RealtimeClient,
+    from_pcm16,
+    pcm16,
+    playback,
+    realtime_client,
+    transcript,
+)
 from training import domain
-from training.synth import espeak, noise
+from training.asr import transcribe, word_error_rate
+from training.synth import cough, espeak, noise
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +97,157 @@ def test_a_steady_floor_after_a_question_opens_no_turn(trained_server: LiveServe
         assert len(client.events("response.created")) == 1, f"{room}: {client.types()}"
         assert [r["response"]["status"] for r in responses] == ["completed"], f"{room}: {client.types()}"
         assert not client.events("error"), client.events("error")
+
+
+# -- interruptions: the trained head decides ------------------------------------------------------------------
+LONG_QUESTION = "What can you do?"  # answered with the longest sentence the model knows (about 4 s)
+INTERRUPTING_QUESTION = "What color is the sky?"
+ANSWER_PLAYED_S = 1.2  # how long the answer plays before the interruption
+STOP_WITHIN_S = 0.3
+MAX_WER = 0.10
+
+
+def answer_to(question: str) -> str:
+    (answer,) = [pair.answer for pair in domain.PAIRS if pair.question == question]
+    return answer
+
+
+def spoken(text: str, voice: str = "en-us", speed: int = 165, pitch: int = 58) -> np.ndarray:
+    return espeak(text, voice, speed, pitch, rate=WIRE_RATE)
+
+
+def a_cough() -> np.ndarray:
+    from app.model.wav import resample
+
+    return resample(cough(np.random.default_rng(4), 16000) * 0.5, 16000, WIRE_RATE).astype(np.float32)
+
+
+@dataclass
+class Interrupted:
+    """One session: the long question, something said into its answer, and what came back."""
+
+    what: str
+    client: RealtimeClient
+    first: str  # the long answer's response id
+    onset_sent_at: float  # when the interrupting sound's first loud append left
+
+
+async def interrupt_with(server: LiveServer, what: str, sound: np.ndarray, seed: int) -> Interrupted:
+    async with realtime_client(server.ws_url) as client, Microphone(client, seed=seed) as mic:
+        mic.say(spoken(LONG_QUESTION))
+        first = (await client.wait_for("response.created", timeout=30))["response"]["id"]
+        await client.wait_for("response.output_audio.delta", timeout=30)
+        await client.collect_for(ANSWER_PLAYED_S)
+        utterance = mic.say(sound)
+        await client.wait_for("response.done", timeout=30, where=lambda e: e["response"]["id"] == first)
+        if what == "question":
+            await client.wait_for("response.done", timeout=30)
+        await client.collect_for(1.0)
+        assert utterance.onset_sent_at is not None
+        return Interrupted(what, client, first, utterance.onset_sent_at)
+
+
+@pytest.fixture(scope="module")
+def interruptions(trained_server: LiveServer) -> list[Interrupted]:
+    """The question into the answer alone (its timing is judged), then "mhm", "yeah" and a cough into
+    the answer, three sessions at once."""
+    question = spoken(INTERRUPTING_QUESTION, voice="en-gb")
+    backchannels = {"mhm": spoken("Mhm."), "yeah": spoken("Yeah.", voice="en-gb"), "cough": a_cough()}
+
+    async def main() -> list[Interrupted]:
+        alone = await interrupt_with(trained_server, "question", question, 40)
+        together = await asyncio.gather(
+            *(
+                interrupt_with(trained_server, what, sound, 41 + i)
+                for i, (what, sound) in enumerate(backchannels.items())
+            )
+        )
+        return [alone, *together]
+
+    return asyncio.run(main())
+
+
+def describe(run: Interrupted) -> str:
+    return f"{run.what}: {run.client.types()}"
+
+
+def test_a_backchannel_or_a_cough_pauses_the_answer_and_it_resumes_whole(
+    interruptions: list[Interrupted],
+) -> None:
+    expected = answer_to(LONG_QUESTION)
+    for run in interruptions:
+        if run.what == "question":
+            continue
+        client = run.client
+        (done,) = client.events("response.done")
+        assert done["response"]["status"] == "completed", describe(run)
+        assert transcript(done) == expected, describe(run)
+        played = playback(client, run.first)
+        heard = transcribe(from_pcm16(played.played), WIRE_RATE, domain.answers())
+        print(
+            f"\n{run.what}: {len(client.events('input_audio_buffer.speech_started')) - 1} pause(s), "
+            f"{played.flushed_bytes / 48000:.2f} s flushed, heard {heard!r}"
+        )
+        assert word_error_rate([expected], [heard]) <= MAX_WER, f"{run.what}: heard {heard!r}"
+    spoken_ones = [run for run in interruptions if run.what in ("mhm", "yeah")]
+    for run in spoken_ones:  # words are heard: the answer paused (a second speech_started) and resumed
+        assert len(run.client.events("input_audio_buffer.speech_started")) == 2, describe(run)
+        assert run.client.events("input_audio_buffer.cleared"), describe(run)
+
+
+def test_a_question_into_the_answer_stops_it_within_300_ms_and_gets_its_own_answer(
+    interruptions: list[Interrupted],
+) -> None:
+    (run,) = [r for r in interruptions if r.what == "question"]
+    client = run.client
+    first_done, second_done = client.events("response.done")
+    assert first_done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    last_delta_after_s = client.audio_deltas(run.first)[-1].at - run.onset_sent_at
+    deltas = client.audio_deltas(run.first)
+    print(
+        f"\nlast audio delta of the cut answer {1000 * last_delta_after_s:.0f} ms after the onset was sent "
+        f"({len(client.audio(run.first)) / 48000:.2f} s of it sent over {deltas[-1].at - deltas[0].at:.2f} s)"
+    )
+    assert last_delta_after_s <= STOP_WITHIN_S
+    # The cut answer's transcript is the part that was sent; the question got the expected answer.
+    sent_text = "".join(
+        e["delta"]
+        for e in client.events("response.output_audio_transcript.delta")
+        if e["response_id"] == run.first
+    )
+    assert transcript(first_done) == sent_text
+    # Words go out with their audio: the cut answer shows only its first words.
+    assert answer_to(LONG_QUESTION).startswith(sent_text) and sent_text != answer_to(LONG_QUESTION)
+    expected = answer_to(INTERRUPTING_QUESTION)
+    assert second_done["response"]["status"] == "completed"
+    assert transcript(second_done) == expected
+    second = second_done["response"]["id"]
+    heard = transcribe(from_pcm16(client.audio(second)), WIRE_RATE, domain.answers())
+    assert word_error_rate([expected], [heard]) <= MAX_WER, heard
+
+
+def test_transcript_words_arrive_no_earlier_than_their_audio(interruptions: list[Interrupted]) -> None:
+    """The whole answer to the interrupting question (one speech segment): when each transcript delta
+    arrives, the audio received covers at least its share of the sentence's characters."""
+    (run,) = [r for r in interruptions if r.what == "question"]
+    client = run.client
+    second = client.events("response.done")[1]["response"]["id"]
+    total_audio = len(client.audio(second))
+    text = transcript(client.events("response.done")[1])
+    audio_so_far = 0
+    chars_so_far = 0
+    deltas = 0
+    for received in client.log:
+        event = received.event
+        if event.get("response_id") != second:
+            continue
+        if event["type"] == "response.output_audio.delta":
+            audio_so_far += len(base64.b64decode(event["delta"]))
+        elif event["type"] == "response.output_audio_transcript.delta":
+            deltas += 1
+            chars_so_far += len(event["delta"])
+            assert audio_so_far / total_audio >= chars_so_far / len(text) - 0.02, (
+                event["delta"],
+                audio_so_far,
+            )
+    assert deltas >= len(text.split()) - 1  # word by word, not the sentence up front
