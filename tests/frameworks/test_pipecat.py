@@ -88,36 +88,13 @@ def _answer_done(agent: PipecatAgent, after: float) -> bool:
     return any(at > after for at in agent.speaker.times(TTSStoppedFrame))
 
 
-TRUNCATE_FIX = "issue 16 item 1: after conversation.item.truncate, audio of the truncated item must stop"
 BARGE_IN_CASES = [
-    pytest.param(
-        "answer",
-        id="head-takes-the-turn",
-        # Pipecat truncates on speech_started; the state head cancels a chunk or two later, and in between
-        # the server sends 2 more deltas of the truncated item (every run so far).
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"server, {TRUNCATE_FIX}: 2 deltas leak before the head cancels"
-        ),
-    ),
-    pytest.param(
-        "listen",
-        id="head-undecided",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"server, {TRUNCATE_FIX}: while the state head has not cancelled the response, the whole "
-            "truncated answer keeps streaming and Pipecat plays it over the user",
-        ),
-    ),
-    pytest.param(
-        "ignore",
-        id="head-hears-a-backchannel",
-        # Pipecat has already flushed and truncated: the answer must not go on (nor resume) after the head
-        # decides the speech was a backchannel.
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"server, {TRUNCATE_FIX}: the head ignoring the speech lets the truncated answer play on",
-        ),
-    ),
+    # Pipecat flushes and truncates on speech_started; from then on no audio of the truncated answer may
+    # reach it, whatever the state head decides next (takes the turn, stays undecided, or hears a
+    # backchannel, which would otherwise resume the answer).
+    pytest.param("answer", id="head-takes-the-turn"),
+    pytest.param("listen", id="head-undecided"),
+    pytest.param("ignore", id="head-hears-a-backchannel"),
 ]
 BARGE_IN_TRIES = 3  # the tiny model's answers vary in length; a try whose answer ends first is repeated
 

@@ -120,8 +120,8 @@ def keyed_server(start_server: Callable[..., LiveServer]) -> LiveServer:
 
 def engine_answers(server: LiveServer) -> list[str]:
     """The assistant texts of the server's one live session, as its model will read them next."""
-    (session,) = list(server.state.sessions)
-    ref = session.ref
+    (connection,) = list(server.state.sessions)
+    ref = connection.session.ref
     return [text for kind, text in ref.engine.conversation_text(ref.session_id) if kind == "answer"]
 
 
