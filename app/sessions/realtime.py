@@ -320,7 +320,7 @@ class RealtimeSession:
     async def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
         if not self._listening:
             return
-        if self._interrupted is not None:
+        if self._interrupted is not None and not self._interrupted.finished:
             # Unless the head takes the turn on the audio it has not heard yet, this was no
             # interruption after all: once it has heard it all, the turn is dropped and the answer goes on.
             self._send_speech_stopped(stopped.audio_end_ms)
@@ -449,6 +449,10 @@ class RealtimeSession:
     async def _release_interruption(self) -> None:
         """The VAD closed an interrupting turn and the head, having heard all of it, did not take it."""
         if not self._listening or self._interrupted is None:
+            return
+        if self._interrupted.finished:  # the answer ended meanwhile (cancelled): an ordinary turn
+            self._interrupted = None
+            self._feed.put_nowait(_FeedItem("commit", self._turn))
             return
         if not self._turn_unannounced:
             self.outbound.put(ev.InputAudioBufferCleared())

@@ -189,3 +189,27 @@ def test_interrupt_response_false_never_pauses(
     assert done["response"]["status"] == "completed"
     assert not client.events("input_audio_buffer.speech_started")
     assert playback(client, first).flushed_bytes == 0
+
+
+def test_a_paused_answer_cancelled_by_the_client_leaves_an_ordinary_turn(
+    interrupt_server: LiveServer, question_24k: np.ndarray
+) -> None:
+    """response.cancel while speech has paused the answer: the answer ends cancelled (client_cancelled) and
+    the speech, no longer an interruption, is answered when the VAD hears its end."""
+
+    async def main() -> tuple[RealtimeClient, str]:
+        async with realtime_client(interrupt_server.ws_url) as client, Microphone(client) as mic:
+            first = await long_answer(client, 1.0)
+            mic.say(question_24k)
+            await client.wait_for("input_audio_buffer.speech_started", timeout=10)
+            await client.send({"type": "response.cancel"})
+            await client.wait_for("response.done", timeout=10, where=of_response(first))
+            await client.wait_for("response.done", timeout=30)  # the question's own answer
+            return client, first
+
+    client, first = asyncio.run(main())
+    first_done, second_done = client.events("response.done")
+    assert first_done["response"]["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    assert second_done["response"]["id"] != first
+    assert not client.events("input_audio_buffer.cleared")
+    assert client.events("input_audio_buffer.committed")

@@ -242,10 +242,16 @@ def test_settings_are_checked_and_threshold_maps_to_aggressiveness() -> None:
 
 # -- a real room: a steady floor after (or under) a question whose pauses are exact zeros ------------------
 def room_floor(kind: str, dbfs: float, seconds: float, seed: int = 3) -> np.ndarray:
-    """White or pink noise at `dbfs` (RMS)."""
+    """White, pink or fan-like noise (a 100 Hz hum with harmonics over brown rumble) at `dbfs` (RMS)."""
     rng = np.random.default_rng(seed)
     samples = rng.standard_normal(int(RATE * seconds))
-    if kind == "pink":
+    if kind == "fan":
+        t = np.arange(samples.size) / RATE
+        hum = sum(np.sin(2 * np.pi * 100 * h * t + h) / h for h in (1, 2, 3))
+        rumble = np.cumsum(samples)
+        rumble -= np.convolve(rumble, np.ones(400) / 400, "same")
+        samples = hum / np.std(hum) + rumble / np.std(rumble)
+    elif kind == "pink":
         spectrum = np.fft.rfft(samples)
         spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(samples.size), 1.0 / samples.size))
         samples = np.fft.irfft(spectrum, samples.size)
@@ -253,7 +259,14 @@ def room_floor(kind: str, dbfs: float, seconds: float, seed: int = 3) -> np.ndar
     return (samples * 10 ** (dbfs / 20)).astype(np.float32)
 
 
-ROOMS = [("white", -64.0, False), ("pink", -50.0, False), ("pink", -45.0, False), ("white", -64.0, True)]
+ROOMS = [
+    ("white", -64.0, False),
+    ("pink", -50.0, False),
+    ("pink", -45.0, False),
+    ("fan", -45.0, False),
+    ("white", -64.0, True),
+    ("pink", -50.0, True),
+]
 
 
 @pytest.mark.parametrize("aggressiveness", [0, 1, 2, 3])
