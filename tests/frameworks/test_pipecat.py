@@ -94,9 +94,10 @@ BARGE_IN_CASES = [
         "answer",
         id="head-takes-the-turn",
         # Pipecat truncates on speech_started; the state head cancels a chunk or two later, and in between
-        # the server sends 2 more deltas of the truncated item (every run so far).
+        # the server sends more deltas of the truncated item: 2 in nearly every run, none in about one run
+        # out of ten. Not strict, so CI does not flip on that race; the two cases below flip for sure.
         marks=pytest.mark.xfail(
-            strict=True, reason=f"server, {TRUNCATE_FIX}: 2 deltas leak before the head cancels"
+            strict=False, reason=f"server, {TRUNCATE_FIX}: deltas leak before the head cancels (usually 2)"
         ),
     ),
     pytest.param(
