@@ -94,10 +94,11 @@ BARGE_IN_CASES = [
         "answer",
         id="head-takes-the-turn",
         # Pipecat truncates on speech_started; the state head cancels a chunk or two later, and in between
-        # the server sends more deltas of the truncated item: 2 in nearly every run, none in about one run
-        # out of ten. Not strict, so CI does not flip on that race; the two cases below flip for sure.
+        # the server may send more deltas of the truncated item: 2 in about half the runs, none in the rest.
+        # Not strict, so CI does not flip on that race; the two cases below fail every time until the fix.
         marks=pytest.mark.xfail(
-            strict=False, reason=f"server, {TRUNCATE_FIX}: deltas leak before the head cancels (usually 2)"
+            strict=False,
+            reason=f"server, {TRUNCATE_FIX}: deltas leak before the head cancels (2, in about half the runs)",
         ),
     ),
     pytest.param(
