@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model import LLMSampling
+from app.model import CHUNK_SECONDS, LLMSampling
 
 _SAMPLING = LLMSampling()
 
@@ -105,7 +105,7 @@ class Settings(BaseSettings):
             max_sessions=self.max_sessions,
             llm_max_len=self.llm_max_len,
             max_answer_tokens=self.max_answer_tokens,
-            max_turn_chunks=max(1, int(self.max_turn_seconds / 0.16)),
+            max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),

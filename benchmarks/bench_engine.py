@@ -36,10 +36,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine.engine import CHUNK_SAMPLES, AnswerStream, Engine  # noqa: E402
+from app.engine.engine import AnswerStream, Engine  # noqa: E402
 from app.engine.events import AnswerStatus, AudioDelta  # noqa: E402
 from app.engine.runner import StepRunner  # noqa: E402
 from app.engine.settings import EngineSettings  # noqa: E402
+from app.model import CHUNK_SAMPLES  # noqa: E402
 from app.model.checkpoint_io.defaults import ensure_default_model  # noqa: E402
 from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni, resolve_dtype  # noqa: E402
 from app.model.checkpoint_io.weights import assert_materialized  # noqa: E402

@@ -40,8 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings  # noqa: E402
-from app.engine.engine import CHUNK_SAMPLES, Engine  # noqa: E402
+from app.engine.engine import Engine  # noqa: E402
 from app.engine.events import AudioDelta  # noqa: E402
+from app.model import CHUNK_SAMPLES  # noqa: E402
 from app.model.wav import read_wav, resample  # noqa: E402
 from benchmarks.wire_formats import FORMATS, opus_codec_cost, print_formats, run_format  # noqa: E402
 

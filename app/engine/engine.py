@@ -35,9 +35,10 @@ from app.engine.scheduler import Scheduler
 from app.engine.settings import EngineSettings
 from app.engine.state import AnswerState, HistoryEntry, ListenTurn, PendingChunk, SessionState
 from app.model import (
+    CHUNK_SAMPLES,
+    INPUT_RATE,
     OUTPUT_RATE,
     CodecChunker,
-    FbankConfig,
     FreezeOmni,
     IncrementalDetokenizer,
     ListenState,
@@ -49,7 +50,6 @@ from app.model import (
 )
 
 log = logging.getLogger(__name__)
-CHUNK_SAMPLES = FbankConfig().chunk_samples
 
 
 class AnswerStream:
@@ -184,7 +184,9 @@ class Engine:
         """
         samples = np.asarray(samples, dtype=np.float32)
         if samples.shape != (CHUNK_SAMPLES,):
-            raise ValueError(f"a chunk is {CHUNK_SAMPLES} samples at 16 kHz, got shape {samples.shape}")
+            raise ValueError(
+                f"a chunk is {CHUNK_SAMPLES} samples at {INPUT_RATE} Hz, got shape {samples.shape}"
+            )
         future: asyncio.Future[ChunkDecision] = asyncio.get_running_loop().create_future()
 
         def enqueue() -> None:

@@ -26,9 +26,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "checkpoint_io.weights": ("CheckpointError",),
     "checkpoint_io.defaults": ("TRAINED_MODEL_ROOT", "ensure_default_model"),
     "fixtures.tiny": ("TinyPaths", "make_tiny"),
+    "audio_constants": ("CHUNK_SAMPLES", "CHUNK_SECONDS", "INPUT_RATE", "OUTPUT_RATE"),
     "pipeline": (
-        "INPUT_RATE",
-        "OUTPUT_RATE",
         "InferOptions",
         "OfflinePipeline",
         "TurnResult",

@@ -17,7 +17,8 @@ import torch
 from app.model.checkpoint_io.layout import FreezeOmni
 from app.model.llm.duplex import decide_state
 from app.model.llm.qwen2 import LLMRow
-from app.model.llm.sampling import LLMSampling, sample_llm_token, sample_top_k
+from app.model.llm.sampling import sample_llm_token, sample_top_k
+from app.model.llm.sampling_settings import LLMSampling
 from app.model.speech_in.frontend import StreamingFbank
 from app.model.speech_out.codec_stream import CodecChunker, decode_windows
 from app.model.speech_out.speech_decoder import SegmentInput
@@ -29,9 +30,6 @@ from app.model.turn_parts import (
     system_prefill_embeds,
     turn_opening_embeds,
 )
-
-INPUT_RATE = 16000
-OUTPUT_RATE = 24000
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,13 @@ from typing import Literal
 import numpy as np
 import soxr
 
+from app.model import INPUT_RATE, OUTPUT_RATE
+
 Encoding = Literal["pcm16", "pcmu", "pcma", "opus"]
 
-MODEL_INPUT_RATE = 16000
-MODEL_OUTPUT_RATE = 24000
+MODEL_INPUT_RATE = INPUT_RATE
+MODEL_OUTPUT_RATE = OUTPUT_RATE
+REALTIME_PCM_RATE = 24000  # the Realtime protocol's pcm16 rate (it happens to be the codec's)
 G711_RATE = 8000
 OPUS_CLOCK_RATE = 48000  # Opus packets decode at 48 kHz whatever they were encoded from
 
@@ -62,8 +65,8 @@ class WireFormat:
         return 1000.0 * num_bytes / (self.bytes_per_sample * self.sample_rate)
 
 
-PCM16_24K = WireFormat("pcm16", 24000)
-PCM16_16K = WireFormat("pcm16", 16000)
+PCM16_24K = WireFormat("pcm16", REALTIME_PCM_RATE)
+PCM16_16K = WireFormat("pcm16", INPUT_RATE)
 PCMU = WireFormat("pcmu", G711_RATE)
 PCMA = WireFormat("pcma", G711_RATE)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.events import AnswerDone, AnswerStatus, AudioDelta
 from app.engine.pool import EnginePool
+from app.model import CHUNK_SAMPLES as CHUNK
 from app.model import OUTPUT_RATE, WavError, pad_to_chunks, read_wav_bytes, resample, wav_bytes
 from app.sessions.audio_formats import MODEL_INPUT_RATE
 
@@ -105,7 +105,7 @@ async def _run(ref, samples_16k: np.ndarray, started: float) -> TurnAnswer:
         "listen_s": heard - started,
         "answer_s": finished - heard,
         "total_s": finished - started,
-        "input_s": len(samples_16k) / 16000,
+        "input_s": len(samples_16k) / MODEL_INPUT_RATE,
         "output_s": len(audio) / OUTPUT_RATE,
     }
     if first_audio is not None:

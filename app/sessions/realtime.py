@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.config import Settings
-from app.engine.engine import CHUNK_SAMPLES as CHUNK
 from app.engine.engine import AnswerStream
 from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
+from app.model import CHUNK_SAMPLES as CHUNK
 from app.model import ListenState
 from app.sessions import events as ev
 from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError

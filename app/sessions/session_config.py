@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.sessions.audio_formats import OPUS_CLOCK_RATE, WireFormat
+from app.sessions.audio_formats import MODEL_INPUT_RATE, OPUS_CLOCK_RATE, REALTIME_PCM_RATE, WireFormat
 from app.sessions.opus_codec import MAX_OPUS_BITRATE, MIN_OPUS_BITRATE
 from app.sessions.protocol_base import (
     BETA_RENAMES,
@@ -51,7 +51,7 @@ class AudioFormat(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     type: Literal["audio/pcm", "audio/pcmu", "audio/pcma", "audio/x-opus"] = "audio/pcm"
-    rate: int = 24000
+    rate: int = REALTIME_PCM_RATE
     bitrate: int | None = None
 
     @model_validator(mode="before")
@@ -65,7 +65,9 @@ class AudioFormat(BaseModel):
 
     @model_validator(mode="after")
     def _check_rate(self) -> AudioFormat:
-        allowed = (24000, 16000) if self.type == "audio/pcm" else (_FIXED_RATES[self.type],)
+        allowed = (
+            (REALTIME_PCM_RATE, MODEL_INPUT_RATE) if self.type == "audio/pcm" else (_FIXED_RATES[self.type],)
+        )
         if self.rate not in allowed:
             raise custom_error(ErrorCode.INVALID_VALUE, f"{self.type} supports rates {allowed}", "rate")
         if self.bitrate is not None:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from app.model import INPUT_RATE
 from app.sessions.audio_formats import float_to_int16
 from app.sessions.noise_floor import NoiseFloor, NoiseGateSettings
 
-VAD_SAMPLE_RATE = 16000
+VAD_SAMPLE_RATE = INPUT_RATE  # the VAD hears what the model hears
 
 
 def aggressiveness_from_threshold(threshold: float) -> int:

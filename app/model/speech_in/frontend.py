@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import kaldi_native_fbank as knf
 import numpy as np
 
+from app.model.audio_constants import INPUT_RATE
+
 INT16_SCALE = 32768.0
 """Float samples in [-1, 1] are scaled to int16 range before fbank, as the published code does."""
 
@@ -25,7 +27,7 @@ class FbankConfig:
     frames x subsampling 4 = 16 fbank frames) and the Conv2d subsampler's right context (3 frames).
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = INPUT_RATE
     num_mel_bins: int = 80
     frame_length_samples: int = 400
     frame_shift_samples: int = 160

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.model.audio_constants import OUTPUT_RATE
 from app.model.checkpoint_io.weights import (
     MODEL_WRAPPER_KEY,
     CheckpointError,
@@ -90,7 +91,7 @@ class CodecConfig:
     upsample_initial_channel: int = 512
     resblock_kernel_sizes: list[int] = _default([3, 7, 11])
     resblock_dilation_sizes: list[list[int]] = _default([[1, 3, 5], [1, 3, 5], [1, 3, 5]])
-    sampling_rate: int = 24000
+    sampling_rate: int = OUTPUT_RATE
     n_code_groups: int = 1
     residul_layer: int = 1
     n_codes: int = 1024
