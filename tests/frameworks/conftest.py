@@ -40,28 +40,9 @@ CANCEL_CROSSED_THE_END = "response_cancel_not_active"
 
 
 # -- audio -------------------------------------------------------------------------------------------------
-def noise_floor(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
-    """White noise at the noise floor of a quiet room (float32)."""
-    rng = np.random.default_rng(seed)
-    return (NOISE_FLOOR_RMS * rng.standard_normal(int(seconds * rate))).astype(np.float32)
-
-
-def with_noise(samples: np.ndarray, rate: int, seed: int = 0) -> np.ndarray:
-    """`samples` with the noise floor added under them."""
-    return samples + noise_floor(len(samples) / rate, rate, seed)[: len(samples)]
-
-
 def to_rate(samples_16k: np.ndarray, rate: int) -> np.ndarray:
     """A 16 kHz recording at `rate`."""
     return samples_16k if rate == 16000 else resample(samples_16k, 16000, rate)
-
-
-def pcm16_bytes(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-
-
-def from_pcm16_bytes(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
 class Microphone:

@@ -22,7 +22,8 @@ from livekit.agents import Agent, AgentSession
 from livekit.agents.voice import io
 from livekit.plugins import openai
 
-from tests.frameworks.conftest import Microphone, WireTap, pcm16_bytes
+from tests.frameworks.conftest import Microphone, WireTap
+from tests.routes.conftest import pcm16
 
 MIC_RATE = 48000  # what a LiveKit room hands an agent
 SPEAKER_RATE = 24000
@@ -38,7 +39,7 @@ class MicrophoneInput(io.AudioInput):
     async def __anext__(self) -> rtc.AudioFrame:
         samples = await self.mic.__anext__()
         return rtc.AudioFrame(
-            data=pcm16_bytes(samples),
+            data=pcm16(samples),
             sample_rate=self.mic.rate,
             num_channels=1,
             samples_per_channel=len(samples),

@@ -42,7 +42,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.workers.runner import WorkerRunner
 
-from tests.frameworks.conftest import Microphone, WireTap, pcm16_bytes
+from tests.frameworks.conftest import Microphone, WireTap
+from tests.routes.conftest import pcm16
 
 MIC_RATE = 16000  # what a Pipecat transport typically hands in; the service resamples to 24 kHz
 KEPT = (
@@ -175,7 +176,7 @@ async def pipecat_agent(tap: WireTap, instructions: str | None = None) -> AsyncI
 
     async def transport_input() -> None:
         async for samples in agent.mic:
-            frame = InputAudioRawFrame(audio=pcm16_bytes(samples), sample_rate=MIC_RATE, num_channels=1)
+            frame = InputAudioRawFrame(audio=pcm16(samples), sample_rate=MIC_RATE, num_channels=1)
             await task.queue_frame(frame)
 
     microphone = asyncio.create_task(transport_input())
