@@ -229,11 +229,16 @@ class SessionPatch(BaseModel):
         return data
 
 
+# The model name sessions report: clients name OpenAI models (Pipecat gpt-realtime-*, LiveKit gpt-realtime),
+# but one Freeze-Omni model answers, and the session says so.
+SERVED_MODEL = "freeze-omni"
+
+
 class SessionConfig(BaseModel):
     """A session's effective configuration, as ``session.created``/``session.updated`` report it."""
 
     id: str = Field(default_factory=new_session_id)
-    model: str = ""
+    model: str = SERVED_MODEL  # what this server serves, whatever a client names: never echoed back
     instructions: str = ""
     output_modalities: list[Modality] = Field(default_factory=lambda: ["audio"])
     input_format: AudioFormat = Field(default_factory=AudioFormat)
@@ -251,7 +256,6 @@ class SessionConfig(BaseModel):
         """A copy with the fields present in ``patch`` replaced (``turn_detection: null`` turns VAD off)."""
         updates: dict[str, Any] = {}
         for name in (
-            "model",
             "instructions",
             "output_modalities",
             "max_output_tokens",

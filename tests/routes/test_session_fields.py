@@ -67,7 +67,7 @@ def test_unhonoured_field_is_refused_and_the_rest_applies(
         async with realtime.connect(model=MODEL) as connection:
             await events_until(connection, "session.created", timeout=10)
             fields = ga_fields if dialect == "ga" else beta_fields
-            session = {"instructions": "Be brief.", **fields}
+            session = {"instructions": "Be brief.", "model": "gpt-realtime", **fields}
             if dialect == "ga":
                 session["type"] = "realtime"
             await connection.session.update(session=session)
@@ -82,6 +82,7 @@ def test_unhonoured_field_is_refused_and_the_rest_applies(
     session = update[-1].session
     assert session.instructions == "Be brief."  # the rest of the update applied
     echoed = session.model_dump()
+    assert echoed["model"] == "freeze-omni"  # the model that answers, not whatever the client named
     if dialect == "ga":
         audio = echoed["audio"]
         assert audio["input"]["transcription"] is None and audio["input"]["noise_reduction"] is None
