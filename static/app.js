@@ -44,8 +44,8 @@ window.__stateLog = [];
 window.__audio = { deltas: 0, secondsScheduled: 0, secondsSent: 0, packetsSent: 0, packetsReceived: 0 };
 window.__audioFormat = null; // "opus" or "pcm16": what the server confirmed for this connection
 window.__firstAudioLatenciesMs = [];
-window.__lastStopLatencyMs = null; // cancelling response.done -> output found silent
-window.__lastStopCallMs = null; // cancelling response.done -> every source stopped
+window.__lastStopLatencyMs = null; // speech_started (pause) or cancelling response.done -> output silent
+window.__lastStopCallMs = null; // the same event -> every source stopped
 window.__lastStop = null; // {sources: how many were stopped, wasSounding: audio was heard then}
 
 const page = {
@@ -299,6 +299,7 @@ function scheduleAnswerAudio(response, samples, rate) {
   window.__audio.deltas += 1;
   window.__audio.secondsScheduled += samples.length / rate;
   response.scheduledS += samples.length / rate;
+  response.segmentStart ??= startAt;
   if (response.firstStart === null) {
     response.firstStart = startAt;
     showFirstAudioLatency(response, startAt);
@@ -405,9 +406,12 @@ const HANDLERS = {
     if (page.instructionsSent) notify("Instructions applied.");
     page.instructionsSent = false;
   },
-  "input_audio_buffer.speech_started": ({ audio_start_ms }) => {
+  "input_audio_buffer.speech_started": ({ audio_start_ms }, receivedAt) => {
     page.userSpeaking = true;
     page.speech = { startMs: audio_start_ms, endMs: null };
+    // The server has paused the answer: flush what is queued, as OpenAI's guidance says. If the model
+    // judges the speech a backchannel the answer resumes from where playback stopped (audio comes again).
+    if (page.response && player?.sounding()) flushForPause(page.response, receivedAt);
   },
   "input_audio_buffer.speech_stopped": ({ audio_end_ms }) => {
     page.userSpeaking = false;
@@ -432,7 +436,16 @@ const HANDLERS = {
     page.awaitingAnswer = false;
     page.responseIds.push(response.id);
     if (page.responseIds.length > 512) page.responseIds.splice(0, 256); // keeps index % 256 right
-    const live = { id: response.id, itemId: null, bubble: null, firstStart: null, scheduledS: 0, decoder: null };
+    const live = {
+      id: response.id,
+      itemId: null,
+      bubble: null,
+      firstStart: null,
+      segmentStart: null, // when the audio playing now started (after a pause: when it resumed)
+      heardBeforeS: 0, // audio heard before the last pause
+      scheduledS: 0,
+      decoder: null,
+    };
     if (page.outputOpus) {
       live.decoder = new OpusAnswerDecoder({
         onSamples: (samples, rate) => scheduleAnswerAudio(live, samples, rate),
@@ -519,23 +532,45 @@ function stopPlayback() {
   player?.stop();
 }
 
-/** The server ended the answer early (the user barged in, or we cancelled): silence it now, in
- * this very event, and tell the server how much of it was heard. `speech_started` alone does not
- * stop playback: the model may judge that speech a backchannel ("mhm") and keep talking. */
-function stopForBargeIn(response, receivedAt) {
-  const heardS = response?.firstStart == null ? 0 : audioContext.currentTime - response.firstStart;
-  window.__lastStopLatencyMs = null;
+/** What of the response the user has heard so far, in seconds of its audio. */
+function heardSeconds(response) {
+  const playing = response.segmentStart == null ? 0 : audioContext.currentTime - response.segmentStart;
+  return response.heardBeforeS + Math.min(Math.max(playing, 0), response.scheduledS - response.heardBeforeS);
+}
+
+/** Paused by the server (speech into the answer): silence it now; resumed audio is scheduled afresh. */
+function flushForPause(response, receivedAt) {
+  response.heardBeforeS = heardSeconds(response);
+  response.scheduledS = response.heardBeforeS;
+  response.segmentStart = null;
+  silenceNow(receivedAt);
+}
+
+/** Stop every scheduled source now; the test hooks record how fast the output really went silent. */
+function silenceNow(receivedAt) {
   const wasSounding = player.sounding();
   const stopped = player.stop();
-  window.__lastStopCallMs = performance.now() - receivedAt;
-  window.__lastStop = { sources: stopped, wasSounding };
-  player.whenSilent().then((silentAt) => {
-    window.__lastStopLatencyMs = silentAt === null ? null : silentAt - receivedAt;
-  });
+  if (stopped) {
+    window.__lastStopLatencyMs = null;
+    window.__lastStopCallMs = performance.now() - receivedAt;
+    window.__lastStop = { sources: stopped, wasSounding };
+    player.whenSilent().then((silentAt) => {
+      window.__lastStopLatencyMs = silentAt === null ? null : silentAt - receivedAt;
+    });
+  }
+  return stopped;
+}
+
+/** The server ended the answer early (the user barged in, or we cancelled): silence it now, in
+ * this very event, and tell the server how much of it was heard (when it was still sounding: a paused
+ * answer was flushed on `speech_started`, and the server knows where it paused). */
+function stopForBargeIn(response, receivedAt) {
+  const heardS = response ? heardSeconds(response) : 0;
+  const stopped = silenceNow(receivedAt);
   if (!response?.bubble) return;
   addMeta(response.bubble, "interrupted");
   if (stopped && response.itemId) {
-    const heardMs = Math.round(1000 * Math.min(Math.max(heardS, 0), response.scheduledS));
+    const heardMs = Math.round(1000 * heardS);
     client.send({
       type: "conversation.item.truncate",
       item_id: response.itemId,

@@ -141,18 +141,23 @@ def test_barge_in_stops_playback_within_200_ms(start_server, page) -> None:
     time.sleep(0.5)  # well into the answer
 
     with forced_answer(server):
-        page.check("#mic")  # the fake microphone speaks over the answer: the server cancels it
+        # The fake microphone speaks over the answer: the server pauses it (speech_started), which
+        # silences the page at once; then the state head takes the turn and the server cancels it.
+        page.check("#mic")
         page.wait_for_function("window.__lastStopLatencyMs !== null", timeout=30_000)
+        page.wait_for_function(
+            "document.querySelector('#log').innerText.includes('interrupted')", timeout=30_000
+        )
 
     stop = page.evaluate("window.__lastStop")
     latency_ms = page.evaluate("window.__lastStopLatencyMs")
     call_ms = page.evaluate("window.__lastStopCallMs")
     assert stop["sources"] > 0, "the cancel came when nothing was scheduled: the test proves nothing"
     assert stop["wasSounding"], "the answer was not audible when the cancel came"
-    assert latency_ms < BARGE_IN_STOP_LIMIT_MS, f"playback went silent {latency_ms:.1f} ms after the cancel"
+    assert latency_ms < BARGE_IN_STOP_LIMIT_MS, f"playback went silent {latency_ms:.1f} ms after the pause"
     assert "interrupted" in page.inner_text("#log")
     screenshot(page, "barge-in.png")
-    print(f"\nbarge-in: stop() {call_ms:.1f} ms, silent {latency_ms:.1f} ms after response.done")
+    print(f"\nbarge-in: stop() {call_ms:.1f} ms, silent {latency_ms:.1f} ms after speech_started")
 
 
 def test_page_asks_for_the_api_key_the_server_requires(start_server, page) -> None:
