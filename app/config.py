@@ -88,8 +88,12 @@ class Settings(BaseSettings):
 
     # -- auth
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty: no auth")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="browser origins besides the server's own that may connect; * for any",
+    )
 
-    @field_validator("api_keys", "devices", mode="before")
+    @field_validator("api_keys", "devices", "allowed_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

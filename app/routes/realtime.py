@@ -24,7 +24,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.engine.errors import CapacityError
 from app.routes.auth import error_body
-from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, Server
+from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, OriginChecked, Server
+from app.routes.origin import ORIGIN_REFUSED_CODE, refusal_message
 from app.routes.routing import (
     EXTENSION_FIELD,
     SESSION_KEY_PARAM,
@@ -111,18 +112,29 @@ async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, mess
     await socket.close(code, message)
 
 
+async def _deny_handshake(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the handshake with an HTTP answer (or, where the server cannot, close with 1008)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error_body(code, message), status_code=status))
+    else:  # the server cannot answer the handshake with HTTP: close with "policy violation"
+        await websocket.accept()
+        await websocket.close(CloseCode.POLICY_VIOLATION, message[:120])
+
+
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> None:
+async def realtime(
+    websocket: WebSocket, server: Server, origin_ok: OriginChecked, key_ok: KeyChecked
+) -> None:
     settings = server.settings
     offered = list(websocket.scope.get("subprotocols") or [])
+    if not origin_ok:
+        server.metrics.count_error(ORIGIN_REFUSED_CODE)
+        message = refusal_message(websocket.headers.get("origin", ""))
+        await _deny_handshake(websocket, 403, ORIGIN_REFUSED_CODE, message)
+        return
     if not key_ok:
         server.metrics.count_error("invalid_api_key")
-        body = error_body("invalid_api_key", INVALID_KEY_MESSAGE)
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(JSONResponse(body, status_code=401))
-        else:  # the server cannot answer the handshake with HTTP: close with "policy violation"
-            await websocket.accept()
-            await websocket.close(CloseCode.POLICY_VIOLATION, "invalid API key")
+        await _deny_handshake(websocket, 401, "invalid_api_key", INVALID_KEY_MESSAGE)
         return
 
     beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
