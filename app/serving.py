@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import uvicorn
 
@@ -16,6 +17,15 @@ class GracefulServer(uvicorn.Server):
     The listening socket stays open while draining, so `/readyz` can answer 503 "draining" and new
     sessions get a clear 1013 rather than a refused connection.
     """
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        state = getattr(self.config.app.state, "server", None)
+        if state is not None:
+            state.on_fatal = self._exit_on_fatal
+
+    def _exit_on_fatal(self) -> None:
+        self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         state = getattr(self.config.app.state, "server", None)
@@ -49,4 +59,10 @@ def run_server(settings: Settings) -> None:
         "(page: /, realtime: ws /v1/realtime, REST: POST /v1/turns, /readyz, /metrics)",
         flush=True,
     )
-    asyncio.run(GracefulServer(uvicorn_config(settings)).serve())
+    server = GracefulServer(uvicorn_config(settings))
+    asyncio.run(server.serve())
+    state = getattr(server.config.app.state, "server", None)
+    if state is not None and state.fatal_error is not None:
+        # Non-zero, so a supervisor (systemd, Kubernetes, compose) restarts the process.
+        print(f"exiting: the server cannot serve ({state.fatal_error})", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.engine import fault_injection
 from app.engine.errors import CapacityError, EngineStoppedError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerEvent, AnswerOptions, AnswerStatus, ChunkDecision
 from app.engine.runner import StepOutcome, StepRunner
@@ -111,6 +112,7 @@ class Engine:
         self._stopping = False
         self._ids = itertools.count()
         self._answer_start = answer_start_embeds(model)
+        fault_injection.fail_after_steps()  # TEST-ONLY hook, read once at start
         system_len = system_prefill_embeds(model, None).shape[0]
         if settings.llm_max_len < system_len + settings.turn_reserve:
             raise ValueError(
@@ -137,12 +139,21 @@ class Engine:
         """Cancel every answer, close every session, stop the loop."""
         if self._task is None:
             return
+        if self._task.done():  # the loop died (see `loop_task`): nothing left to ask it
+            self._task = None
+            self._executor.shutdown(wait=True)
+            return
         await self._submit(self._close_all)
         self._stopping = True
         self._wake.set()
         await self._task
         self._task = None
         self._executor.shutdown(wait=True)
+
+    @property
+    def loop_task(self) -> asyncio.Task | None:
+        """The running loop; it ends with an exception only when the engine can no longer serve."""
+        return self._task
 
     @property
     def load(self) -> int:
@@ -227,7 +238,7 @@ class Engine:
 
     # -- commands (event loop thread, between steps) ----------------------------------------------
     async def _submit(self, command: Callable[[], Any], missing_ok: bool = False) -> Any:
-        if self._task is None or self._stopping:
+        if self._task is None or self._stopping or self._task.done():
             raise EngineStoppedError("the engine is not running")
         future = asyncio.get_running_loop().create_future()
 
@@ -557,6 +568,7 @@ class Engine:
                 self._apply(outcome)
             except Exception:  # noqa: BLE001
                 log.exception("%s: delivering a step's outcome failed", self.name)
+            fault_injection.raise_if_due(self.stats.steps)  # TEST-ONLY hook; a no-op unless set
 
     def _apply(self, outcome: StepOutcome) -> None:
         self.stats.steps += 1

@@ -106,6 +106,13 @@ class _LiveConnection:
         await self.socket.send(ErrorEvent(error=notice), extension=hint)
         await self.session.shutdown(code, reason, grace_s=grace_s)
 
+    async def fail(self, code: str, message: str) -> None:
+        """The server cannot go on: `error` (server_error) with a reconnect hint, then close 1011."""
+        notice = ErrorDetail(type="server_error", code=code, message=message)
+        hint = {"reconnect": True, "session_key": self.session_key}
+        await self.socket.send(ErrorEvent(error=notice), extension=hint)
+        await self.session.shutdown(CloseCode.INTERNAL_ERROR, "server error", grace_s=1.0)
+
 
 async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, message: str, kind: str) -> None:
     await socket.send(ErrorEvent(error=ErrorDetail(type=kind, code=error_code, message=message)))
@@ -165,7 +172,11 @@ async def realtime(
         )
         return
     if not server.ready:
-        message = "the model is still loading" if server.load_error is None else "the model failed to load"
+        message = "the model is still loading"
+        if server.load_error is not None:
+            message = "the model failed to load"
+        elif server.fatal_error is not None:
+            message = "the server failed and is restarting"
         await _refuse_after_accept(
             socket,
             CloseCode.TRY_AGAIN_LATER,

@@ -53,6 +53,8 @@ async def turn(request: Request, server: Server, instructions: str | None = None
             "this server is shutting down; send the turn again",
             {"Retry-After": "1"},
         )
+    if server.fatal_error is not None:
+        raise ApiError(503, "server_failed", "this server failed and is restarting; send the turn again")
     if not server.ready:
         raise ApiError(
             503, "server_not_ready", "the model is still loading; try again shortly", {"Retry-After": "5"}
