@@ -219,11 +219,8 @@ async def realtime(
             await session.handle_message(raw)
     except WebSocketDisconnect:
         pass
-    except Exception:  # noqa: BLE001 - one broken session must not take the server down
-        log.exception("realtime session failed")
-        await _refuse_after_accept(
-            socket, CloseCode.INTERNAL_ERROR, "internal_error", "internal server error", "server_error"
-        )
+    except Exception as error:  # noqa: BLE001 - one broken session must not take the server down
+        await session.abort("receive loop", error)
     finally:
         server.sessions.discard(connection)
         await session.close()

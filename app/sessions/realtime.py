@@ -45,6 +45,7 @@ from app.sessions.outbound import Outbound
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.supervision import TaskSupervisor
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class RealtimeSession:
         self.pool = pool
         self.settings = settings
         self._close_socket = close
+        self._send_direct = send  # for the last word when the outbound task itself has failed
         self.metrics = metrics
         # Opus answer audio leaves as binary frames (app.sessions.binary_frames); everything else as JSON.
         self.outbound = Outbound(BinaryFramer().wrap(send), ahead_s=settings.audio_ahead_s)
@@ -87,7 +89,8 @@ class RealtimeSession:
         )
         self.ref: SessionRef | None = None
         self.last_activity = time.monotonic()
-        self._tasks: list[asyncio.Task] = []
+        # Every task of this connection; one that fails ends the session (see `abort`).
+        self._supervisor = TaskSupervisor(self.abort)
         self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
         # listen turn (our side)
@@ -117,11 +120,9 @@ class RealtimeSession:
         """Take a place in the engine (or raise CapacityError) and greet the client."""
         self.ref = await self.pool.open_session()
         self.metrics.sessions_opened += 1
-        self._tasks = [
-            asyncio.create_task(self.outbound.run(), name="outbound"),
-            asyncio.create_task(self._feeder(), name="feeder"),
-            asyncio.create_task(self._watchdog(), name="watchdog"),
-        ]
+        self._supervisor.spawn(self.outbound.run(), name="outbound")
+        self._supervisor.spawn(self._feeder(), name="feeder")
+        self._supervisor.spawn(self._watchdog(), name="watchdog")
         self.outbound.put(ev.SessionCreated(session=self.config))
 
     async def close(self) -> None:
@@ -132,15 +133,36 @@ class RealtimeSession:
         if self.ref is not None:
             with contextlib.suppress(EngineError):
                 await self.pool.close_session(self.ref.session_id)
-        if self._streamer_task is not None:
-            self._streamer_task.cancel()
         self.outbound.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in [*self._tasks, self._streamer_task]:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._supervisor.stop()
+
+    @property
+    def session_id(self) -> str:
+        """The engine's id of this session (what the logs name it by)."""
+        return self.ref.session_id if self.ref is not None else "(not opened)"
+
+    @property
+    def live_tasks(self) -> int:
+        """How many of this connection's tasks are running (benchmarks check none outlive it)."""
+        return self._supervisor.live_tasks
+
+    async def abort(self, where: str, error: BaseException) -> None:
+        """An unexpected exception in one part of this connection (`where`) ends all of it: the client
+        gets an `error` (server_error) and close 1011, and every engine resource is freed."""
+        log.error("session %s: %s failed; ending the session", self.session_id, where, exc_info=error)
+        self.metrics.count_error("internal_error")
+        notice = ev.ErrorDetail(
+            type="server_error",
+            code="internal_error",
+            message=f"internal server error in session {self.session_id}; it cannot go on: reconnect",
+        )
+        # Straight to the socket: the outbound task may be the part that failed. Bounded: the client
+        # may not be reading.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._send_direct(ev.ErrorEvent(error=notice)), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close_socket(CloseCode.INTERNAL_ERROR, "internal server error"), 5.0)
+        await self.close()
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
         """Server-side end: cancel the answer, let queued events out briefly, close the socket."""
@@ -650,7 +672,7 @@ class RealtimeSession:
         self._streamer = streamer
         if not streamer.out_of_band:
             self._known_items.add(streamer.item_id)
-        self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
+        self._streamer_task = self._supervisor.spawn(streamer.run(), name=f"response-{stream.answer_id}")
 
     def _response_finished(
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
@@ -667,7 +689,7 @@ class RealtimeSession:
             self._streamer = None
         if status == AnswerStatus.FAILED:
             reason = done.reason if done is not None else "the answer failed"
-            self._tasks.append(asyncio.create_task(self._fail(reason), name="fail"))
+            self._supervisor.spawn(self._fail(reason), name="fail")
 
     async def _fail(self, message: str) -> None:
         self.outbound.put(
