@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
+    ws_send_buffer_bytes: int = Field(
+        65536, ge=4096, description="kernel and transport send buffer of each WebSocket connection"
+    )
+    max_outbound_seconds: float = Field(
+        10.0, gt=0, description="a client that takes nothing for this long (seconds of audio) is closed"
+    )
     opus_bitrate: int = Field(
         24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
     )

@@ -9,6 +9,7 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.socket_buffers import bounded_websocket_protocol
 
 
 class GracefulServer(uvicorn.Server):
@@ -46,6 +47,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_max_size=2 * settings.max_message_bytes,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ws=bounded_websocket_protocol(settings.ws_send_buffer_bytes),
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,

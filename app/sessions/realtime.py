@@ -91,6 +91,7 @@ class RealtimeSession:
         self.last_activity = time.monotonic()
         # Every task of this connection; one that fails ends the session (see `abort`).
         self._supervisor = TaskSupervisor(self.abort)
+        self._outbound_task: asyncio.Task | None = None
         self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
         # listen turn (our side)
@@ -120,7 +121,7 @@ class RealtimeSession:
         """Take a place in the engine (or raise CapacityError) and greet the client."""
         self.ref = await self.pool.open_session()
         self.metrics.sessions_opened += 1
-        self._supervisor.spawn(self.outbound.run(), name="outbound")
+        self._outbound_task = self._supervisor.spawn(self.outbound.run(), name="outbound")
         self._supervisor.spawn(self._feeder(), name="feeder")
         self._supervisor.spawn(self._watchdog(), name="watchdog")
         self.outbound.put(ev.SessionCreated(session=self.config))
@@ -699,9 +700,43 @@ class RealtimeSession:
         await self._close_socket(CloseCode.INTERNAL_ERROR, "session failed")
 
     # -- timers -----------------------------------------------------------------------------------------
+    def _not_reading(self) -> bool:
+        """Whether the client has stopped taking what we send (see `Outbound.stalled_s`)."""
+        outbound = self.outbound
+        return outbound.overflowed or outbound.stalled_s() > self.settings.max_outbound_seconds
+
+    async def _close_slow_client(self) -> None:
+        """Free the session at once, then tell the client (if it ever reads again) and close with 4000."""
+        log.warning(
+            "session %s: the client has taken nothing for %.1f s; closing it (%d)",
+            self.session_id,
+            self.outbound.stalled_s(),
+            CloseCode.CLIENT_TOO_SLOW,
+        )
+        self.metrics.count_error("client_too_slow")
+        if self.ref is not None:
+            with contextlib.suppress(EngineError):
+                await self.pool.close_session(self.ref.session_id)
+        self.outbound.discard_all()
+        self.outbound.close()
+        if self._outbound_task is not None:
+            self._outbound_task.cancel()  # its send waits on the client; ours go straight to the socket
+        notice = ev.ErrorDetail(
+            type="invalid_request_error",
+            code="client_too_slow",
+            message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
+            "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._send_direct(ev.ErrorEvent(error=notice)), 2.0)
+        await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
+
     async def _watchdog(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.settings.idle_timeout_s / 4))
+            await asyncio.sleep(min(0.5, self.settings.idle_timeout_s / 4))
+            if self._not_reading():
+                await self._close_slow_client()
+                return
             idle = time.monotonic() - self.last_activity
             if idle > self.settings.idle_timeout_s and self._streamer is None:
                 self._client_error(
