@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     )
     max_pending_audio_seconds: float = Field(10.0, gt=0, description="unheard input beyond this is an error")
     idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
+    max_session_seconds: float = Field(
+        3600.0, gt=0, description="a session this old is closed (after its answer in progress)"
+    )
+    max_sessions_per_key: int = Field(0, ge=0, description="live sessions one API key may hold; 0: no limit")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping every this many seconds")
+    ws_ping_timeout_s: float = Field(20.0, gt=0, description="no pong within this closes the connection")
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
     ws_send_buffer_bytes: int = Field(

@@ -20,6 +20,7 @@ from typing import Protocol
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
+from app.key_limits import KeySessionLimiter
 from app.metrics import Metrics
 from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
@@ -48,8 +49,12 @@ class ServerState:
     draining: bool = False
     fatal_error: str | None = None  # set when an engine loop died: this process can no longer serve
     on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
+    key_sessions: KeySessionLimiter = field(init=False)
     _load_task: asyncio.Task | None = None
     _watch_task: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
 
     @property
     def ready(self) -> bool:

@@ -48,8 +48,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ws=bounded_websocket_protocol(settings.ws_send_buffer_bytes),
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        # Pings keep idle connections alive through proxies (60 s idle timeouts are common) and find
+        # peers that vanished without a close.
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
     )
 

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.engine.errors import CapacityError
-from app.routes.auth import error_body
+from app.routes.auth import error_body, presented_key
 from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, OriginChecked, Server
 from app.routes.origin import ORIGIN_REFUSED_CODE, refusal_message
 from app.routes.routing import (
@@ -34,6 +34,7 @@ from app.routes.routing import (
     new_session_key,
     parse_session_key,
 )
+from app.server_state import ServerState
 from app.sessions.close_codes import CloseCode
 from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
 from app.sessions.realtime import RealtimeSession
@@ -185,6 +186,25 @@ async def realtime(
             "server_error",
         )
         return
+    key = presented_key(websocket.headers, offered) if settings.api_keys else None
+    with server.key_sessions.hold(key) as admitted:
+        if not admitted:
+            server.metrics.sessions_refused += 1
+            await _refuse_after_accept(
+                socket,
+                CloseCode.TRY_AGAIN_LATER,
+                "key_session_limit",
+                f"this API key already holds {settings.max_sessions_per_key} live session(s) "
+                "(FREEZE_OMNI_MAX_SESSIONS_PER_KEY); close one or try again later",
+                "invalid_request_error",
+            )
+            return
+        await _serve(websocket, server, socket, session_key)
+
+
+async def _serve(websocket: WebSocket, server: ServerState, socket: _Socket, session_key: str) -> None:
+    """Open the session, pass it every message until either side ends it, then free it."""
+    settings = server.settings
     session = RealtimeSession(server.pool, settings, socket.send, socket.close, server.metrics)
     try:
         await session.open()

@@ -15,4 +15,3 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # the session failed inside the server
     TRY_AGAIN_LATER = 1013  # at capacity or still loading: the official SDK retries
     CLIENT_TOO_SLOW = 4000  # the client stopped reading: more than FREEZE_OMNI_MAX_OUTBOUND_SECONDS behind
-    SESSION_TOO_LONG = 4001  # the session lasted FREEZE_OMNI_MAX_SESSION_SECONDS

@@ -89,6 +89,7 @@ class RealtimeSession:
         )
         self.ref: SessionRef | None = None
         self.last_activity = time.monotonic()
+        self.opened_at = time.monotonic()
         # Every task of this connection; one that fails ends the session (see `abort`).
         self._supervisor = TaskSupervisor(self.abort)
         self._outbound_task: asyncio.Task | None = None
@@ -736,6 +737,17 @@ class RealtimeSession:
             await asyncio.sleep(min(0.5, self.settings.idle_timeout_s / 4))
             if self._not_reading():
                 await self._close_slow_client()
+                return
+            age = time.monotonic() - self.opened_at
+            if age > self.settings.max_session_seconds and self._streamer is None:
+                self._client_error(
+                    "session_expired",
+                    f"this session reached the maximum duration of {self.settings.max_session_seconds:g} s "
+                    "(FREEZE_OMNI_MAX_SESSION_SECONDS): start a new one",
+                    None,
+                )
+                await self.outbound.drain(1.0)
+                await self._close_socket(CloseCode.NORMAL, "session expired")
                 return
             idle = time.monotonic() - self.last_activity
             if idle > self.settings.idle_timeout_s and self._streamer is None:
