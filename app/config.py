@@ -50,8 +50,20 @@ class Settings(BaseSettings):
     )
     max_pending_audio_seconds: float = Field(10.0, gt=0, description="unheard input beyond this is an error")
     idle_timeout_s: float = Field(300.0, gt=0, description="no client event for this long closes the session")
+    max_session_seconds: float = Field(
+        3600.0, gt=0, description="a session this old is closed (after its answer in progress)"
+    )
+    max_sessions_per_key: int = Field(0, ge=0, description="live sessions one API key may hold; 0: no limit")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping every this many seconds")
+    ws_ping_timeout_s: float = Field(20.0, gt=0, description="no pong within this closes the connection")
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
+    ws_send_buffer_bytes: int = Field(
+        65536, ge=4096, description="kernel and transport send buffer of each WebSocket connection"
+    )
+    max_outbound_seconds: float = Field(
+        10.0, gt=0, description="a client that takes nothing for this long (seconds of audio) is closed"
+    )
     opus_bitrate: int = Field(
         24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
     )
@@ -88,8 +100,12 @@ class Settings(BaseSettings):
 
     # -- auth
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty: no auth")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="browser origins besides the server's own that may connect; * for any",
+    )
 
-    @field_validator("api_keys", "devices", mode="before")
+    @field_validator("api_keys", "devices", "allowed_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -2,6 +2,10 @@
 
 Draining (SIGTERM): the process stops admitting (`/readyz` says "draining", new sessions get 1013)
 and says goodbye to each live session within the shutdown grace, so a load balancer moves them on.
+
+A process that cannot serve says so: if an engine loop dies, `/readyz` turns 503 ("failed"), every
+live session gets an `error` (`engine_failed`) and close 1011, and the process exits non-zero (see
+`on_fatal`, which `app.serving` points at uvicorn's exit) so an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
+from app.key_limits import KeySessionLimiter
 from app.metrics import Metrics
 from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
@@ -26,6 +32,8 @@ class LiveSession(Protocol):
     """A served session, as shutdown sees it."""
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None: ...
+
+    async def fail(self, code: str, message: str) -> None: ...
 
 
 @dataclass
@@ -39,11 +47,18 @@ class ServerState:
     sessions: set[LiveSession] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
+    fatal_error: str | None = None  # set when an engine loop died: this process can no longer serve
+    on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
+    key_sessions: KeySessionLimiter = field(init=False)
     _load_task: asyncio.Task | None = None
+    _watch_task: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
 
     @property
     def ready(self) -> bool:
-        return self.pool is not None
+        return self.pool is not None and self.fatal_error is None
 
     @property
     def instance_id(self) -> str:
@@ -81,6 +96,7 @@ class ServerState:
             pool = EnginePool(engines)
             await pool.start()
             self.pool = pool
+            self._watch_task = asyncio.create_task(self._watch_engines(pool), name="watch-engines")
             log.info(
                 "ready: %d replica(s), %d session places, %.1f s after start",
                 len(engines),
@@ -90,6 +106,32 @@ class ServerState:
         except Exception as error:  # noqa: BLE001 - reported by /readyz and the logs
             self.load_error = f"{type(error).__name__}: {error}"
             log.exception("loading the model failed; the server stays up to report it on /readyz")
+
+    async def _watch_engines(self, pool: EnginePool) -> None:
+        """Wait for an engine loop to end; one that ends with an error makes the process unfit to serve."""
+        loops = {e.loop_task: e for e in pool.engines if e.loop_task is not None}
+        while loops:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                engine = loops.pop(task)
+                if task.cancelled() or task.exception() is None:
+                    continue  # stopped on purpose
+                error = task.exception()
+                log.critical(
+                    "engine %s: its loop died; this process cannot serve", engine.name, exc_info=error
+                )
+                await self.fail(f"engine {engine.name} stopped: {type(error).__name__}: {error}")
+                return
+
+    async def fail(self, reason: str) -> None:
+        """Turn unready, end every live session with 1011 and ask the process to exit."""
+        self.fatal_error = reason
+        sessions = list(self.sessions)
+        log.error("failing %d live session(s) with 1011, then exiting: %s", len(sessions), reason)
+        message = "the server failed and cannot go on serving; reconnect to reach another one"
+        await asyncio.gather(*(s.fail("engine_failed", message) for s in sessions), return_exceptions=True)
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def drain(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop admitting, then end every live session (each is told to reconnect elsewhere)."""
@@ -110,6 +152,8 @@ class ServerState:
             log.info("drained %d session(s) in %.2f s", len(sessions), time.monotonic() - started)
 
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         await self.drain()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.socket_buffers import bounded_websocket_protocol
 
 
 class GracefulServer(uvicorn.Server):
@@ -16,6 +18,15 @@ class GracefulServer(uvicorn.Server):
     The listening socket stays open while draining, so `/readyz` can answer 503 "draining" and new
     sessions get a clear 1013 rather than a refused connection.
     """
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        state = getattr(self.config.app.state, "server", None)
+        if state is not None:
+            state.on_fatal = self._exit_on_fatal
+
+    def _exit_on_fatal(self) -> None:
+        self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         state = getattr(self.config.app.state, "server", None)
@@ -36,8 +47,11 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_max_size=2 * settings.max_message_bytes,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        ws=bounded_websocket_protocol(settings.ws_send_buffer_bytes),
+        # Pings keep idle connections alive through proxies (60 s idle timeouts are common) and find
+        # peers that vanished without a close.
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
     )
 
@@ -49,4 +63,10 @@ def run_server(settings: Settings) -> None:
         "(page: /, realtime: ws /v1/realtime, REST: POST /v1/turns, /readyz, /metrics)",
         flush=True,
     )
-    asyncio.run(GracefulServer(uvicorn_config(settings)).serve())
+    server = GracefulServer(uvicorn_config(settings))
+    asyncio.run(server.serve())
+    state = getattr(server.config.app.state, "server", None)
+    if state is not None and state.fatal_error is not None:
+        # Non-zero, so a supervisor (systemd, Kubernetes, compose) restarts the process.
+        print(f"exiting: the server cannot serve ({state.fatal_error})", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from app.engine import fault_injection
 from app.engine.errors import EngineStoppedError, SessionClosedError
 from app.engine.events import (  # noqa: F401 - AnswerStream is re-exported for callers
     AnswerOptions,
@@ -55,6 +56,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self._task: asyncio.Task | None = None
         self._stopping = False
+        fault_injection.fail_after_steps()  # TEST-ONLY hook, read once at start
 
     @property
     def sessions(self) -> dict[str, SessionState]:
@@ -78,12 +80,21 @@ class Engine:
         """Cancel every answer, close every session, stop the loop."""
         if self._task is None:
             return
+        if self._task.done():  # the loop died (see `loop_task`): nothing left to ask it
+            self._task = None
+            self._executor.shutdown(wait=True)
+            return
         await self._submit(self.scheduler.close_all)
         self._stopping = True
         self._wake.set()
         await self._task
         self._task = None
         self._executor.shutdown(wait=True)
+
+    @property
+    def loop_task(self) -> asyncio.Task | None:
+        """The running loop; it ends with an exception only when the engine can no longer serve."""
+        return self._task
 
     @property
     def load(self) -> int:
@@ -208,7 +219,7 @@ class Engine:
 
     # -- commands (event loop thread, between steps) ----------------------------------------------
     async def _submit(self, command: Callable[[], Any], missing_ok: bool = False) -> Any:
-        if self._task is None or self._stopping:
+        if self._task is None or self._stopping or self._task.done():
             raise EngineStoppedError("the engine is not running")
         future = asyncio.get_running_loop().create_future()
 
@@ -261,6 +272,7 @@ class Engine:
                 self._apply(outcome)
             except Exception:  # noqa: BLE001
                 log.exception("%s: delivering a step's outcome failed", self.name)
+            fault_injection.raise_if_due(self.stats.steps)  # TEST-ONLY hook; a no-op unless set
 
     def _apply(self, outcome: StepOutcome) -> None:
         self.stats.steps += 1

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
 from app.routes.auth import error_body, key_is_valid, presented_key
+from app.routes.origin import ORIGIN_REFUSED_CODE, origin_allowed, refusal_message
 from app.server_state import ServerState
 
 INVALID_KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
@@ -59,5 +60,21 @@ def require_api_key(request: Request, server: Server) -> None:
         raise ApiError(401, "invalid_api_key", INVALID_KEY_MESSAGE, {"WWW-Authenticate": "Bearer"})
 
 
+def websocket_origin_is_allowed(websocket: WebSocket, server: Server) -> bool:
+    """Whether the handshake's `Origin` (if any) may open a session (see `app.routes.origin`)."""
+    headers = websocket.headers
+    return origin_allowed(headers.get("origin"), headers.get("host"), server.settings.allowed_origins)
+
+
+def require_allowed_origin(request: Request, server: Server) -> None:
+    """Refuse a REST request from a foreign web page (403)."""
+    origin = request.headers.get("origin")
+    if not origin_allowed(origin, request.headers.get("host"), server.settings.allowed_origins):
+        server.metrics.count_error(ORIGIN_REFUSED_CODE)
+        raise ApiError(403, ORIGIN_REFUSED_CODE, refusal_message(origin or ""))
+
+
 Authorized = Depends(require_api_key)
+AllowedOrigin = Depends(require_allowed_origin)
 KeyChecked = Annotated[bool, Depends(websocket_key_is_valid)]
+OriginChecked = Annotated[bool, Depends(websocket_origin_is_allowed)]

@@ -20,6 +20,8 @@ async def readyz(server: Server) -> JSONResponse:
     auth = bool(server.settings.api_keys)
     if server.load_error is not None:
         return JSONResponse({"status": "failed", "error": server.load_error, "auth": auth}, status_code=503)
+    if server.fatal_error is not None:
+        return JSONResponse({"status": "failed", "error": server.fatal_error, "auth": auth}, status_code=503)
     if server.draining:
         return JSONResponse({"status": "draining", "auth": auth}, status_code=503)
     if server.pool is None:

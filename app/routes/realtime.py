@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.engine.errors import CapacityError
-from app.routes.auth import error_body
-from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, Server
+from app.routes.auth import error_body, presented_key
+from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, OriginChecked, Server
+from app.routes.origin import ORIGIN_REFUSED_CODE, refusal_message
 from app.routes.routing import (
     EXTENSION_FIELD,
     SESSION_KEY_PARAM,
@@ -33,6 +34,7 @@ from app.routes.routing import (
     new_session_key,
     parse_session_key,
 )
+from app.server_state import ServerState
 from app.sessions.close_codes import CloseCode
 from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
 from app.sessions.realtime import RealtimeSession
@@ -105,24 +107,42 @@ class _LiveConnection:
         await self.socket.send(ErrorEvent(error=notice), extension=hint)
         await self.session.shutdown(code, reason, grace_s=grace_s)
 
+    async def fail(self, code: str, message: str) -> None:
+        """The server cannot go on: `error` (server_error) with a reconnect hint, then close 1011."""
+        notice = ErrorDetail(type="server_error", code=code, message=message)
+        hint = {"reconnect": True, "session_key": self.session_key}
+        await self.socket.send(ErrorEvent(error=notice), extension=hint)
+        await self.session.shutdown(CloseCode.INTERNAL_ERROR, "server error", grace_s=1.0)
+
 
 async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, message: str, kind: str) -> None:
     await socket.send(ErrorEvent(error=ErrorDetail(type=kind, code=error_code, message=message)))
     await socket.close(code, message)
 
 
+async def _deny_handshake(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the handshake with an HTTP answer (or, where the server cannot, close with 1008)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error_body(code, message), status_code=status))
+    else:  # the server cannot answer the handshake with HTTP: close with "policy violation"
+        await websocket.accept()
+        await websocket.close(CloseCode.POLICY_VIOLATION, message[:120])
+
+
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> None:
+async def realtime(
+    websocket: WebSocket, server: Server, origin_ok: OriginChecked, key_ok: KeyChecked
+) -> None:
     settings = server.settings
     offered = list(websocket.scope.get("subprotocols") or [])
+    if not origin_ok:
+        server.metrics.count_error(ORIGIN_REFUSED_CODE)
+        message = refusal_message(websocket.headers.get("origin", ""))
+        await _deny_handshake(websocket, 403, ORIGIN_REFUSED_CODE, message)
+        return
     if not key_ok:
         server.metrics.count_error("invalid_api_key")
-        body = error_body("invalid_api_key", INVALID_KEY_MESSAGE)
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(JSONResponse(body, status_code=401))
-        else:  # the server cannot answer the handshake with HTTP: close with "policy violation"
-            await websocket.accept()
-            await websocket.close(CloseCode.POLICY_VIOLATION, "invalid API key")
+        await _deny_handshake(websocket, 401, "invalid_api_key", INVALID_KEY_MESSAGE)
         return
 
     beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
@@ -153,7 +173,11 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
         )
         return
     if not server.ready:
-        message = "the model is still loading" if server.load_error is None else "the model failed to load"
+        message = "the model is still loading"
+        if server.load_error is not None:
+            message = "the model failed to load"
+        elif server.fatal_error is not None:
+            message = "the server failed and is restarting"
         await _refuse_after_accept(
             socket,
             CloseCode.TRY_AGAIN_LATER,
@@ -162,6 +186,25 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
             "server_error",
         )
         return
+    key = presented_key(websocket.headers, offered) if settings.api_keys else None
+    with server.key_sessions.hold(key) as admitted:
+        if not admitted:
+            server.metrics.sessions_refused += 1
+            await _refuse_after_accept(
+                socket,
+                CloseCode.TRY_AGAIN_LATER,
+                "key_session_limit",
+                f"this API key already holds {settings.max_sessions_per_key} live session(s) "
+                "(FREEZE_OMNI_MAX_SESSIONS_PER_KEY); close one or try again later",
+                "invalid_request_error",
+            )
+            return
+        await _serve(websocket, server, socket, session_key)
+
+
+async def _serve(websocket: WebSocket, server: ServerState, socket: _Socket, session_key: str) -> None:
+    """Open the session, pass it every message until either side ends it, then free it."""
+    settings = server.settings
     session = RealtimeSession(server.pool, settings, socket.send, socket.close, server.metrics)
     try:
         await session.open()
@@ -196,11 +239,8 @@ async def realtime(websocket: WebSocket, server: Server, key_ok: KeyChecked) -> 
             await session.handle_message(raw)
     except WebSocketDisconnect:
         pass
-    except Exception:  # noqa: BLE001 - one broken session must not take the server down
-        log.exception("realtime session failed")
-        await _refuse_after_accept(
-            socket, CloseCode.INTERNAL_ERROR, "internal_error", "internal server error", "server_error"
-        )
+    except Exception as error:  # noqa: BLE001 - one broken session must not take the server down
+        await session.abort("receive loop", error)
     finally:
         server.sessions.discard(connection)
         await session.close()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.engine.errors import CapacityError
-from app.routes.deps import ApiError, Authorized, Server
+from app.routes.deps import AllowedOrigin, ApiError, Authorized, Server
 from app.sessions.offline_turn import UploadError, answer_audio, answer_wav, question_from_wav
 
 router = APIRouter()
@@ -42,7 +42,7 @@ async def _upload(request: Request, limit: int) -> bytes | None:
     "/v1/turns",
     summary="Answer one spoken question",
     response_description="audio/wav (24 kHz mono pcm16), or JSON when asked with Accept: application/json",
-    dependencies=[Authorized],
+    dependencies=[AllowedOrigin, Authorized],
 )
 async def turn(request: Request, server: Server, instructions: str | None = None) -> Response:
     settings = server.settings
@@ -53,6 +53,8 @@ async def turn(request: Request, server: Server, instructions: str | None = None
             "this server is shutting down; send the turn again",
             {"Retry-After": "1"},
         )
+    if server.fatal_error is not None:
+        raise ApiError(503, "server_failed", "this server failed and is restarting; send the turn again")
     if not server.ready:
         raise ApiError(
             503, "server_not_ready", "the model is still loading; try again shortly", {"Retry-After": "5"}

@@ -14,3 +14,4 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009  # a message over FREEZE_OMNI_MAX_MESSAGE_BYTES
     INTERNAL_ERROR = 1011  # the session failed inside the server
     TRY_AGAIN_LATER = 1013  # at capacity or still loading: the official SDK retries
+    CLIENT_TOO_SLOW = 4000  # the client stopped reading: more than FREEZE_OMNI_MAX_OUTBOUND_SECONDS behind

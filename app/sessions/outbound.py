@@ -8,6 +8,11 @@ flush: `purge` drops what a cancelled response still had waiting.
 A response can be held (`hold`: nothing more of it leaves, at once) and later resumed from a point of
 its audio (`resume`: the replayed audio goes first, paced anew), which is how an interruption pauses an
 answer and a backchannel lets it go on.
+
+Bounded: a client that stops reading makes our socket sends block. `stalled_s` says for how long the
+client has taken nothing (so how many seconds of real-time audio it has fallen behind), and control
+events beyond `max_control_events` are not queued (`overflowed`): the session closes such a client
+(see `RealtimeSession`) before its queues can grow without limit.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class Outbound:
 
     send: Callable[[ServerEvent], Awaitable[None]]
     ahead_s: float = 0.5
+    max_control_events: int = 1000
+    overflowed: bool = False  # a control event was refused: the client is not reading
+    _sending_since: float | None = None
     _control: deque[_Item] = field(default_factory=deque)
     _responses: deque[_Item] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,6 +73,9 @@ class Outbound:
     ) -> None:
         """Queue an event: with `response_id` in that response's ordered lane, else at once."""
         lane = self._responses if response_id is not None else self._control
+        if response_id is None and len(self._control) >= self.max_control_events:
+            self.overflowed = True
+            return
         lane.append(_Item(event=event, response_id=response_id, on_sent=on_sent))
         self._ready.set()
 
@@ -128,6 +139,22 @@ class Outbound:
         self._closed = True
         self._ready.set()
 
+    def stalled_s(self) -> float:
+        """How long the send in progress has been waiting for the client (0 when none is)."""
+        started = self._sending_since
+        return 0.0 if started is None else time.monotonic() - started
+
+    def queued_audio_s(self) -> float:
+        """Seconds of answer audio queued and not yet sent."""
+        return sum(item.audio_seconds for item in self._responses)
+
+    def discard_all(self) -> None:
+        """Drop everything queued (a client that is being closed for not reading)."""
+        self._control.clear()
+        self._responses.clear()
+        self._pace.clear()
+        self._held.clear()
+
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything queued has been sent."""
         deadline = time.monotonic() + timeout
@@ -170,7 +197,11 @@ class Outbound:
 
     async def _emit(self, item: _Item) -> None:
         if item.event is not None:
-            await self.send(item.event)
+            self._sending_since = time.monotonic()
+            try:
+                await self.send(item.event)
+            finally:
+                self._sending_since = None
         if item.on_sent is not None:
             item.on_sent()
 

@@ -44,6 +44,7 @@ from app.sessions.outbound import Outbound
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.supervision import TaskSupervisor
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class RealtimeSession:
         self.pool = pool
         self.settings = settings
         self._close_socket = close
+        self._send_direct = send  # for the last word when the outbound task itself has failed
         self.metrics = metrics
         # Opus answer audio leaves as binary frames (app.sessions.binary_frames); everything else as JSON.
         self.outbound = Outbound(BinaryFramer().wrap(send), ahead_s=settings.audio_ahead_s)
@@ -86,7 +88,10 @@ class RealtimeSession:
         )
         self.ref: SessionRef | None = None
         self.last_activity = time.monotonic()
-        self._tasks: list[asyncio.Task] = []
+        self.opened_at = time.monotonic()
+        # Every task of this connection; one that fails ends the session (see `abort`).
+        self._supervisor = TaskSupervisor(self.abort)
+        self._outbound_task: asyncio.Task | None = None
         self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
         # listen turn (our side)
@@ -117,11 +122,9 @@ class RealtimeSession:
         """Take a place in the engine (or raise CapacityError) and greet the client."""
         self.ref = await self.pool.open_session()
         self.metrics.sessions_opened += 1
-        self._tasks = [
-            asyncio.create_task(self.outbound.run(), name="outbound"),
-            asyncio.create_task(self._feeder(), name="feeder"),
-            asyncio.create_task(self._watchdog(), name="watchdog"),
-        ]
+        self._outbound_task = self._supervisor.spawn(self.outbound.run(), name="outbound")
+        self._supervisor.spawn(self._feeder(), name="feeder")
+        self._supervisor.spawn(self._watchdog(), name="watchdog")
         self.outbound.put(ev.SessionCreated(session=self.config))
 
     async def close(self) -> None:
@@ -132,15 +135,36 @@ class RealtimeSession:
         if self.ref is not None:
             with contextlib.suppress(EngineError):
                 await self.pool.close_session(self.ref.session_id)
-        if self._streamer_task is not None:
-            self._streamer_task.cancel()
         self.outbound.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in [*self._tasks, self._streamer_task]:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._supervisor.stop()
+
+    @property
+    def session_id(self) -> str:
+        """The engine's id of this session (what the logs name it by)."""
+        return self.ref.session_id if self.ref is not None else "(not opened)"
+
+    @property
+    def live_tasks(self) -> int:
+        """How many of this connection's tasks are running (benchmarks check none outlive it)."""
+        return self._supervisor.live_tasks
+
+    async def abort(self, where: str, error: BaseException) -> None:
+        """An unexpected exception in one part of this connection (`where`) ends all of it: the client
+        gets an `error` (server_error) and close 1011, and every engine resource is freed."""
+        log.error("session %s: %s failed; ending the session", self.session_id, where, exc_info=error)
+        self.metrics.count_error("internal_error")
+        notice = ev.ErrorDetail(
+            type="server_error",
+            code="internal_error",
+            message=f"internal server error in session {self.session_id}; it cannot go on: reconnect",
+        )
+        # Straight to the socket: the outbound task may be the part that failed. Bounded: the client
+        # may not be reading.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._send_direct(ev.ErrorEvent(error=notice)), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close_socket(CloseCode.INTERNAL_ERROR, "internal server error"), 5.0)
+        await self.close()
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
         """Server-side end: cancel the answer, let queued events out briefly, close the socket."""
@@ -715,7 +739,7 @@ class RealtimeSession:
         if not streamer.out_of_band:
             self._known_items.add(streamer.item_id)
             self._spoken_items[streamer.item_id] = streamer
-        self._streamer_task = asyncio.create_task(streamer.run(), name=f"response-{stream.answer_id}")
+        self._streamer_task = self._supervisor.spawn(streamer.run(), name=f"response-{stream.answer_id}")
 
     def _response_finished(
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
@@ -732,7 +756,7 @@ class RealtimeSession:
             self._streamer = None
         if status == AnswerStatus.FAILED:
             reason = done.reason if done is not None else "the answer failed"
-            self._tasks.append(asyncio.create_task(self._fail(reason), name="fail"))
+            self._supervisor.spawn(self._fail(reason), name="fail")
 
     async def _fail(self, message: str) -> None:
         self.outbound.put(
@@ -742,9 +766,54 @@ class RealtimeSession:
         await self._close_socket(CloseCode.INTERNAL_ERROR, "session failed")
 
     # -- timers -----------------------------------------------------------------------------------------
+    def _not_reading(self) -> bool:
+        """Whether the client has stopped taking what we send (see `Outbound.stalled_s`)."""
+        outbound = self.outbound
+        return outbound.overflowed or outbound.stalled_s() > self.settings.max_outbound_seconds
+
+    async def _close_slow_client(self) -> None:
+        """Free the session at once, then tell the client (if it ever reads again) and close with 4000."""
+        log.warning(
+            "session %s: the client has taken nothing for %.1f s; closing it (%d)",
+            self.session_id,
+            self.outbound.stalled_s(),
+            CloseCode.CLIENT_TOO_SLOW,
+        )
+        self.metrics.count_error("client_too_slow")
+        if self.ref is not None:
+            with contextlib.suppress(EngineError):
+                await self.pool.close_session(self.ref.session_id)
+        self.outbound.discard_all()
+        self.outbound.close()
+        if self._outbound_task is not None:
+            self._outbound_task.cancel()  # its send waits on the client; ours go straight to the socket
+        notice = ev.ErrorDetail(
+            type="invalid_request_error",
+            code="client_too_slow",
+            message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
+            "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._send_direct(ev.ErrorEvent(error=notice)), 2.0)
+        await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
+
     async def _watchdog(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.settings.idle_timeout_s / 4))
+            await asyncio.sleep(min(0.5, self.settings.idle_timeout_s / 4))
+            if self._not_reading():
+                await self._close_slow_client()
+                return
+            age = time.monotonic() - self.opened_at
+            if age > self.settings.max_session_seconds and self._streamer is None:
+                self._client_error(
+                    "session_expired",
+                    f"this session reached the maximum duration of {self.settings.max_session_seconds:g} s "
+                    "(FREEZE_OMNI_MAX_SESSION_SECONDS): start a new one",
+                    None,
+                )
+                await self.outbound.drain(1.0)
+                await self._close_socket(CloseCode.NORMAL, "session expired")
+                return
             idle = time.monotonic() - self.last_activity
             if idle > self.settings.idle_timeout_s and self._streamer is None:
                 self._client_error(
