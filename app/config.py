@@ -11,8 +11,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
 from app.model import CHUNK_SECONDS, LLMSampling
+from app.sessions.noise_floor import NoiseGateSettings
+from app.sessions.session_settings import SessionSettings
+from app.sessions.vad import VadSettings
 
 _SAMPLING = LLMSampling()
+# The VAD's defaults live with the VAD; the settings (and through them the CLI) take theirs from there.
+_VAD = VadSettings()
+_NOISE_GATE = NoiseGateSettings()
 
 
 class Settings(BaseSettings):
@@ -82,12 +88,20 @@ class Settings(BaseSettings):
     )
 
     # -- turn taking defaults (clients may change them with session.update)
-    vad_aggressiveness: int = Field(2, ge=0, le=3)
-    vad_prefix_padding_ms: int = Field(300, ge=0)
-    vad_silence_ms: int = Field(500, ge=0, description="silence that ends a turn the state head left open")
-    vad_noise_margin_db: float = Field(10.0, ge=0, description="speech must stand this far above the floor")
-    vad_min_speech_dbfs: float = Field(-55.0, le=0, description="quieter frames are never speech")
-    vad_floor_rise_db_per_s: float = Field(10.0, gt=0, description="how fast the noise floor may rise")
+    vad_aggressiveness: int = Field(_VAD.aggressiveness, ge=0, le=3)
+    vad_prefix_padding_ms: int = Field(_VAD.prefix_padding_ms, ge=0)
+    vad_silence_ms: int = Field(
+        _VAD.silence_duration_ms, ge=0, description="silence that ends a turn the state head left open"
+    )
+    vad_noise_margin_db: float = Field(
+        _NOISE_GATE.margin_db, ge=0, description="speech must stand this far above the floor"
+    )
+    vad_min_speech_dbfs: float = Field(
+        _NOISE_GATE.min_speech_dbfs, le=0, description="quieter frames are never speech"
+    )
+    vad_floor_rise_db_per_s: float = Field(
+        _NOISE_GATE.rise_db_per_s, gt=0, description="how fast the noise floor may rise"
+    )
     state_threshold: float = Field(0.5, gt=0, lt=1)
     min_interruption_ms: int = Field(200, ge=0, description="speech during an answer that pauses it")
     resume_rewind_ms: int = Field(250, ge=0, description="a resumed answer repeats this much before the cut")
@@ -115,6 +129,28 @@ class Settings(BaseSettings):
     def instance_name(self) -> str:
         """What `session.created` reports as the process that serves a session."""
         return self.instance_id or f"{socket.gethostname()}:{self.port}"
+
+    def session_settings(self) -> SessionSettings:
+        """What one Realtime session needs of these settings."""
+        return SessionSettings(
+            audio_ahead_s=self.audio_ahead_s,
+            audio_delta_ms=self.audio_delta_ms,
+            idle_timeout_s=self.idle_timeout_s,
+            max_session_seconds=self.max_session_seconds,
+            max_outbound_seconds=self.max_outbound_seconds,
+            max_pending_audio_seconds=self.max_pending_audio_seconds,
+            min_interruption_ms=self.min_interruption_ms,
+            resume_rewind_ms=self.resume_rewind_ms,
+            opus_bitrate=self.opus_bitrate,
+            vad_aggressiveness=self.vad_aggressiveness,
+            vad_prefix_padding_ms=self.vad_prefix_padding_ms,
+            vad_silence_ms=self.vad_silence_ms,
+            noise_gate=NoiseGateSettings(
+                margin_db=self.vad_noise_margin_db,
+                min_speech_dbfs=self.vad_min_speech_dbfs,
+                rise_db_per_s=self.vad_floor_rise_db_per_s,
+            ),
+        )
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -205,7 +205,9 @@ async def realtime(
 async def _serve(websocket: WebSocket, server: ServerState, socket: _Socket, session_key: str) -> None:
     """Open the session, pass it every message until either side ends it, then free it."""
     settings = server.settings
-    session = RealtimeSession(server.pool, settings, socket.send, socket.close, server.metrics)
+    session = RealtimeSession(
+        server.pool, settings.session_settings(), socket.send, socket.close, server.metrics
+    )
     try:
         await session.open()
     except CapacityError as error:

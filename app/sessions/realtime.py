@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.config import Settings
 from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
@@ -38,12 +37,12 @@ from app.sessions import events as ev
 from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
 from app.sessions.binary_frames import BinaryFramer
 from app.sessions.close_codes import CloseCode
-from app.sessions.noise_floor import NoiseGateSettings
 from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.session_settings import SessionSettings
 from app.sessions.supervision import TaskSupervisor
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
@@ -67,7 +66,7 @@ class RealtimeSession:
     def __init__(
         self,
         pool: EnginePool,
-        settings: Settings,
+        settings: SessionSettings,
         send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         metrics: Metrics,
@@ -230,11 +229,7 @@ class RealtimeSession:
                     aggressiveness=detection.vad_aggressiveness(self.settings.vad_aggressiveness),
                     prefix_padding_ms=detection.prefix_padding_ms,
                     silence_duration_ms=detection.fallback_silence_ms(),
-                    noise=NoiseGateSettings(
-                        margin_db=self.settings.vad_noise_margin_db,
-                        min_speech_dbfs=self.settings.vad_min_speech_dbfs,
-                        rise_db_per_s=self.settings.vad_floor_rise_db_per_s,
-                    ),
+                    noise=self.settings.noise_gate,
                 )
             )
 

@@ -25,7 +25,7 @@ from app.sessions.protocol_base import (
     custom_error,
     new_session_id,
 )
-from app.sessions.vad import aggressiveness_from_threshold
+from app.sessions.vad import VadSettings, aggressiveness_from_threshold
 
 # Our extension: Opus as raw packets in binary frames (the OpenAI Realtime API has no Opus on its socket).
 OPUS_TYPE = "audio/x-opus"
@@ -112,8 +112,8 @@ class TurnDetection(BaseModel):
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     aggressiveness: int | None = Field(None, ge=0, le=3)
-    prefix_padding_ms: int = Field(300, ge=0, le=10_000)
-    silence_duration_ms: int = Field(500, ge=0, le=10_000)
+    prefix_padding_ms: int = Field(VadSettings.prefix_padding_ms, ge=0, le=10_000)
+    silence_duration_ms: int = Field(VadSettings.silence_duration_ms, ge=0, le=10_000)
     create_response: bool = True
     interrupt_response: bool = True
     idle_timeout_ms: int | None = Field(None, ge=0)
