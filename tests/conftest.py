@@ -112,6 +112,22 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+def live_server_on(paths, **overrides) -> LiveServer:
+    """Start a live server on the model at `paths` (a `TinyPaths`), seed 0, quiet logs; `overrides` are
+    further settings."""
+    from app.config import Settings
+
+    values = {
+        "model_path": paths.model_path,
+        "llm_path": paths.llm_path,
+        "port": free_port(),
+        "seed": 0,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return LiveServer(Settings(**values)).start()
+
+
 def free_port() -> int:
     import socket
 
@@ -123,21 +139,10 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def start_server(tiny_model_dir: TinyPaths):
     """Factory: `start_server(**settings)` starts a live server on the tiny model; stopped at the end."""
-    from app.config import Settings
-
     servers: list[LiveServer] = []
 
     def start(**overrides) -> LiveServer:
-        values = {
-            "model_path": tiny_model_dir.model_path,
-            "llm_path": tiny_model_dir.llm_path,
-            "port": free_port(),
-            "max_sessions": 4,
-            "seed": 0,
-            "log_level": "warning",
-        }
-        values.update(overrides)
-        server = LiveServer(Settings(**values)).start()
+        server = live_server_on(tiny_model_dir, **{"max_sessions": 4, **overrides})
         servers.append(server)
         return server
 

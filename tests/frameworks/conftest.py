@@ -24,9 +24,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from app.config import Settings
 from app.model.wav import resample
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, live_server_on
 from tests.routes.conftest import forced_state
 from tests.trained.conftest import held_out_questions, trained_paths  # noqa: F401 (fixtures)
 
@@ -240,14 +239,7 @@ def tiny_server(start_server: Callable[..., LiveServer]) -> Iterator[LiveServer]
 @pytest.fixture(scope="module")
 def trained_server(trained_paths) -> Iterator[LiveServer]:  # noqa: F811
     """The committed trained model with the serving defaults, for spoken turns judged by what they say."""
-    settings = Settings(
-        model_path=trained_paths.model_path,
-        llm_path=trained_paths.llm_path,
-        port=free_port(),
-        seed=0,
-        log_level="warning",
-    )
-    server = LiveServer(settings).start()
+    server = live_server_on(trained_paths)
     yield server
     server.stop()
 

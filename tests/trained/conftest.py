@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.model import TinyPaths
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, live_server_on
 from training.common import MODEL_DIR
 from training.heldout import TEST_PAIRS, Recording, held_out_question, ignorable_sounds
 
@@ -54,15 +54,6 @@ def question_turns(trained_model, held_out_questions):
 @pytest.fixture(scope="session")
 def trained_server(trained_paths: TinyPaths) -> Iterator[LiveServer]:
     """A live server on the committed trained model, with the serving defaults (sampling, VAD) and seed 0."""
-    from app.config import Settings
-
-    settings = Settings(
-        model_path=trained_paths.model_path,
-        llm_path=trained_paths.llm_path,
-        port=free_port(),
-        seed=0,
-        log_level="warning",
-    )
-    server = LiveServer(settings).start()
+    server = live_server_on(trained_paths)
     yield server
     server.stop()

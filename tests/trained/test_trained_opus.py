@@ -15,9 +15,8 @@ import contextlib
 import numpy as np
 import pytest
 
-from app.config import Settings
 from app.model.wav import resample
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, live_server_on
 from tests.routes.conftest import WIRE_RATE, from_pcm16, run, transcript
 from tests.routes.opus_client import (
     DECODE_RATE,
@@ -52,14 +51,7 @@ async def _ask(server: LiveServer, packets: list[bytes], output_opus: bool) -> t
 
 
 def _first_session(trained_paths, packets: list[bytes], output_opus: bool) -> tuple[OpusClient, dict]:
-    settings = Settings(
-        model_path=trained_paths.model_path,
-        llm_path=trained_paths.llm_path,
-        port=free_port(),
-        seed=0,
-        log_level="warning",
-    )
-    server = LiveServer(settings).start()
+    server = live_server_on(trained_paths)
     try:
         return run(_ask(server, packets, output_opus))
     finally:
