@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from app.process_stats import process_gauges
 from app.routes.deps import Server
 
 router = APIRouter()
@@ -45,6 +46,8 @@ async def metrics(server: Server) -> PlainTextResponse:
         "ready": float(server.ready and not server.draining),
         "draining": float(server.draining),
         "websocket_sessions": float(len(server.sessions)),
+        "session_tasks": float(sum(getattr(c, "live_tasks", 0) for c in server.sessions)),
+        **process_gauges(),
     }
     rows: dict[str, tuple[int, int]] = {}
     if server.pool is not None:
@@ -54,6 +57,12 @@ async def metrics(server: Server) -> PlainTextResponse:
         gauges["queue_depth_chunks"] = float(sum(e.pending_chunks() for e in engines))
         gauges["engine_steps"] = float(sum(e.stats.steps for e in engines))
         gauges["engine_busy_seconds"] = sum(e.stats.step_seconds for e in engines)
+        gauges["llm_cache_slots_in_use"] = float(
+            sum(e.llm_cache.shape.num_slots - e.llm_cache.num_free for e in engines)
+        )
+        gauges["decoder_cache_slots_in_use"] = float(
+            sum(e.decoder_cache.shape.num_slots - e.decoder_cache.num_free for e in engines)
+        )
         for engine in engines:
             for stage, count in engine.stats.rows.items():
                 total, forwards = rows.get(stage, (0, 0))

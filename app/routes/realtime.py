@@ -83,8 +83,8 @@ class _Socket:
         try:
             if self.websocket.application_state != WebSocketState.DISCONNECTED:
                 await self.websocket.close(code, reason[:120])
-        except (RuntimeError, OSError):
-            pass
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client left first
 
 
 class _LiveConnection:
@@ -94,6 +94,11 @@ class _LiveConnection:
         self.session = session
         self.socket = socket
         self.session_key = session_key
+
+    @property
+    def live_tasks(self) -> int:
+        """The session's running tasks (none must outlive it)."""
+        return self.session.live_tasks
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
         """Tell the client to reconnect elsewhere (with its key), then end the session with `code`."""
@@ -224,7 +229,7 @@ async def _serve(websocket: WebSocket, server: ServerState, socket: _Socket, ses
     try:
         while not socket.closed:
             message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect" or socket.closed:
                 break
             raw = message.get("text")
             if raw is None:

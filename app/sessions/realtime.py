@@ -93,6 +93,7 @@ class RealtimeSession:
         self._outbound_task: asyncio.Task | None = None
         self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
+        self._ending = False  # the session is being ended: late messages are dropped
         # listen turn (our side)
         self._turn = 0
         self._listening = False  # audio goes to the engine
@@ -131,6 +132,7 @@ class RealtimeSession:
         if self._closed:
             return
         self._closed = True
+        self._ending = True
         if self.ref is not None:
             with contextlib.suppress(EngineError):
                 await self.pool.close_session(self.ref.session_id)
@@ -177,6 +179,8 @@ class RealtimeSession:
     # -- inbound ----------------------------------------------------------------------------------
     async def handle_message(self, raw: str | bytes) -> None:
         """Handle one WebSocket message: a JSON event, or binary pcm (a raw append)."""
+        if self._closed or self._ending:
+            return  # a message that was on its way when the session ended
         self.last_activity = time.monotonic()
         if isinstance(raw, bytes):
             await self._append_audio(raw, event_id=None)
@@ -186,6 +190,10 @@ class RealtimeSession:
             await self._dispatch(event)
         except ev.ProtocolError as error:
             self._error(error)
+        except SessionClosedError as error:
+            if self._ending:
+                return  # the session was being ended (a slow client, a close) while this message was handled
+            await self._fail(str(error))
 
     def _error(self, error: ev.ProtocolError) -> None:
         self.metrics.count_error(str(error.code))
@@ -775,6 +783,7 @@ class RealtimeSession:
             CloseCode.CLIENT_TOO_SLOW,
         )
         self.metrics.count_error("client_too_slow")
+        self._ending = True
         if self.ref is not None:
             with contextlib.suppress(EngineError):
                 await self.pool.close_session(self.ref.session_id)
@@ -788,8 +797,8 @@ class RealtimeSession:
             message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
             "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
         )
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._send_direct(ev.ErrorEvent(error=notice)), 2.0)
+        # Both wait until the client reads again, or until ping/pong finds it gone and drops the connection.
+        await self._send_direct(ev.ErrorEvent(error=notice))
         await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
 
     async def _watchdog(self) -> None:

@@ -1,0 +1,581 @@
+"""Soak: N concurrent sessions for a set time, with churn and a mix of behaviours; proves nothing leaks.
+
+    python benchmarks/soak.py                                   # 100 sessions, 10 minutes, tiny random model
+    python benchmarks/soak.py --sessions 100 --duration 1800 --json soak.json
+
+It starts a real `freeze-omni serve` process on the tiny random model (made on the fly) and runs
+`--sessions` virtual users against it. Each user loops until the time is up: open a session, play one
+behaviour, end it, open the next. The behaviours, by weight (`--mix`):
+
+- `text`: typed turns answered in text mode (`output_modalities: ["text"]`, so CPU is not the limit);
+- `audio`: a typed turn answered with speech, played at real-time pace;
+- `spoken`: a spoken question streamed at real-time pace over a -60 dBFS noise floor, server VAD;
+- `barge_in`: a spoken question while a spoken answer plays;
+- `drop`: a TCP drop mid-answer, without a close frame (a phone that lost its network);
+- `slow_reader`: a client with a tiny receive buffer that stops reading mid-answer;
+- `idle`: a session that sends nothing until the server's idle timeout;
+- `bad_input`: malformed JSON and an unknown event (each an `error`; the session goes on), then
+  oversized messages (closed with 1009).
+
+Every session's end is checked against the close its behaviour documents: client close 1000 after the
+last answer, 1000 after `idle_timeout`, 4000 after `client_too_slow`, 1009 for an oversized message,
+none for a drop; 1013 (server full) is counted apart. Anything else is "unexpected". At the end, once
+every session is gone, the server's /metrics are read against the start (after a warm-up): resident
+memory, open file descriptors, asyncio tasks, tasks of live sessions, KV-cache slots in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
+from websockets.uri import parse_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WIRE_RATE = 24000
+APPEND_S = 0.1
+DEFAULT_MIX = "text=40,audio=10,spoken=10,barge_in=8,drop=10,slow_reader=6,idle=6,bad_input=10"
+SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour ends within seconds
+    "FREEZE_OMNI_MAX_ANSWER_TOKENS": "24",
+    "FREEZE_OMNI_LLM_MAX_LEN": "1024",
+    "FREEZE_OMNI_IDLE_TIMEOUT_S": "8",
+    "FREEZE_OMNI_MAX_OUTBOUND_SECONDS": "2",
+    "FREEZE_OMNI_WS_SEND_BUFFER_BYTES": "16384",
+    "FREEZE_OMNI_WS_PING_INTERVAL_S": "5",
+    "FREEZE_OMNI_WS_PING_TIMEOUT_S": "20",
+    "FREEZE_OMNI_MAX_MESSAGE_BYTES": "65536",
+    "FREEZE_OMNI_LOG_LEVEL": "warning",
+}
+EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drops the connection)
+    "text": 1000,
+    "audio": 1000,
+    "spoken": 1000,
+    "barge_in": 1000,
+    "drop": None,
+    "slow_reader": 4000,
+    "idle": 1000,
+    "bad_input": 1009,
+}
+
+
+# -- audio ---------------------------------------------------------------------------------------------
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def spoken_question() -> np.ndarray:
+    """A question spoken by espeak-ng at 24 kHz; without espeak-ng, a voiced chirp of 1.5 s."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is not None:
+        from app.model.wav import read_wav, resample
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "q.wav"
+            subprocess.run(
+                [espeak, "-w", str(path), "What is two plus two?"], check=True, capture_output=True
+            )
+            samples, rate = read_wav(path)
+            return resample(samples, rate, WIRE_RATE).astype(np.float32)
+    t = np.arange(int(1.5 * WIRE_RATE)) / WIRE_RATE
+    return (0.3 * np.sin(2 * np.pi * (140 + 60 * t) * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2).astype(
+        np.float32
+    )
+
+
+def noise(seconds: float, rng: np.random.Generator, dbfs: float = -60.0) -> np.ndarray:
+    return (rng.standard_normal(int(seconds * WIRE_RATE)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+# -- one session ------------------------------------------------------------------------------------------
+class Unexpected(Exception):
+    """A session did not behave as its behaviour documents."""
+
+
+@dataclass
+class Tally:
+    """What the soak saw."""
+
+    sessions: Counter = field(default_factory=Counter)  # behaviour -> sessions played
+    closes: Counter = field(default_factory=Counter)  # "behaviour:code" -> count
+    errors: Counter = field(default_factory=Counter)  # error code -> count
+    unexpected: Counter = field(default_factory=Counter)  # behaviour:what -> count
+    responses: Counter = field(default_factory=Counter)  # response.done status -> count
+    examples: list[str] = field(default_factory=list)
+
+
+class Session:
+    """A websockets connection plus the bookkeeping of the events it received."""
+
+    def __init__(self, ws: Any, tally: Tally) -> None:
+        self.ws = ws
+        self.tally = tally
+        self.types: list[str] = []
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def next(self, timeout: float) -> dict[str, Any]:
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        self.types.append(event["type"])
+        if event["type"] == "error":
+            self.tally.errors[event["error"].get("code") or "none"] += 1
+        if event["type"] == "response.done":
+            self.tally.responses[event["response"]["status"]] += 1
+        return event
+
+    async def wait_for(self, event_type: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unexpected(f"no {event_type} within {timeout:g} s")
+            try:
+                event = await self.next(left)
+            except TimeoutError:
+                raise Unexpected(f"no {event_type} within {timeout:g} s") from None
+            if event["type"] == event_type:
+                return event
+
+    async def wait_closed(self, timeout: float = 30.0) -> int | None:
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                await self.next(max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        raise Unexpected("the server did not close the session")
+
+    async def text_turn(self, text: str, text_mode: bool) -> dict[str, Any]:
+        if text_mode:
+            await self.send({"type": "session.update", "session": {"output_modalities": ["text"]}})
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await self.send({"type": "conversation.item.create", "item": item})
+        await self.send({"type": "response.create"})
+        return await self.wait_for("response.done")
+
+    async def stream(self, samples: np.ndarray) -> None:
+        """Send audio in 100 ms appends at real-time pace."""
+        step = int(APPEND_S * WIRE_RATE)
+        started = time.monotonic()
+        for index, offset in enumerate(range(0, len(samples), step)):
+            piece = pcm16(samples[offset : offset + step])
+            await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()})
+            await asyncio.sleep(max(0.0, started + (index + 1) * APPEND_S - time.monotonic()))
+
+    async def close(self) -> int | None:
+        await self.ws.close(1000)
+        return self.ws.close_code
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, url: str, question: np.ndarray) -> None:
+        self.args = args
+        self.url = url
+        self.question = question
+        self.tally = Tally()
+        mix = dict(part.split("=") for part in args.mix.split(","))
+        self.behaviours = list(mix)
+        self.weights = [float(w) for w in mix.values()]
+
+    async def connect(self, **extra: Any) -> Session:
+        ws = await websockets.connect(self.url, proxy=None, max_size=None, open_timeout=30, **extra)
+        session = Session(ws, self.tally)
+        first = await session.next(30)
+        if first["type"] == "error" and first["error"].get("code") == "capacity_exceeded":
+            raise ConnectionRefusedError("server full")
+        if first["type"] != "session.created":
+            raise Unexpected(f"first event {first['type']}")
+        return session
+
+    async def user(self, index: int, deadline: float) -> None:
+        rng = random.Random(index)
+        await asyncio.sleep(rng.uniform(0, min(5.0, self.args.duration / 10)))  # stagger the start
+        while time.monotonic() < deadline:
+            behaviour = rng.choices(self.behaviours, self.weights)[0]
+            await self.play(behaviour, rng)
+
+    async def play(self, behaviour: str, rng: random.Random) -> None:
+        tally = self.tally
+        tally.sessions[behaviour] += 1
+        try:
+            code = await asyncio.wait_for(getattr(self, f"_{behaviour}")(rng), timeout=120)
+        except ConnectionRefusedError:
+            tally.closes[f"{behaviour}:1013"] += 1
+            await asyncio.sleep(1.0)
+            return
+        except (Unexpected, ConnectionClosed, TimeoutError, OSError) as error:
+            what = type(error).__name__
+            if isinstance(error, ConnectionClosed):
+                what = f"closed {error.rcvd.code if error.rcvd else 'without a close frame'}"
+            tally.unexpected[f"{behaviour}: {what}"] += 1
+            if len(tally.examples) < 20:
+                tally.examples.append(f"{behaviour}: {error!r}"[:300])
+            return
+        tally.closes[f"{behaviour}:{code}"] += 1
+        if code != EXPECTED_CLOSE[behaviour]:
+            tally.unexpected[f"{behaviour}: close {code}"] += 1
+
+    # -- behaviours: each returns the close code the client saw (None: no close frame) --------------------
+    async def _text(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        for _ in range(rng.randint(1, 3)):
+            await session.text_turn(rng.choice(["Hello.", "What is two plus two?", "Tell me a story."]), True)
+        return await session.close()
+
+    async def _audio(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        await session.text_turn("What color is the sky?", False)
+        return await session.close()
+
+    async def _spoken(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        np_rng = np.random.default_rng(rng.randint(0, 2**31))
+        audio = np.concatenate(
+            [noise(0.5, np_rng), self.question + noise(len(self.question) / WIRE_RATE, np_rng)]
+        )
+        sender = asyncio.create_task(session.stream(np.concatenate([audio, noise(4.0, np_rng)])))
+        try:
+            # The random state head may answer, ignore or wait for the VAD: an answer is likely, not sure.
+            with contextlib.suppress(Unexpected):
+                await session.wait_for("response.done", timeout=20)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await sender
+        return await session.close()
+
+    async def _barge_in(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Tell me a story."}],
+        }
+        await session.send({"type": "conversation.item.create", "item": item})
+        await session.send({"type": "response.create"})
+        await session.wait_for("response.output_audio.delta")
+        np_rng = np.random.default_rng(rng.randint(0, 2**31))
+        speech = self.question + noise(len(self.question) / WIRE_RATE, np_rng)
+        sender = asyncio.create_task(session.stream(np.concatenate([speech, noise(3.0, np_rng)])))
+        try:
+            await session.wait_for("response.done", timeout=30)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await sender
+        return await session.close()
+
+    async def _drop(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello."}]}
+        await session.send({"type": "conversation.item.create", "item": item})
+        await session.send({"type": "response.create"})
+        await session.wait_for("response.output_audio.delta")
+        session.ws.transport.abort()  # no close frame: the TCP connection just goes
+        return None
+
+    async def _slow_reader(self, rng: random.Random) -> int | None:
+        """A client whose reader hangs while its sender goes on: it reads nothing at all from its socket
+        (websockets' sans-I/O protocol over a socket with a tiny receive buffer), keeps asking for
+        answers, then reads again and must find `client_too_slow` and close 4000."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (self.args.host, self.args.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2048)
+        protocol = ClientProtocol(parse_uri(self.url), max_size=None)
+        protocol.send_request(protocol.connect())
+        types: list[str] = []
+        close_code: int | None = None
+
+        async def flush() -> None:
+            for data in protocol.data_to_send():
+                if data:
+                    writer.write(data)
+            await writer.drain()
+
+        async def receive(timeout: float) -> bool:
+            """Read what arrives within `timeout`; False once the connection has ended."""
+            nonlocal close_code
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            for event in protocol.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    message = json.loads(event.data)
+                    types.append(message["type"])
+                    if message["type"] == "error":
+                        self.tally.errors[message["error"].get("code") or "none"] += 1
+                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    close_code = Close.parse(event.data).code
+            await flush()
+            return bool(data)
+
+        async def send(event: dict[str, Any]) -> None:
+            protocol.send_text(json.dumps(event).encode())
+            await flush()
+
+        try:
+            await flush()
+            while "session.created" not in types:
+                if not await receive(30):
+                    raise Unexpected("closed before session.created")
+            item = {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a story."}],
+            }
+            await send({"type": "conversation.item.create", "item": item})
+            await send({"type": "response.create"})
+            while "response.output_audio.delta" not in types:
+                if not await receive(30):
+                    raise Unexpected("closed before the answer began")
+            # Read nothing; keep asking. Back before ping/pong gives up on us (it would close 1011).
+            stop_at = time.monotonic() + float(SERVER_SETTINGS["FREEZE_OMNI_MAX_OUTBOUND_SECONDS"]) + 8.0
+            while time.monotonic() < stop_at:
+                await send({"type": "conversation.item.create", "item": item})
+                await send({"type": "response.create"})
+                await asyncio.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while close_code is None and time.monotonic() < deadline:
+                if not await receive(max(0.01, deadline - time.monotonic())):
+                    break
+        except TimeoutError:
+            raise Unexpected("no close within 30 s") from None
+        finally:
+            writer.close()
+        if close_code == 4000 and "error" not in types:
+            raise Unexpected("closed 4000 without the client_too_slow error")
+        return close_code
+
+    async def _idle(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        code = await session.wait_closed(timeout=float(SERVER_SETTINGS["FREEZE_OMNI_IDLE_TIMEOUT_S"]) + 10)
+        if session.types[-1:] != ["error"]:
+            raise Unexpected("idle close without the idle_timeout error")
+        return code
+
+    async def _bad_input(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        await session.ws.send("{not json")
+        await session.wait_for("error")
+        await session.send({"type": "no.such.event"})
+        await session.wait_for("error")
+        await session.text_turn("Hello.", True)  # the session goes on
+        await session.ws.send("x" * (int(SERVER_SETTINGS["FREEZE_OMNI_MAX_MESSAGE_BYTES"]) + 1))
+        return await session.wait_closed()
+
+
+# -- the server and its figures ------------------------------------------------------------------------------
+def metrics(base: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    figures = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            figures[name] = float(value)
+    return figures
+
+
+def ready(base: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+def start_server(args: argparse.Namespace, workdir: Path) -> subprocess.Popen:
+    from app.model.fixtures.tiny import make_tiny
+
+    paths = make_tiny(workdir / "tiny")
+    env = {
+        **os.environ,
+        **SERVER_SETTINGS,
+        "PYTHONPATH": str(ROOT),
+        "FREEZE_OMNI_MAX_SESSIONS": str(args.sessions + 8),
+    }
+    command = [
+        sys.executable, "-m", "app.cli", "serve", "--host", args.host, "--port", str(args.port),
+        "--model-path", str(paths.model_path), "--llm-path", str(paths.llm_path),
+    ]  # fmt: skip
+    log = (workdir / "server.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    base = f"http://{args.host}:{args.port}"
+    while (state := ready(base)) is None or state.get("status") != "ready":
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start; see {workdir / 'server.log'}")
+        time.sleep(0.2)
+    return process
+
+
+LEAK_FIGURES = {
+    "process_resident_bytes": "resident memory (MB)",
+    "process_open_fds": "open file descriptors",
+    "asyncio_tasks": "asyncio tasks",
+    "session_tasks": "tasks of live sessions",
+    "websocket_sessions": "live WebSocket sessions",
+    "engine_sessions": "engine sessions",
+    "llm_cache_slots_in_use": "LLM cache slots in use",
+    "decoder_cache_slots_in_use": "speech decoder cache slots in use",
+}
+
+
+async def settle(base: str, timeout: float) -> dict[str, float]:
+    """Wait until the server holds no session (drops are found by ping/pong), then read /metrics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = metrics(base)
+        if (
+            figures.get("freeze_omni_websocket_sessions", 0) == 0
+            and figures.get("freeze_omni_engine_sessions", 0) == 0
+        ):
+            break
+        if time.monotonic() > deadline:
+            return figures
+        await asyncio.sleep(0.5)
+    # Connections the server has let go of may still be closing (uvicorn's close handshake timeout).
+    await asyncio.sleep(min(12.0, max(0.0, deadline - time.monotonic())))
+    return metrics(base)
+
+
+async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    url = f"ws://{args.host}:{args.port}/v1/realtime"
+    runner = Soak(args, url, spoken_question())
+    # Warm-up: the same load for `--warm-up` seconds, so the start figures include what the first uses
+    # of every batch shape allocate (allocator pools, kernel caches); what grows after it is what leaks.
+    warm_deadline = time.monotonic() + args.warm_up
+    await asyncio.gather(*(runner.user(-1 - i, warm_deadline) for i in range(args.sessions)))
+    start = await settle(base, 60)
+    warm_tally, runner.tally = runner.tally, Tally()
+    started = time.monotonic()
+    deadline = started + args.duration
+    timeline: list[tuple[float, float]] = []  # (seconds into the soak, resident MB)
+
+    async def sample() -> None:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(args.sample_every, max(0.0, deadline - time.monotonic())))
+            rss = (await asyncio.to_thread(metrics, base)).get("freeze_omni_process_resident_bytes", 0.0)
+            timeline.append((round(time.monotonic() - started), round(rss / 2**20, 1)))
+            print(
+                f"  {timeline[-1][0]:>6} s: {sum(runner.tally.sessions.values())} sessions, "
+                f"server RSS {timeline[-1][1]} MB, unexpected {sum(runner.tally.unexpected.values())}",
+                flush=True,
+            )
+
+    await asyncio.gather(sample(), *(runner.user(i, deadline) for i in range(args.sessions)))
+    elapsed = time.monotonic() - started
+    end = await settle(base, 60)
+    tally = runner.tally
+    figures = {}
+    for key, label in LEAK_FIGURES.items():
+        before, after = start.get(f"freeze_omni_{key}"), end.get(f"freeze_omni_{key}")
+        if before is None or after is None:
+            continue
+        scale = 1 / 2**20 if key == "process_resident_bytes" else 1
+        figures[label] = {"start": before * scale, "end": after * scale, "growth": (after - before) * scale}
+    return {
+        "sessions_concurrent": args.sessions,
+        "duration_s": round(elapsed, 1),
+        "sessions_served": sum(tally.sessions.values()),
+        "sessions_by_behaviour": dict(tally.sessions),
+        "closes": dict(sorted(tally.closes.items())),
+        "unexpected": dict(tally.unexpected),
+        "unexpected_examples": tally.examples,
+        "client_errors_by_code": dict(tally.errors),
+        "responses_by_status": dict(tally.responses),
+        "server_errors_by_code": {k: v for k, v in end.items() if k.startswith("freeze_omni_errors_total")},
+        "warm_up_unexpected": dict(warm_tally.unexpected),
+        "leaks": figures,
+        "resident_mb_timeline": timeline,
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    print(f"\nsoak: {result['sessions_concurrent']} concurrent users for {result['duration_s']} s")
+    print(f"sessions served: {result['sessions_served']}  {result['sessions_by_behaviour']}")
+    print("closes (behaviour:code):")
+    for key, count in result["closes"].items():
+        print(f"  {key:<24} {count}")
+    print(f"responses: {result['responses_by_status']}")
+    print(f"errors received, by code: {dict(sorted(result['client_errors_by_code'].items()))}")
+    print(f"unexpected endings: {sum(result['unexpected'].values())} {result['unexpected']}")
+    for example in result["unexpected_examples"][:5]:
+        print(f"  e.g. {example}")
+    print("after the last close, against the start (after warm-up):")
+    print(f"  {'figure':<36}{'start':>12}{'end':>12}{'growth':>12}")
+    for label, f in result["leaks"].items():
+        print(f"  {label:<36}{f['start']:>12.1f}{f['end']:>12.1f}{f['growth']:>+12.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=100, help="concurrent virtual users (default 100)")
+    parser.add_argument("--duration", type=float, default=600, help="seconds of load (default 600)")
+    parser.add_argument("--mix", default=DEFAULT_MIX, help=f"behaviour=weight,... (default {DEFAULT_MIX})")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--warm-up", type=float, default=60, help="seconds of load before the start figures")
+    parser.add_argument("--sample-every", type=float, default=60, help="seconds between progress lines")
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
+    args = parser.parse_args()
+    if args.port == 0:
+        with socket.socket() as sock:
+            sock.bind((args.host, 0))
+            args.port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        server = start_server(args, workdir)
+        try:
+            result = asyncio.run(soak(args, f"http://{args.host}:{args.port}"))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            result_log = (workdir / "server.log").read_text()
+            if args.server_log:
+                args.server_log.write_text(result_log)
+        result["server_exit_code"] = server.returncode
+        result["server_log_tracebacks"] = result_log.count("Traceback")
+    report(result)
+    print(
+        f"server exit code {result['server_exit_code']}, tracebacks in its log: {result['server_log_tracebacks']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
