@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op CPU threads; 0: torch's default (one per core)"
+    )
     strict_load: bool = Field(
         False, description="refuse weight files holding anything the model does not use (training state)"
     )
