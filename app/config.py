@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     )
 
     # -- capacity and limits
-    max_sessions: int = Field(16, ge=1, description="sessions per replica")
+    max_sessions: int = Field(16, ge=1, description="sessions per replica (an upper bound on admission)")
+    admission_max_load: float = Field(
+        0.9, ge=0, description="refuse a session that would take more of the real-time budget; 0: off"
+    )
+    admission_window_steps: int = Field(50, ge=1, description="engine steps the load measure remembers")
     llm_max_len: int = Field(4096, ge=256, description="tokens of conversation per session")
     max_answer_tokens: int = Field(500, ge=1)
     max_turn_seconds: float = Field(60.0, gt=0, description="a longer user turn is answered")
@@ -106,6 +110,8 @@ class Settings(BaseSettings):
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
             max_sessions=self.max_sessions,
+            admission_max_load=self.admission_max_load,
+            admission_window_steps=self.admission_window_steps,
             llm_max_len=self.llm_max_len,
             max_answer_tokens=self.max_answer_tokens,
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),

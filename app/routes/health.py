@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -31,6 +33,7 @@ async def readyz(server: Server) -> JSONResponse:
             "replicas": [e.name for e in pool.engines],
             "capacity": pool.capacity,
             "active_sessions": pool.active_sessions,
+            "headroom": {e.name: asdict(e.headroom()) for e in pool.engines},
             "instance_id": server.instance_id,
             "auth": auth,
         }
@@ -52,6 +55,9 @@ async def metrics(server: Server) -> PlainTextResponse:
         gauges["queue_depth_chunks"] = float(sum(e.pending_chunks() for e in engines))
         gauges["engine_steps"] = float(sum(e.stats.steps for e in engines))
         gauges["engine_busy_seconds"] = sum(e.stats.step_seconds for e in engines)
+        headrooms = [e.headroom() for e in engines]
+        gauges["engine_load"] = max(h.load for h in headrooms)
+        gauges["engine_headroom_sessions"] = float(sum(h.headroom_sessions for h in headrooms))
         for engine in engines:
             for stage, count in engine.stats.rows.items():
                 total, forwards = rows.get(stage, (0, 0))

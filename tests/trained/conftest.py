@@ -62,6 +62,7 @@ def trained_server(trained_paths: TinyPaths) -> Iterator[LiveServer]:
         port=free_port(),
         seed=0,
         log_level="warning",
+        admission_max_load=0.0,  # concurrent sessions here test turn taking, not this machine's speed
     )
     server = LiveServer(settings).start()
     yield server

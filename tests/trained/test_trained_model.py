@@ -36,6 +36,7 @@ def _settings() -> EngineSettings:
         sampling=LLMSampling(greedy=True),
         decoder_greedy=True,
         llm_max_len=2048,
+        admission_max_load=0.0,
     )
 
 

@@ -1,0 +1,113 @@
+"""Admission from measured headroom: driven by injected step times (a hook on the measure), not a timer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.engine.engine import Engine
+from app.engine.errors import CapacityError
+from app.engine.events import AnswerDone
+from app.engine.headroom import RealtimeMeter
+from app.engine.pool import EnginePool
+from tests.engine.test_engine import greedy_settings
+
+
+async def answer_steps(engine: Engine, session_id: str, at_least: int) -> None:
+    """Run answers on `session_id` until `at_least` more answer steps have been measured."""
+    target = engine.meter.answer_fit.steps + at_least
+    for _ in range(20):
+        stream = await engine.respond(session_id)
+        while not isinstance(await asyncio.wait_for(stream.next_event(), 60), AnswerDone):
+            pass
+        if engine.meter.answer_fit.steps >= target:
+            return
+    pytest.fail(f"only {engine.meter.answer_fit.steps} answer steps measured, wanted {target}")
+
+
+def test_refuses_when_the_measured_budget_is_used_up_and_admits_again(tiny_model) -> None:
+    async def main() -> None:
+        engine = Engine(
+            tiny_model, greedy_settings(max_sessions=4, admission_max_load=0.9, admission_window_steps=10)
+        )
+        pool = EnginePool([engine])
+        await pool.start()
+        try:
+            first = await pool.open_session()
+            # Each step "takes" 40 ms: one speaking session uses 1.6 token periods of 25 ms.
+            engine.meter.step_seconds_hook = lambda measured: 0.040
+            await answer_steps(engine, first.session_id, 10)
+            assert engine.meter.predicted_load(2) > 0.9
+            with pytest.raises(CapacityError, match="no real-time headroom"):
+                await pool.open_session()
+            assert engine.load == 1
+            headroom = engine.headroom()
+            assert headroom.headroom_sessions == 0 and headroom.load > 1.0
+            assert headroom.step_ms == pytest.approx(40.0, rel=0.01)
+
+            # The machine recovers: 2 ms steps. The refused place opens again.
+            engine.meter.step_seconds_hook = lambda measured: 0.002
+            await answer_steps(engine, first.session_id, 40)
+            assert engine.headroom().headroom_sessions == 3  # bounded by max_sessions
+            second = await pool.open_session()
+            assert engine.load == 2
+            await pool.close_session(second.session_id)
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())
+
+
+def test_the_fixed_cap_still_bounds_admission(tiny_model) -> None:
+    async def main() -> None:
+        engine = Engine(tiny_model, greedy_settings(max_sessions=2, admission_max_load=0.9))
+        pool = EnginePool([engine])
+        await pool.start()
+        try:
+            first = await pool.open_session()
+            engine.meter.step_seconds_hook = lambda measured: 0.001
+            await answer_steps(engine, first.session_id, 5)
+            await pool.open_session()
+            with pytest.raises(CapacityError, match="all 2 session places"):
+                await pool.open_session()
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())
+
+
+def test_the_fit_separates_fixed_cost_from_cost_per_session() -> None:
+    meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9, window_steps=20)
+    # Steps of 5 ms + 2 ms per session, with 1 to 4 sessions taking part.
+    for step in range(200):
+        sessions = 1 + step % 4
+        meter.record(0.005 + 0.002 * sessions, answering=True, sessions=sessions)
+    fixed, per_session = meter.answer_fit.line()
+    assert fixed == pytest.approx(0.2, abs=1e-6)  # 5 ms of 25
+    assert per_session == pytest.approx(0.08, abs=1e-6)  # 2 ms of 25
+    # 0.2 + 0.08 n <= 0.9 holds up to n = 8: with 7 open, one more fits; with 8, none.
+    assert meter.admits(7) and not meter.admits(8)
+    assert meter.headroom(open_sessions=5, free_places=10).headroom_sessions == 3
+
+
+def test_a_session_count_never_varied_reads_as_proportional_and_listening_has_its_own_budget() -> None:
+    meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9)
+    for _ in range(10):
+        meter.record(0.010, answering=True, sessions=2)  # 0.4 of the budget for 2: 0.2 each
+    assert meter.predicted_load(4) == pytest.approx(0.8)
+    assert meter.admits(3) and not meter.admits(4)
+    for _ in range(10):
+        meter.record(0.120, answering=False, sessions=1)  # 0.75 of a 160 ms chunk for one listener
+    assert meter.predicted_load(2) == pytest.approx(1.5)  # listening is now the tighter budget
+    assert not meter.admits(1)
+    assert meter.admits(0)  # the first session is always let in
+
+
+def test_one_slow_step_does_not_close_the_door() -> None:
+    meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9, window_steps=50)
+    meter.record(0.002, answering=True, sessions=1)
+    meter.record(1.5, answering=True, sessions=1)  # warm-up or a pause: counted as 2 budgets at most
+    for _ in range(50):
+        meter.record(0.002, answering=True, sessions=1)
+    assert meter.admits(1)
