@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
     )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
+    speech_tokens_per_step: int = Field(
+        4, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
+    )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
@@ -116,6 +119,7 @@ class Settings(BaseSettings):
             max_answer_tokens=self.max_answer_tokens,
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
+            speech_tokens_per_step=self.speech_tokens_per_step,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
             seed=self.seed,

@@ -283,6 +283,7 @@ class Engine:
                     outcome.seconds,
                     answering=bool(plan.answer or plan.speech),
                     sessions=len({s.session_id for s in plan.listen + plan.answer + plan.speech}),
+                    tokens_per_answer=outcome.batch_sizes.get("decoder", 0) / max(len(plan.speech), 1),
                 )
             try:
                 self._apply(outcome)

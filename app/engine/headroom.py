@@ -1,8 +1,7 @@
 """Real-time headroom: a moving measure of step time against the real-time budget, and admission from it.
 
-A speaking session needs one codec token per token period (25 ms of audio), and the engine makes
-`tokens_per_step` of them per step, so a step that decodes answers must end within
-`tokens_per_step` token periods; a step that only hears users must end within one 160 ms chunk
+A speaking session needs one codec token per token period (25 ms of audio); a step that makes `t`
+codec tokens for each answer taking part (the mean over them) must end within `t` token periods; a step that only hears users must end within one 160 ms chunk
 period. The meter keeps, over the last `window_steps` steps of each kind, the load of a step (its
 seconds over its budget) against the number of sessions taking part in it, fits
 `load = fixed + per_session * sessions` to them (a least-squares line with forgetting; the plain
@@ -71,7 +70,7 @@ class Headroom:
     max_load: float  # admission limit (0: measured admission off)
     headroom_sessions: int  # sessions that can still be admitted (also capped by max_sessions)
     step_ms: float  # mean step time over the window, answer steps
-    budget_ms: float  # what an answer step may take
+    budget_ms: float  # what an answer step may take (mean over the window: tokens made x 25 ms)
     listen_load: float  # the same prediction for steps that only hear users (160 ms budget)
 
 
@@ -83,7 +82,6 @@ class RealtimeMeter:
     chunk_period_s: float
     max_load: float = 0.9
     window_steps: int = 50
-    tokens_per_step: int = 1
     step_seconds_hook: Callable[[float], float] | None = None
     answer_fit: LoadFit = field(init=False)
     listen_fit: LoadFit = field(init=False)
@@ -92,22 +90,23 @@ class RealtimeMeter:
     def __post_init__(self) -> None:
         self.answer_fit = LoadFit(1.0 / self.window_steps)
         self.listen_fit = LoadFit(1.0 / self.window_steps)
+        self.answer_budget_s = self.token_period_s
 
-    @property
-    def answer_budget_s(self) -> float:
-        return self.token_period_s * self.tokens_per_step
+    answer_budget_s: float = field(init=False)
 
-    def record(self, seconds: float, answering: bool, sessions: int) -> None:
-        """One step took `seconds`; `answering`: it made answer text or audio; `sessions`: taking part."""
+    def record(self, seconds: float, answering: bool, sessions: int, tokens_per_answer: float = 1.0) -> None:
+        """One step took `seconds`; `answering`: it made answer text or audio, `tokens_per_answer` codec
+        tokens for each answer on average (at least one token period counts); `sessions`: taking part."""
         if sessions <= 0:
             return
         if self.step_seconds_hook is not None:
             seconds = self.step_seconds_hook(seconds)
         if answering:
-            self.answer_step_s += max(self.answer_fit.weight, 1.0 / (self.answer_fit.steps + 1)) * (
-                seconds - self.answer_step_s
-            )
-            self.answer_fit.add(sessions, min(seconds / self.answer_budget_s, MAX_STEP_LOAD))
+            weight = max(self.answer_fit.weight, 1.0 / (self.answer_fit.steps + 1))
+            budget = self.token_period_s * max(tokens_per_answer, 1.0)
+            self.answer_step_s += weight * (seconds - self.answer_step_s)
+            self.answer_budget_s += weight * (budget - self.answer_budget_s)
+            self.answer_fit.add(sessions, min(seconds / budget, MAX_STEP_LOAD))
         else:
             self.listen_fit.add(sessions, min(seconds / self.chunk_period_s, MAX_STEP_LOAD))
 

@@ -35,8 +35,8 @@ def test_refuses_when_the_measured_budget_is_used_up_and_admits_again(tiny_model
         await pool.start()
         try:
             first = await pool.open_session()
-            # Each step "takes" 40 ms: one speaking session uses 1.6 token periods of 25 ms.
-            engine.meter.step_seconds_hook = lambda measured: 0.040
+            # Each step "takes" 200 ms: more than the 25-100 ms of audio (1-4 codec tokens) it makes.
+            engine.meter.step_seconds_hook = lambda measured: 0.200
             await answer_steps(engine, first.session_id, 10)
             assert engine.meter.predicted_load(2) > 0.9
             with pytest.raises(CapacityError, match="no real-time headroom"):
@@ -44,7 +44,7 @@ def test_refuses_when_the_measured_budget_is_used_up_and_admits_again(tiny_model
             assert engine.load == 1
             headroom = engine.headroom()
             assert headroom.headroom_sessions == 0 and headroom.load > 1.0
-            assert headroom.step_ms == pytest.approx(40.0, rel=0.01)
+            assert headroom.step_ms == pytest.approx(200.0, rel=0.01)
 
             # The machine recovers: 2 ms steps. The refused place opens again.
             engine.meter.step_seconds_hook = lambda measured: 0.002

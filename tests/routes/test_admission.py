@@ -42,7 +42,7 @@ def test_a_server_out_of_real_time_refuses_then_admits_again(measured_server: Li
 
     async def main():
         async with realtime_client(server.ws_url) as first:
-            meter.step_seconds_hook = lambda measured: 0.040  # 1.6 token periods per step
+            meter.step_seconds_hook = lambda measured: 0.200  # more than the 1-4 token periods a step makes
             await turns_until_measured(server, first, 10)
             events, closed = await refused(server.ws_url)
             rest = await asyncio.to_thread(
@@ -74,7 +74,7 @@ def test_a_server_out_of_real_time_refuses_then_admits_again(measured_server: Li
     (headroom,) = readyz["headroom"].values()
     assert readyz["status"] == "ready" and readyz["active_sessions"] == 1
     assert headroom["headroom_sessions"] == 0 and headroom["load"] > 1.0 and headroom["max_load"] == 0.9
-    assert headroom["step_ms"] == pytest.approx(40.0, rel=0.01) and headroom["budget_ms"] == 25.0
+    assert headroom["step_ms"] == pytest.approx(200.0, rel=0.01) and 25.0 <= headroom["budget_ms"] <= 100.0
     assert "\nfreeze_omni_engine_headroom_sessions 0.0\n" in metrics
     assert still["response"]["status"] == "completed"  # the admitted session goes on
     assert len(again) == 1
