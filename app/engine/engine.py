@@ -56,6 +56,7 @@ class Engine:
             chunk_period_s=CHUNK_SECONDS,
             max_load=settings.admission_max_load,
             window_steps=settings.admission_window_steps,
+            tokens_per_step=settings.speech_tokens_per_step,
         )
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
@@ -281,9 +282,8 @@ class Engine:
             if not outcome.failures:
                 self.meter.record(
                     outcome.seconds,
-                    answering=bool(plan.answer or plan.speech),
-                    sessions=len({s.session_id for s in plan.listen + plan.answer + plan.speech}),
-                    tokens_per_answer=outcome.batch_sizes.get("decoder", 0) / max(len(plan.speech), 1),
+                    codec_tokens=outcome.batch_sizes.get("decoder", 0),
+                    listening=outcome.batch_sizes.get("encoder", 0),
                 )
             try:
                 self._apply(outcome)

@@ -16,14 +16,14 @@ from tests.engine.test_engine import greedy_settings
 
 async def answer_steps(engine: Engine, session_id: str, at_least: int) -> None:
     """Run answers on `session_id` until `at_least` more answer steps have been measured."""
-    target = engine.meter.answer_fit.steps + at_least
+    target = engine.meter.speech_fit.steps + at_least
     for _ in range(20):
         stream = await engine.respond(session_id)
         while not isinstance(await asyncio.wait_for(stream.next_event(), 60), AnswerDone):
             pass
-        if engine.meter.answer_fit.steps >= target:
+        if engine.meter.speech_fit.steps >= target:
             return
-    pytest.fail(f"only {engine.meter.answer_fit.steps} answer steps measured, wanted {target}")
+    pytest.fail(f"only {engine.meter.speech_fit.steps} answer steps measured, wanted {target}")
 
 
 def test_refuses_when_the_measured_budget_is_used_up_and_admits_again(tiny_model) -> None:
@@ -77,28 +77,31 @@ def test_the_fixed_cap_still_bounds_admission(tiny_model) -> None:
     asyncio.run(main())
 
 
-def test_the_fit_separates_fixed_cost_from_cost_per_session() -> None:
-    meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9, window_steps=20)
-    # Steps of 5 ms + 2 ms per session, with 1 to 4 sessions taking part.
+def test_the_fit_separates_fixed_cost_from_cost_per_token() -> None:
+    meter = RealtimeMeter(
+        token_period_s=0.025, chunk_period_s=0.16, max_load=0.9, window_steps=20, tokens_per_step=4
+    )
+    # Steps of 5 ms + 2 ms per codec token, making 1 to 8 tokens.
     for step in range(200):
-        sessions = 1 + step % 4
-        meter.record(0.005 + 0.002 * sessions, answering=True, sessions=sessions)
-    fixed, per_session = meter.answer_fit.line()
-    assert fixed == pytest.approx(0.2, abs=1e-6)  # 5 ms of 25
-    assert per_session == pytest.approx(0.08, abs=1e-6)  # 2 ms of 25
-    # 0.2 + 0.08 n <= 0.9 holds up to n = 8: with 7 open, one more fits; with 8, none.
-    assert meter.admits(7) and not meter.admits(8)
-    assert meter.headroom(open_sessions=5, free_places=10).headroom_sessions == 3
+        tokens = 1 + step % 8
+        meter.record(0.005 + 0.002 * tokens, codec_tokens=tokens, listening=0)
+    fixed, per_token = meter.speech_fit.line()
+    assert fixed == pytest.approx(0.005, abs=1e-9)
+    assert per_token == pytest.approx(0.002, abs=1e-9)
+    # n answers catching up, 4 tokens each, in a step of 100 ms: (5 + 8 n) / 100 <= 0.9 up to n = 10.
+    assert meter.speech_load(10) == pytest.approx(0.85)
+    assert meter.admits(9) and not meter.admits(10)
+    assert meter.headroom(open_sessions=5, free_places=10).headroom_sessions == 5
 
 
-def test_a_session_count_never_varied_reads_as_proportional_and_listening_has_its_own_budget() -> None:
+def test_a_token_count_never_varied_reads_as_proportional_and_listening_has_its_own_budget() -> None:
     meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9)
     for _ in range(10):
-        meter.record(0.010, answering=True, sessions=2)  # 0.4 of the budget for 2: 0.2 each
+        meter.record(0.010, codec_tokens=2, listening=0)  # 5 ms per token of 25 ms: 0.2 per session
     assert meter.predicted_load(4) == pytest.approx(0.8)
     assert meter.admits(3) and not meter.admits(4)
     for _ in range(10):
-        meter.record(0.120, answering=False, sessions=1)  # 0.75 of a 160 ms chunk for one listener
+        meter.record(0.120, codec_tokens=0, listening=1)  # 0.75 of a 160 ms chunk for one listener
     assert meter.predicted_load(2) == pytest.approx(1.5)  # listening is now the tighter budget
     assert not meter.admits(1)
     assert meter.admits(0)  # the first session is always let in
@@ -106,8 +109,8 @@ def test_a_session_count_never_varied_reads_as_proportional_and_listening_has_it
 
 def test_one_slow_step_does_not_close_the_door() -> None:
     meter = RealtimeMeter(token_period_s=0.025, chunk_period_s=0.16, max_load=0.9, window_steps=50)
-    meter.record(0.002, answering=True, sessions=1)
-    meter.record(1.5, answering=True, sessions=1)  # warm-up or a pause: counted as 2 budgets at most
+    meter.record(0.002, codec_tokens=1, listening=0)
+    meter.record(1.5, codec_tokens=1, listening=0)  # warm-up or a pause: counted as 2 token periods
     for _ in range(50):
-        meter.record(0.002, answering=True, sessions=1)
+        meter.record(0.002, codec_tokens=1, listening=0)
     assert meter.admits(1)

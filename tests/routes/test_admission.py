@@ -26,13 +26,13 @@ def measured_server(start_server) -> LiveServer:
 
 async def turns_until_measured(server: LiveServer, client: RealtimeClient, steps: int) -> None:
     meter = server.state.pool.engines[0].meter
-    target = meter.answer_fit.steps + steps
+    target = meter.speech_fit.steps + steps
     for _ in range(30):
         done = await text_turn(client, "Hello?")
         assert done["response"]["status"] == "completed"
-        if meter.answer_fit.steps >= target:
+        if meter.speech_fit.steps >= target:
             return
-    pytest.fail(f"only {meter.answer_fit.steps} answer steps measured, wanted {target}")
+    pytest.fail(f"only {meter.speech_fit.steps} answer steps measured, wanted {target}")
 
 
 def test_a_server_out_of_real_time_refuses_then_admits_again(measured_server: LiveServer) -> None:
