@@ -35,6 +35,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16"
     )
     group.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default 1, or FREEZE_OMNI_TORCH_THREADS; 0: torch's default, one per "
+        "core). One leaves a core to the server's event loop; see the README's settings table",
+    )
+    group.add_argument(
         "--strict-load",
         action="store_true",
         default=None,
@@ -56,6 +62,16 @@ def _resolve_model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return paths.model_path, paths.llm_path
 
 
+def _torch_threads(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 0:
+            raise SystemExit("error: --threads must be 0 (torch's default) or more")
+        return args.threads
+    from app.config import Settings
+
+    return Settings().torch_threads
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
@@ -71,6 +87,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         post_process,
         read_wav,
         resample,
+        set_torch_threads,
         write_wav,
     )
 
@@ -82,6 +99,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.input_wav} holds no audio")
     samples = resample(samples, rate, INPUT_RATE)
     model_path, llm_path = _resolve_model_paths(args)
+    set_torch_threads(_torch_threads(args))
     try:
         model = load_freeze_omni(
             model_path, llm_path, device=args.device, dtype=args.dtype, strict=bool(args.strict_load)
@@ -164,6 +182,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "devices": devices,
             "dtype": args.dtype,
             "strict_load": args.strict_load,
+            "torch_threads": args.threads,
             "max_sessions": args.max_sessions,
             "api_keys": args.api_key or None,
             "idle_timeout_s": args.idle_timeout,

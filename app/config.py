@@ -42,12 +42,19 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op CPU threads; 0: torch's default (one per core)"
+    )
     strict_load: bool = Field(
         False, description="refuse weight files holding anything the model does not use (training state)"
     )
 
     # -- capacity and limits
-    max_sessions: int = Field(16, ge=1, description="sessions per replica")
+    max_sessions: int = Field(16, ge=1, description="sessions per replica (an upper bound on admission)")
+    admission_max_load: float = Field(
+        0.9, ge=0, description="refuse a session that would take more of the real-time budget; 0: off"
+    )
+    admission_window_steps: int = Field(50, ge=1, description="engine steps the load measure remembers")
     llm_max_len: int = Field(4096, ge=256, description="tokens of conversation per session")
     max_answer_tokens: int = Field(500, ge=1)
     max_turn_seconds: float = Field(60.0, gt=0, description="a longer user turn is answered")
@@ -74,6 +81,9 @@ class Settings(BaseSettings):
         24000, ge=6000, le=510000, description="bits per second of Opus answers when the client names none"
     )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
+    speech_tokens_per_step: int = Field(
+        4, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
+    )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
@@ -155,10 +165,13 @@ class Settings(BaseSettings):
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
             max_sessions=self.max_sessions,
+            admission_max_load=self.admission_max_load,
+            admission_window_steps=self.admission_window_steps,
             llm_max_len=self.llm_max_len,
             max_answer_tokens=self.max_answer_tokens,
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
+            speech_tokens_per_step=self.speech_tokens_per_step,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
             seed=self.seed,

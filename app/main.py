@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings
+from app.model import set_torch_threads
 from app.routes import health, realtime, turns
 from app.routes.deps import ApiError, api_error_handler
 from app.server_state import ServerState
@@ -29,6 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.server = state
         if not settings.api_keys:
             log.warning("no API keys configured: the server is open to anyone who can reach it")
+        threads = set_torch_threads(settings.torch_threads)
+        log.info(
+            "torch uses %d CPU thread(s) (FREEZE_OMNI_TORCH_THREADS=%d)", threads, settings.torch_threads
+        )
         state.start_loading()
         try:
             yield

@@ -113,8 +113,8 @@ class LiveServer:
 
 
 def live_server_on(paths, **overrides) -> LiveServer:
-    """Start a live server on the model at `paths` (a `TinyPaths`), seed 0, quiet logs; `overrides` are
-    further settings."""
+    """Start a live server on the model at `paths` (a `TinyPaths`), seed 0, quiet logs, admission by
+    measured load off; `overrides` are further settings."""
     from app.config import Settings
 
     values = {
@@ -123,6 +123,8 @@ def live_server_on(paths, **overrides) -> LiveServer:
         "port": free_port(),
         "seed": 0,
         "log_level": "warning",
+        # Behaviour tests must not depend on this machine's speed; admission has its own tests.
+        "admission_max_load": 0.0,
     }
     values.update(overrides)
     return LiveServer(Settings(**values)).start()

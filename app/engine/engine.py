@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from app.engine import fault_injection
-from app.engine.errors import EngineStoppedError, SessionClosedError
+from app.engine.errors import CapacityError, EngineStoppedError, SessionClosedError
 from app.engine.events import (  # noqa: F401 - AnswerStream is re-exported for callers
     AnswerOptions,
     AnswerStream,
@@ -29,12 +29,13 @@ from app.engine.events import (  # noqa: F401 - AnswerStream is re-exported for 
     ChunkDecision,
 )
 from app.engine.futures import copy_future, reject, resolve
+from app.engine.headroom import Headroom, RealtimeMeter
 from app.engine.runner import StepOutcome, StepRunner
 from app.engine.scheduler import EngineStats, Scheduler
 from app.engine.settings import EngineSettings
 from app.engine.slots import SlotOwner
 from app.engine.state import PendingChunk, SessionState
-from app.model import CHUNK_SAMPLES, INPUT_RATE, FreezeOmni
+from app.model import CHUNK_SAMPLES, CHUNK_SECONDS, INPUT_RATE, OUTPUT_RATE, FreezeOmni
 
 log = logging.getLogger(__name__)
 __all__ = ["AnswerStream", "Engine", "EngineStats"]
@@ -51,6 +52,13 @@ class Engine:
         self.slots = SlotOwner(model, settings, name)
         self.scheduler = Scheduler(model, settings, self.slots, self.stats, name)
         self.runner = StepRunner(model, self.slots, settings)
+        self.meter = RealtimeMeter(
+            token_period_s=model.codec.samples_per_token / OUTPUT_RATE,
+            chunk_period_s=CHUNK_SECONDS,
+            max_load=settings.admission_max_load,
+            window_steps=settings.admission_window_steps,
+            tokens_per_step=settings.speech_tokens_per_step,
+        )
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
@@ -104,13 +112,27 @@ class Engine:
     def free_sessions(self) -> int:
         return self.settings.max_sessions - len(self.sessions)
 
+    def headroom(self) -> Headroom:
+        """The measured real-time load and how many more sessions fit (for /readyz, /metrics, the pool)."""
+        return self.meter.headroom(self.load, self.free_sessions)
+
     def pending_chunks(self) -> int:
         return sum(len(s.listen.pending) for s in self.sessions.values() if s.listen is not None)
 
     # -- API (coroutines; each becomes a command applied between steps) -------------------------
     async def open_session(self, role: str | None = None, seed: int | None = None) -> str:
-        """Admit a session or raise `CapacityError`; returns its id."""
-        return await self._submit(lambda: self.scheduler.open_session(role, seed))
+        """Admit a session or raise `CapacityError` (no place, or no real-time headroom); returns its id."""
+
+        def admit() -> str:
+            if len(self.sessions) < self.settings.max_sessions and not self.meter.admits(self.load):
+                raise CapacityError(
+                    f"{self.name} has no real-time headroom for another session: {self.load} session(s) "
+                    f"would take {self.meter.predicted_load(self.load + 1):.0%} of the real-time budget "
+                    f"(limit {self.meter.max_load:.0%})"
+                )
+            return self.scheduler.open_session(role, seed)
+
+        return await self._submit(admit)
 
     async def close_session(self, session_id: str) -> None:
         await self._submit(
@@ -268,6 +290,12 @@ class Engine:
                 log.exception("%s: step failed", self.name)
                 involved = {s.session_id: s for s in plan.listen + plan.answer + plan.speech + plan.codec}
                 outcome = StepOutcome(failures=[(s, "internal error") for s in involved.values()])
+            if not outcome.failures:
+                self.meter.record(
+                    outcome.seconds,
+                    codec_tokens=outcome.batch_sizes.get("decoder", 0),
+                    listening=outcome.batch_sizes.get("encoder", 0),
+                )
             try:
                 self._apply(outcome)
             except Exception:  # noqa: BLE001

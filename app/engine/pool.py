@@ -44,19 +44,28 @@ class EnginePool:
         self._where.clear()
 
     async def open_session(self, role: str | None = None, seed: int | None = None) -> SessionRef:
-        """Admit a session on the least loaded replica, or raise `CapacityError` at once."""
-        for engine in sorted(self.engines, key=lambda e: e.load / e.settings.max_sessions):
+        """Admit a session on the replica with the most headroom, or raise `CapacityError` at once."""
+        refusals: list[str] = []
+        for engine in sorted(self.engines, key=self._busyness):
             if engine.free_sessions <= 0:
                 continue
             try:
                 session_id = await engine.open_session(role, seed)
-            except CapacityError:
+            except CapacityError as error:
+                refusals.append(str(error))
                 continue
             self._where[session_id] = engine
             return SessionRef(engine, session_id)
+        if refusals:
+            raise CapacityError(f"{'; '.join(refusals)}; try again later")
         raise CapacityError(
             f"all {self.capacity} session places are taken ({len(self.engines)} replica(s)); try again later"
         )
+
+    @staticmethod
+    def _busyness(engine: Engine) -> tuple[float, float]:
+        """Least measured load first, then fewest sessions per place."""
+        return (engine.meter.predicted_load(engine.load + 1), engine.load / engine.settings.max_sessions)
 
     def get(self, session_id: str) -> SessionRef:
         engine = self._where.get(session_id)

@@ -78,7 +78,7 @@ class StepRunner:
         failed: set[str] = set()
         vectors = self._encode(plan.listen, outcome, failed)
         self._llm(plan, vectors, outcome, failed)
-        self._speech(plan.speech, outcome, failed)
+        self._speech_rounds(plan, outcome, failed)
         self._codec(plan.codec, outcome, failed)
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -252,7 +252,24 @@ class StepRunner:
             outcome.events.append((session, answer, SegmentText(segment.text)))
 
     # -- stage 3: the speech decoder -------------------------------------------------------------
-    def _speech(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> None:
+    def _speech_rounds(self, plan: StepPlan, outcome: StepOutcome, failed: set[str]) -> None:
+        """Up to `plan.speech_tokens[session]` codec tokens per answer: one batched forward per round."""
+        rows = 0
+        for round_index in range(max(plan.speech_tokens.values(), default=1)):
+            sessions = [
+                s
+                for s in plan.speech
+                if plan.speech_tokens.get(s.session_id, 1) > round_index
+                and s.session_id not in failed
+                and s.answer is not None
+                and (s.answer.segment is not None or s.answer.pending_segments)
+            ]
+            if not sessions:
+                break
+            rows += self._speech(sessions, outcome, failed)
+        outcome.batch_sizes["decoder"] = rows
+
+    def _speech(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> int:
         decoder = self.model.decoder
         cache = self.decoder_cache
 
@@ -289,9 +306,7 @@ class StepRunner:
         def finish(session: SessionState, logits: torch.Tensor) -> None:
             self._after_speech_step(session, logits)
 
-        outcome.batch_sizes["decoder"] = self._isolated(
-            sessions, lambda s: s, prepare, forward, finish, outcome, failed
-        )
+        return self._isolated(sessions, lambda s: s, prepare, forward, finish, outcome, failed)
 
     def _after_speech_step(self, session: SessionState, logits: torch.Tensor) -> None:
         decoder = self.model.decoder

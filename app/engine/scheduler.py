@@ -10,7 +10,10 @@ verdicts come back from the runner as data and are acted on in `apply`.
 Each step's plan: every listening session with a chunk waiting is heard (listening must keep real
 time). Every answer generates text each step. Speech decoding is skipped for an answer whose audio
 runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
-barge-in has little audio to throw away. The runner splits each stage into forwards of `max_batch` rows.
+barge-in has little audio to throw away; an answer less than half that far ahead (or still owing its
+first audio) gets up to `speech_tokens_per_step` codec tokens in the step, so a step slower than one
+token's 25 ms of audio does not leave it behind. Several tokens in one step change when tokens are
+made, never which: each comes from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
 
 Turn taking, as in the published server but without its copies:
 - a listen turn on a quiet session writes into the session's main cache slot; if the state head
@@ -91,6 +94,7 @@ class StepPlan:
     answer: list[SessionState] = field(default_factory=list)
     speech: list[SessionState] = field(default_factory=list)
     codec: list[SessionState] = field(default_factory=list)
+    speech_tokens: dict[str, int] = field(default_factory=dict)  # session id -> codec tokens this step
 
     @property
     def empty(self) -> bool:
@@ -522,6 +526,14 @@ class Scheduler:
                 speaking.append((ahead, session))
             # Windows may become ready during this very step (stage 3 feeds stage 4).
             plan.codec.append(session)
-        # The answers least ahead of their playback go first.
+        # The answers least ahead of their playback go first (an answer with no audio yet is 0 s ahead).
         plan.speech = [s for _, s in sorted(speaking, key=lambda pair: pair[0])]
+        # One codec token is 25 ms of audio: a step slower than that leaves every answer that gets one token
+        # per step behind. Answers behind (or near) their playback, and those still owing their first
+        # audio, get several; answers comfortably ahead get one.
+        catch_up_below = self.settings.max_audio_ahead_s / 2
+        plan.speech_tokens = {
+            s.session_id: self.settings.speech_tokens_per_step if ahead < catch_up_below else 1
+            for ahead, s in speaking
+        }
         return plan

@@ -8,7 +8,7 @@ Grouped by the stage each file serves:
     checkpoint_io/  weight files, the published layout, where the default model lives
     fixtures/       the tiny random model (tests, `make-tiny`)
     pipeline.py     the offline turn; turn_parts.py: the turn pieces the engine shares
-    wav.py          WAV files in and out
+    wav.py          WAV files in and out; threads.py: torch's CPU thread count
 
 The rest of the app imports from here only: `from app.model import FreezeOmni, load_freeze_omni`.
 Names are resolved on first use (PEP 562), so importing one light name (the CLI's choices) does
@@ -58,6 +58,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
         "post_process",
     ),
     "speech_out.codec_stream": ("CodecChunker", "decode_windows"),
+    "threads": ("set_torch_threads",),
     "wav": ("WavError", "read_wav", "read_wav_bytes", "resample", "wav_bytes", "write_wav"),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}

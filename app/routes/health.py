@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -34,6 +36,7 @@ async def readyz(server: Server) -> JSONResponse:
             "replicas": [e.name for e in pool.engines],
             "capacity": pool.capacity,
             "active_sessions": pool.active_sessions,
+            "headroom": {e.name: asdict(e.headroom()) for e in pool.engines},
             "instance_id": server.instance_id,
             "auth": auth,
         }
@@ -63,6 +66,9 @@ async def metrics(server: Server) -> PlainTextResponse:
         gauges["decoder_cache_slots_in_use"] = float(
             sum(e.decoder_cache.shape.num_slots - e.decoder_cache.num_free for e in engines)
         )
+        headrooms = [e.headroom() for e in engines]
+        gauges["engine_load"] = max(h.load for h in headrooms)
+        gauges["engine_headroom_sessions"] = float(sum(h.headroom_sessions for h in headrooms))
         for engine in engines:
             for stage, count in engine.stats.rows.items():
                 total, forwards = rows.get(stage, (0, 0))

@@ -32,6 +32,7 @@ def greedy_settings(**overrides) -> EngineSettings:
         decoder_greedy=True,
         trim_leading_silence=False,
         llm_max_len=2048,
+        admission_max_load=0.0,  # outputs, not capacity: tests/engine/test_admission.py has those
     )
     values.update(overrides)
     return EngineSettings(**values)

@@ -144,7 +144,7 @@ def test_a_44k_stereo_input_is_resampled(model_args: list[str], workdir: Path, s
         out.setframerate(44100)
         out.writeframes((np.clip(stereo, -1, 1) * 32767).astype("<i2").tobytes())
 
-    args = _infer_args(model_args, source, workdir / "answer_44k.wav", "--max-tokens", "8")
+    args = _infer_args(model_args, source, workdir / "answer_44k.wav", "--max-tokens", "8", "--threads", "1")
     report = _report(_run(args, workdir / "home"))
     mono, read_rate = read_wav(source)
     assert read_rate == 44100
@@ -194,6 +194,7 @@ def test_help_lists_the_commands_and_the_infer_options(workdir: Path) -> None:
         "--greedy",
         "--json",
         "--strict-load",
+        "--threads",
     ):
         assert option in infer.stdout
 

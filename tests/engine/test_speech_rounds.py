@@ -1,0 +1,44 @@
+"""Several codec tokens per step for answers behind their playback: the tokens are the offline pipeline's,
+only made sooner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app.engine.engine import Engine
+from app.engine.events import AnswerStatus
+from app.model.pipeline import InferOptions, OfflinePipeline
+from tests.engine.test_engine import MAX_TOKENS, greedy_settings, listen_then_answer
+
+
+@pytest.mark.parametrize("tokens_per_step", [1, 4])
+def test_several_tokens_per_step_keep_the_offline_output(tiny_model, question_wavs, tokens_per_step) -> None:
+    wav = question_wavs[1]
+    reference = OfflinePipeline(tiny_model).run(wav, InferOptions.greedy(max_new_tokens=MAX_TOKENS, seed=3))
+
+    async def main():
+        engine = Engine(tiny_model, greedy_settings(speech_tokens_per_step=tokens_per_step))
+        await engine.start()
+        try:
+            session_id = await engine.open_session(seed=3)
+            result = await listen_then_answer(engine, session_id, wav)
+            return result, engine.stats.rows["decoder"], engine.stats.forwards_with_rows["decoder"]
+        finally:
+            await engine.stop()
+
+    (states, done, audio, text), decoder_rows, decoder_steps = asyncio.run(main())
+    assert done.status == AnswerStatus.COMPLETED
+    assert states == reference.states
+    assert list(done.token_ids) == reference.token_ids
+    assert [list(ids) for ids in done.codec_ids] == reference.codec_ids
+    assert text == reference.text
+    np.testing.assert_allclose(audio, reference.audio, atol=1e-4)
+    # One session: more decoder rows than steps that ran the decoder means several tokens in a step.
+    if tokens_per_step == 1:
+        assert decoder_rows == decoder_steps
+    else:
+        assert decoder_rows > decoder_steps
+        assert decoder_rows <= tokens_per_step * decoder_steps
