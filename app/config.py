@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     speech_tokens_per_step: int = Field(
-        4, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
+        1, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
     )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")

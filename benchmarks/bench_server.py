@@ -108,12 +108,24 @@ class Turn:
     interrupt_to_silence_s: float | None = None  # onset of speech into the answer -> its last audio
     interrupt_unpaused: bool = False  # spoke into the answer, and it did not pause
 
+    underruns: int = 0  # times a player with a `--cushion-ms` buffer had run dry when audio came
+
     _play_from: float | None = None  # when the player (re)started
     _played_since: float = 0.0  # audio received since then
+    _cushion_from: float | None = None  # the cushioned player: when it last (re)primed
+    _cushion_played: float = 0.0
 
-    def heard(self, at: float, seconds: float, playout_s: float) -> None:
+    def heard(self, at: float, seconds: float, playout_s: float, cushion_s: float = 0.1) -> None:
         """Audio arrived: a player that starts `playout_s` after the first audio has played out what came
-        before it, and sat silent for whatever time is left over (negative: audio still queued)."""
+        before it, and sat silent for whatever time is left over (negative: audio still queued).
+
+        A second player, as clients build them, starts `cushion_s` after audio comes; each time it has
+        played out everything when the next audio arrives is an underrun, and it primes again."""
+        if self._cushion_from is None or at > self._cushion_from + cushion_s + self._cushion_played:
+            if self._cushion_from is not None:
+                self.underruns += 1
+            self._cushion_from, self._cushion_played = at, 0.0
+        self._cushion_played += seconds
         if self.first_audio_at is None:
             self.first_audio_at = at
         if self._play_from is None:
@@ -126,6 +138,7 @@ class Turn:
     def flushed(self) -> None:
         """The player flushed on speech_started (a pause): it starts again with the next audio."""
         self._play_from = None
+        self._cushion_from = None
 
 
 @dataclass
@@ -136,6 +149,7 @@ class Run:
     sessions: int
     turns: list[Turn] = field(default_factory=list)
     phantom_turns: int = 0  # speech_started with no speech sent in its audio
+    refused: int = 0  # sessions the server refused (capacity_exceeded, then 1013)
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     client_cpu: float | None = None  # CPU seconds of this process per wall second (engine path: all of it)
@@ -269,6 +283,16 @@ async def server_session(
     async with websockets.connect(url, additional_headers=headers, proxy=None, max_size=None) as ws:
         events: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
         reader = asyncio.create_task(_read(ws, events))
+        try:
+            _, greeting = await asyncio.wait_for(events.get(), 20)
+        except TimeoutError:
+            reader.cancel()
+            raise RuntimeError("no session.created within 20 s") from None
+        if greeting["type"] == "error" and greeting["error"]["code"] == "capacity_exceeded":
+            run.refused += 1  # admission said no: the server stays real time for the others
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            return
         mic = Microphone(ws, args.floor_dbfs, seed=first, floor_under_speech=args.floor_under_speech)
         microphone = asyncio.create_task(mic.run())
         try:
@@ -359,7 +383,12 @@ async def _hear(
                 last_delta_at = at
                 if onset is not None and onset.done() and at - onset.result() > UNPAUSED_AFTER_S:
                     turn.interrupt_unpaused = True  # still playing well after speech began
-            turn.heard(at, len(base64.b64decode(event["delta"])) / (2 * WIRE_RATE), args.playout_ms / 1000)
+            turn.heard(
+                at,
+                len(base64.b64decode(event["delta"])) / (2 * WIRE_RATE),
+                args.playout_ms / 1000,
+                args.cushion_ms / 1000,
+            )
             if args.interrupt_after is not None and onset is None and turn.audio_s >= args.interrupt_after:
                 onset, _ = mic.say(interruption)
             if not capped and turn.audio_s >= args.answer_seconds:
@@ -433,7 +462,12 @@ async def engine_session(
             while stream is not None and stream.done is None:
                 event = await stream.next_event()
                 if isinstance(event, AudioDelta) and not capped:
-                    turn.heard(time.perf_counter(), len(event.samples) / WIRE_RATE, args.playout_ms / 1000)
+                    turn.heard(
+                        time.perf_counter(),
+                        len(event.samples) / WIRE_RATE,
+                        args.playout_ms / 1000,
+                        args.cushion_ms / 1000,
+                    )
                     if turn.audio_s >= args.answer_seconds:
                         capped = True
                         await engine.cancel_answer(session_id, "benchmark cap")
@@ -646,6 +680,10 @@ def summary(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "interrupt_to_silence_p95_ms": _ms(to_silence, 95),
         "interruptions_unpaused": sum(t.interrupt_unpaused for t in run.turns),
         "phantom_turns": run.phantom_turns if run.path == "server" else "-",
+        "refused_sessions": run.refused,
+        "answered_turns": sum(t.status in ("completed", "capped") for t in run.turns),
+        "underruns": sum(t.underruns for t in run.turns),
+        "turns_with_underruns": sum(t.underruns > 0 for t in run.turns),
         "client_cpu": _cores(run.client_cpu),
         "server_cpu": _cores(run.server_cpu),
         "wall_s": round(run.wall_s, 1),
@@ -694,6 +732,25 @@ def print_overhead(rows: list[dict[str, Any]]) -> None:
     if lines:
         print("turn end -> first audio, mean; the client's view against the server's engine, same answers:")
         print("\n".join(lines))
+
+
+def print_curve(rows: list[dict[str, Any]], cushion_ms: float) -> None:
+    """The latency-vs-sessions curve as a table: what N users get, the refused ones included."""
+    served = [r for r in rows if r["path"] == "server"]
+    if not served:
+        return
+    print(
+        f"latency vs sessions (server): first audio after the end of speech; underruns of a player with a "
+        f"{cushion_ms:g} ms cushion\n"
+        "  N  admitted refused  answered/asked   p50 (ms)  p95 (ms)  underruns (turns with any)"
+    )
+    for r in served:
+        print(
+            f"{r['sessions']:>3}  {r['sessions'] - r['refused_sessions']:>8} {r['refused_sessions']:>7}  "
+            f"{r['answered_turns']:>8}/{r['turns']:<5}  {r['speech_end_to_audio_p50_ms']:>8}  "
+            f"{r['speech_end_to_audio_p95_ms']:>8}  {r['underruns']:>9} ({r['turns_with_underruns']})",
+            flush=True,
+        )
 
 
 # -- main -------------------------------------------------------------------------------------------------------
@@ -765,6 +822,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3.0,
         help="seconds of floor alone after a session's last turn (phantom turns counted all along)",
     )
+    parser.add_argument(
+        "--cushion-ms",
+        type=float,
+        default=100.0,
+        help="the curve's player buffers this much before playing, and again after each underrun "
+        "(default 100)",
+    )
+    parser.add_argument(
+        "--admission-max-load",
+        type=float,
+        default=None,
+        help="own server only: FREEZE_OMNI_ADMISSION_MAX_LOAD (default: the server's; 0: no measured "
+        "admission, only the fixed cap of max(--sessions))",
+    )
     parser.add_argument("--no-engine", action="store_true", help="skip the engine-only comparison")
     parser.add_argument(
         "--formats",
@@ -790,6 +861,8 @@ def server_settings(args: argparse.Namespace, counts: list[int]) -> dict[str, An
         "log_level": "warning",
         "idle_timeout_s": 600.0,
     }
+    if args.admission_max_load is not None:
+        values["admission_max_load"] = args.admission_max_load
     if args.model_path and args.llm_path:
         return values | {"model_path": str(args.model_path), "llm_path": str(args.llm_path)}
     from app.model.checkpoint_io.defaults import ensure_default_model
@@ -857,6 +930,7 @@ def main(argv: list[str] | None = None) -> None:
             child.terminate()
             child.wait(timeout=30)
     print_overhead(rows)
+    print_curve(rows, args.cushion_ms)
     if args.json:
         print(
             json.dumps({"settings": {**values, **vars(args)}, "runs": rows, "formats": formats}, default=str)

@@ -42,7 +42,8 @@ SHUTDOWN_GRACE_S = 2.0
 # Per engine process: room for all the sessions of a test on one process, short greedy answers.
 ENGINE_ENV = {
     "FREEZE_OMNI_MAX_SESSIONS": "24",
-    "FREEZE_OMNI_ADMISSION_MAX_LOAD": "0",  # routing is under test, not this machine's speed
+    # Routing, not this machine's speed: measured admission has its own tests (tests/*/test_admission.py).
+    "FREEZE_OMNI_ADMISSION_MAX_LOAD": "0",
     "FREEZE_OMNI_MAX_ANSWER_TOKENS": "12",
     "FREEZE_OMNI_TOP_K": "1",
     "FREEZE_OMNI_SEED": "0",
