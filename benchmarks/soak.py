@@ -486,7 +486,7 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
             timeline.append((round(time.monotonic() - started), round(rss / 2**20, 1)))
             print(
                 f"  {timeline[-1][0]:>6} s: {sum(runner.tally.sessions.values())} sessions, "
-                f"server RSS {timeline[-1][1]} MB, unexpected {sum(runner.tally.unexpected.values())}",
+                f"server RSS {timeline[-1][1]} MB, unexpected {dict(runner.tally.unexpected)}",
                 flush=True,
             )
 

@@ -47,6 +47,31 @@ from app.sessions.supervision import TaskSupervisor
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
 log = logging.getLogger(__name__)
+KNOWN_ITEMS_KEPT = 4096  # item ids a session remembers for truncate/delete; older ones are forgotten
+PENDING_TEXT_CHARS_PER_TOKEN = 8  # typed text waiting for response.create: this many chars per cache token
+
+
+class _RecentIds:
+    """A set of the most recent ids, bounded: the oldest is forgotten when it is full."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def add(self, item_id: str) -> None:
+        self._ids.pop(item_id, None)
+        self._ids[item_id] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+
+    def discard(self, item_id: str) -> None:
+        self._ids.pop(item_id, None)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 @dataclass
@@ -106,7 +131,7 @@ class RealtimeSession:
         self._buffered_chunks = 0
         self._pending_text: list[str] = []
         self._last_item_id: str | None = None
-        self._known_items: set[str] = set()
+        self._known_items = _RecentIds(KNOWN_ITEMS_KEPT)
         # response
         self._streamer: ResponseStreamer | None = None
         self._streamer_task: asyncio.Task | None = None
@@ -576,7 +601,18 @@ class RealtimeSession:
             self._awaiting_response = True
             self._user_item_id = None
         elif item.role == "user" and texts:
-            self._pending_text.append(" ".join(texts))
+            text = " ".join(texts)
+            # Typed turns waiting for response.create are bounded by what the conversation could hold.
+            limit = PENDING_TEXT_CHARS_PER_TOKEN * self.settings.llm_max_len
+            if sum(map(len, self._pending_text)) + len(text) > limit:
+                self._client_error(
+                    "pending_text_too_long",
+                    f"more than {limit} characters of user text wait for a response (the conversation "
+                    "holds FREEZE_OMNI_LLM_MAX_LEN tokens): send response.create first; the item was not added",
+                    event.event_id,
+                )
+                return
+            self._pending_text.append(text)
         self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
         self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
         self._last_item_id = item.id
