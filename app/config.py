@@ -152,6 +152,7 @@ class Settings(BaseSettings):
             min_interruption_ms=self.min_interruption_ms,
             resume_rewind_ms=self.resume_rewind_ms,
             opus_bitrate=self.opus_bitrate,
+            llm_max_len=self.llm_max_len,
             vad_aggressiveness=self.vad_aggressiveness,
             vad_prefix_padding_ms=self.vad_prefix_padding_ms,
             vad_silence_ms=self.vad_silence_ms,

@@ -24,6 +24,7 @@ class SessionSettings:
     min_interruption_ms: int  # speech into an answer for this long pauses it
     resume_rewind_ms: int  # a resumed answer repeats this much
     opus_bitrate: int  # Opus answers when the client names no bitrate
+    llm_max_len: int  # tokens a conversation holds: bounds the typed text waiting for a response
     vad_aggressiveness: int  # turn detection defaults a client may change
     vad_prefix_padding_ms: int
     vad_silence_ms: int
