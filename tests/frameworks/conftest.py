@@ -149,6 +149,14 @@ class WireTap:
                 return w.at
         raise AssertionError(f"no {direction} {event_type}: {self.summary()}")
 
+    def response_ended_before(self, response_id: str, moment: float) -> bool:
+        """Whether the server's `response.done` of `response_id` arrived before `moment`."""
+        return any(
+            w.at < moment
+            for w in self.log
+            if w.type == "response.done" and w.event["response"]["id"] == response_id
+        )
+
     def summary(self, last: int = 80) -> str:
         """The last events, one a line: "> " sent, "< " received; audio appends and deltas as counts."""
         lines: list[str] = []

@@ -114,11 +114,7 @@ async def barge_in(server: LiveServer, question: np.ndarray, head: str) -> bool:
                 lambda: tap.received("input_audio_buffer.speech_started"), 10, "speech_started"
             )
             heard_at = tap.first_at("received", "input_audio_buffer.speech_started")
-            if any(
-                w.at < heard_at
-                for w in tap.log
-                if w.type == "response.done" and w.event["response"]["id"] == old
-            ):
+            if tap.response_ended_before(old, heard_at):
                 return False
             await speaking
             await agent.wait_for(lambda: agent.speaker.times(InterruptionFrame), 10, "an interruption")
