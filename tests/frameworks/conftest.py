@@ -106,6 +106,18 @@ class WireEvent:
         return str(self.event.get("type"))
 
 
+async def wait_until(condition, timeout: float, what: str, agent) -> None:
+    """Poll `condition` until it holds; fail naming `what`, the agent's errors and the wire log."""
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            wire = agent.tap.summary() if agent.tap else ""
+            raise AssertionError(
+                f"{agent.framework}: {what} within {timeout} s did not happen; errors {agent.errors}\n{wire}"
+            )
+        await asyncio.sleep(0.02)
+
+
 @dataclass
 class WireTap:
     """Every event relayed between a framework and the server, in order."""

@@ -22,7 +22,7 @@ from livekit.agents import Agent, AgentSession
 from livekit.agents.voice import io
 from livekit.plugins import openai
 
-from tests.frameworks.conftest import Microphone, WireTap
+from tests.frameworks.conftest import Microphone, WireTap, wait_until
 from tests.routes.conftest import pcm16
 
 MIC_RATE = 48000  # what a LiveKit room hands an agent
@@ -131,15 +131,10 @@ class LiveKitAgent:
     def said(self, role: str, after: float = 0.0) -> list[str]:
         return [text for at, r, text in self.transcripts if r == role and at >= after]
 
+    framework = "LiveKit"
+
     async def wait_for(self, condition, timeout: float, what: str) -> None:
-        deadline = time.perf_counter() + timeout
-        while not condition():
-            if time.perf_counter() > deadline:
-                wire = self.tap.summary() if self.tap else ""
-                raise AssertionError(
-                    f"LiveKit: {what} within {timeout} s did not happen; errors {self.errors}\n{wire}"
-                )
-            await asyncio.sleep(0.02)
+        await wait_until(condition, timeout, what, self)
 
 
 @asynccontextmanager

@@ -42,7 +42,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.workers.runner import WorkerRunner
 
-from tests.frameworks.conftest import Microphone, WireTap
+from tests.frameworks.conftest import Microphone, WireTap, wait_until
 from tests.routes.conftest import pcm16
 
 MIC_RATE = 16000  # what a Pipecat transport typically hands in; the service resamples to 24 kHz
@@ -136,15 +136,10 @@ class PipecatAgent:
             LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
         )
 
+    framework = "Pipecat"
+
     async def wait_for(self, condition, timeout: float, what: str) -> None:
-        deadline = time.perf_counter() + timeout
-        while not condition():
-            if time.perf_counter() > deadline:
-                wire = self.tap.summary() if self.tap else ""
-                raise AssertionError(
-                    f"Pipecat: {what} within {timeout} s did not happen; errors {self.errors}\n{wire}"
-                )
-            await asyncio.sleep(0.02)
+        await wait_until(condition, timeout, what, self)
 
 
 @asynccontextmanager
