@@ -33,6 +33,7 @@ from app.sessions.recent_ids import RecentIds
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.responses import ResponsePacing, SessionResponses
 from app.sessions.session_settings import SessionSettings
 from app.sessions.supervision import TaskSupervisor
 from app.sessions.turn_events import TurnSettings
@@ -42,7 +43,6 @@ from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, Va
 log = logging.getLogger(__name__)
 KNOWN_ITEMS_KEPT = 4096  # item ids a session remembers for truncate/delete; older ones are forgotten
 PENDING_TEXT_CHARS_PER_TOKEN = 8  # typed text waiting for response.create: this many chars per cache token
-RESPONSES_KEPT = 4  # responses a session keeps by id for turn taking (only the latest is ever named)
 
 
 class RealtimeSession:
@@ -85,13 +85,15 @@ class RealtimeSession:
         self._pending_text: list[str] = []
         self._last_item_id: str | None = None
         self._known_items = RecentIds(KNOWN_ITEMS_KEPT)
-        # response
-        self._streamer: ResponseStreamer | None = None
-        self._streamer_task: asyncio.Task | None = None
-        self._responses: dict[
-            str, ResponseStreamer
-        ] = {}  # the latest responses by id (turn taking's commands)
-        self._spoken_items: dict[str, ResponseStreamer] = {}  # assistant items by id, for truncate
+        self.responses = SessionResponses(
+            self.outbound,
+            ResponsePacing(settings.audio_delta_ms, settings.resume_rewind_ms),
+            self._supervisor,
+            metrics,
+            engine_ref=lambda: self.ref,
+            on_started=self._response_started,
+            on_finished=self._response_finished,
+        )
         self._apply_formats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -146,8 +148,8 @@ class RealtimeSession:
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
         """Server-side end: cancel the answer, let queued events out briefly, close the socket."""
-        if self.ref is not None and self._streamer is not None:
-            self._streamer.cancel_cause = CancelCause.CLIENT
+        if self.ref is not None and self.responses.current is not None:
+            self.responses.current.cancel_cause = CancelCause.CLIENT
             with contextlib.suppress(EngineError):
                 await self.ref.engine.cancel_answer(self.ref.session_id, reason)
         await self.outbound.drain(grace_s)
@@ -318,17 +320,17 @@ class RealtimeSession:
             case tt.StartResponse(stream=stream, request=request):
                 await self._start_response(stream, request)
             case tt.PauseResponse(response_id=response_id):
-                if (streamer := self._responses.get(response_id)) is not None:
+                if (streamer := self.responses.get(response_id)) is not None:
                     streamer.pause()
             case tt.ResumeResponse(response_id=response_id):
-                if (streamer := self._responses.get(response_id)) is not None:
+                if (streamer := self.responses.get(response_id)) is not None:
                     streamer.resume()
             case tt.CancelResponse(response_id=response_id, cause=cause):
-                if (streamer := self._responses.get(response_id)) is not None:
-                    await self._cancel_response(streamer, cause)
+                if (streamer := self.responses.get(response_id)) is not None:
+                    await self.responses.cancel(streamer, cause)
             case tt.NoteHeard(response_id=response_id, whole=whole):
-                if (streamer := self._responses.get(response_id)) is not None:
-                    self._note_heard(streamer, None if whole else streamer.heard_text())
+                if (streamer := self.responses.get(response_id)) is not None:
+                    self.responses.note_heard(streamer, None if whole else streamer.heard_text())
             case tt.ResetVad():
                 if self.vad is not None:
                     self.vad.reset()
@@ -340,11 +342,6 @@ class RealtimeSession:
                 )
             case _:
                 raise TypeError(f"no way to carry out {type(command).__name__}")
-
-    def _note_heard(self, streamer: ResponseStreamer, heard_text: str | None) -> None:
-        """Tell the engine how much of the answer was heard, should the interruption end it."""
-        if self.ref is not None and not streamer.engine_done:
-            self.ref.engine.note_heard(self.ref.session_id, streamer.response_id, heard_text)
 
     def _queue_chunk(self, chunk: tt.FeedChunk) -> None:
         if self._feed.qsize() * CHUNK / MODEL_INPUT_RATE > self.settings.max_pending_audio_seconds:
@@ -453,37 +450,10 @@ class RealtimeSession:
         """The client played only `audio_end_ms` of an assistant item: the model keeps only that text."""
         if not self._known_item(event.item_id, event):
             return
-        streamer = self._spoken_items.get(event.item_id)
-        if streamer is None:
-            self._client_error(
-                "invalid_value",
-                f"item {event.item_id!r} is not an assistant audio item: only those can be truncated",
-                event.event_id,
-                "item_id",
-            )
+        refusal = await self.responses.truncate(event.item_id, event.content_index, event.audio_end_ms)
+        if refusal is not None:
+            self._client_error("invalid_value", refusal.message, event.event_id, refusal.param)
             return
-        if event.content_index != 0:
-            self._client_error(
-                "invalid_value",
-                f"content_index {event.content_index} does not exist: assistant items have one content part (0)",
-                event.event_id,
-                "content_index",
-            )
-            return
-        sent_ms = streamer.audio_ms_sent_total
-        if event.audio_end_ms > sent_ms:
-            self._client_error(
-                "invalid_value",
-                f"audio_end_ms {event.audio_end_ms} is past the {sent_ms:.0f} ms of audio sent for this item",
-                event.event_id,
-                "audio_end_ms",
-            )
-            return
-        heard = streamer.heard_text(float(event.audio_end_ms))
-        if not streamer.finished:  # the client stopped playing it: the response ends here
-            await self._cancel_response(streamer, CancelCause.CLIENT, heard_text=heard)
-        else:
-            await self.ref.engine.cut_answer(self.ref.session_id, streamer.response_id, heard)
         self.outbound.put(
             ev.ConversationItemTruncated(
                 item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
@@ -493,15 +463,16 @@ class RealtimeSession:
     async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
         if self._known_item(event.item_id, event):
             self._known_items.discard(event.item_id)
-            self._spoken_items.pop(event.item_id, None)
+            self.responses.forget_item(event.item_id)
             self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
 
     # -- responses ----------------------------------------------------------------------------------------
     async def _response_create(self, event: ev.ResponseCreate) -> None:
-        if self._streamer is not None:
+        if self.responses.current is not None:
             self._client_error(
                 "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {self._streamer.response_id}. "
+                "Conversation already has an active response in progress: "
+                f"{self.responses.current.response_id}. "
                 "Wait until the response is finished before creating a new one.",
                 event.event_id,
             )
@@ -551,71 +522,29 @@ class RealtimeSession:
         await self._start_response(stream, request)
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
-        if self._streamer is None:
+        if self.responses.current is None:
             self._client_error(
                 "response_cancel_not_active", "Cancellation failed: no active response found", event.event_id
             )
             return
-        await self._cancel_response(self._streamer, CancelCause.CLIENT)
-
-    async def _cancel_response(
-        self, streamer: ResponseStreamer, cause: CancelCause, heard_text: str | None = None
-    ) -> None:
-        """End a response early; the model's conversation keeps only what was heard of it."""
-        streamer.cancel_cause = cause
-        heard = heard_text if heard_text is not None else streamer.heard_text()
-        engine, sid = self.ref.engine, self.ref.session_id
-        if streamer.engine_done:
-            streamer.cancel_queued(cause)
-            await engine.cut_answer(sid, streamer.response_id, heard)
-        else:
-            await engine.cancel_answer(sid, cause.value, heard_text=heard, cause=cause)
+        await self.responses.cancel(self.responses.current, CancelCause.CLIENT)
 
     async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
-        previous, previous_task = self._streamer, self._streamer_task
-        if previous is not None:
-            if previous.engine_done:
-                # Generated already, but its audio is still going out: the new turn cuts it off.
-                heard = previous.heard_text()
-                if previous.cancel_queued(CancelCause.TURN_DETECTED):
-                    await self.ref.engine.cut_answer(self.ref.session_id, previous.response_id, heard)
-            elif previous_task is not None and not previous_task.done():
-                # A barge-in: the engine has ended the old answer; its last events come first.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(previous_task), timeout=5)
-        streamer = ResponseStreamer(
-            stream=stream,
-            outbound=self.outbound,
-            converter=output_converter_for(self.config.output_format.wire),
-            delta_ms=self.settings.audio_delta_ms,
-            started_at=time.perf_counter(),
-            rewind_s=self.settings.resume_rewind_ms / 1000,
-            on_finished=self._response_finished,
-            **_streamer_fields(request or ResponseRequest.of(self.config)),
+        await self.responses.start(
+            stream,
+            request or ResponseRequest.of(self.config),
+            output_converter_for(self.config.output_format.wire),
         )
-        self._streamer = streamer
-        self._responses[streamer.response_id] = streamer
-        while len(self._responses) > RESPONSES_KEPT:
-            del self._responses[next(iter(self._responses))]
-        self.turns.handle(tt.ResponseStarted(streamer.response_id))
+
+    def _response_started(self, streamer: ResponseStreamer) -> None:
         if not streamer.out_of_band:
             self._known_items.add(streamer.item_id)
-            self._spoken_items[streamer.item_id] = streamer
-        self._streamer_task = self._supervisor.spawn(streamer.run(), name=f"response-{stream.answer_id}")
+        self.turns.handle(tt.ResponseStarted(streamer.response_id))
 
     def _response_finished(
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
     ) -> None:
         """The response is over on the wire (its final events are queued)."""
-        self.metrics.count_response(status.value)
-        if done is not None and "first_audio_latency_s" in done.stats:
-            self.metrics.first_audio_s.append(done.stats["first_audio_latency_s"])
-            if done.stats.get("audio_seconds"):
-                self.metrics.real_time_factor.append(
-                    done.stats["answer_seconds"] / done.stats["audio_seconds"]
-                )
-        if self._streamer is streamer:
-            self._streamer = None
         self.turns.handle(tt.ResponseFinished(streamer.response_id))
         if status == AnswerStatus.FAILED:
             reason = done.reason if done is not None else "the answer failed"
@@ -668,7 +597,7 @@ class RealtimeSession:
                 await self._close_slow_client()
                 return
             age = time.monotonic() - self.opened_at
-            if age > self.settings.max_session_seconds and self._streamer is None:
+            if age > self.settings.max_session_seconds and self.responses.current is None:
                 self._client_error(
                     "session_expired",
                     f"this session reached the maximum duration of {self.settings.max_session_seconds:g} s "
@@ -679,7 +608,7 @@ class RealtimeSession:
                 await self._close_socket(CloseCode.NORMAL, "session expired")
                 return
             idle = time.monotonic() - self.last_activity
-            if idle > self.settings.idle_timeout_s and self._streamer is None:
+            if idle > self.settings.idle_timeout_s and self.responses.current is None:
                 self._client_error(
                     "idle_timeout",
                     f"no client event for {self.settings.idle_timeout_s:g} s: closing the session",
@@ -688,13 +617,3 @@ class RealtimeSession:
                 await self.outbound.drain(1.0)
                 await self._close_socket(CloseCode.NORMAL, "idle timeout")
                 return
-
-
-def _streamer_fields(request: ResponseRequest) -> dict:
-    """The response's own settings, as the streamer writes them into its events."""
-    return dict(
-        text_only=request.text_only,
-        metadata=request.metadata,
-        max_output_tokens=request.max_output_tokens,
-        out_of_band=request.out_of_band,
-    )

@@ -28,6 +28,14 @@ RESPONSES_KEPT = 4  # responses kept by id for turn taking's commands (only the 
 
 
 @dataclass(frozen=True)
+class TruncateRefusal:
+    """Why a conversation.item.truncate cannot be done, and the parameter at fault."""
+
+    message: str
+    param: str
+
+
+@dataclass(frozen=True)
 class ResponsePacing:
     """How response audio goes out."""
 
@@ -70,6 +78,33 @@ class SessionResponses:
 
     def forget_item(self, item_id: str) -> None:
         self._spoken_items.pop(item_id, None)
+
+    async def truncate(self, item_id: str, content_index: int, audio_end_ms: int) -> TruncateRefusal | None:
+        """The client played only `audio_end_ms` of assistant item `item_id`: the model keeps only that text
+        (a response still going ends here). A refusal when the parameters name nothing that was sent."""
+        streamer = self._spoken_items.get(item_id)
+        if streamer is None:
+            return TruncateRefusal(
+                f"item {item_id!r} is not an assistant audio item: only those can be truncated", "item_id"
+            )
+        if content_index != 0:
+            return TruncateRefusal(
+                f"content_index {content_index} does not exist: assistant items have one content part (0)",
+                "content_index",
+            )
+        sent_ms = streamer.audio_ms_sent_total
+        if audio_end_ms > sent_ms:
+            return TruncateRefusal(
+                f"audio_end_ms {audio_end_ms} is past the {sent_ms:.0f} ms of audio sent for this item",
+                "audio_end_ms",
+            )
+        heard = streamer.heard_text(float(audio_end_ms))
+        if not streamer.finished:  # the client stopped playing it: the response ends here
+            await self.cancel(streamer, CancelCause.CLIENT, heard_text=heard)
+        else:
+            ref = self._ref()
+            await ref.engine.cut_answer(ref.session_id, streamer.response_id, heard)
+        return None
 
     async def start(
         self,
@@ -114,7 +149,9 @@ class SessionResponses:
         self._task = self._supervisor.spawn(streamer.run(), name=f"response-{stream.answer_id}")
         return streamer
 
-    async def cancel(self, streamer: ResponseStreamer, cause: CancelCause, heard_text: str | None = None) -> None:
+    async def cancel(
+        self, streamer: ResponseStreamer, cause: CancelCause, heard_text: str | None = None
+    ) -> None:
         """End a response early; the model's conversation keeps only what was heard of it."""
         streamer.cancel_cause = cause
         heard = heard_text if heard_text is not None else streamer.heard_text()
@@ -137,7 +174,9 @@ class SessionResponses:
         if done is not None and "first_audio_latency_s" in done.stats:
             self._metrics.first_audio_s.append(done.stats["first_audio_latency_s"])
             if done.stats.get("audio_seconds"):
-                self._metrics.real_time_factor.append(done.stats["answer_seconds"] / done.stats["audio_seconds"])
+                self._metrics.real_time_factor.append(
+                    done.stats["answer_seconds"] / done.stats["audio_seconds"]
+                )
         if self.current is streamer:
             self.current = None
         self._on_finished(streamer, status, done)
