@@ -21,12 +21,12 @@ from app.engine.errors import EngineError, SessionClosedError
 from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
-from app.model import CHUNK_SAMPLES as CHUNK
 from app.sessions import events as ev
 from app.sessions import turn_events as tt
 from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
 from app.sessions.binary_frames import BinaryFramer
 from app.sessions.close_codes import CloseCode
+from app.sessions.engine_feed import EngineFeed
 from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
 from app.sessions.recent_ids import RecentIds
@@ -76,12 +76,16 @@ class RealtimeSession:
         # Every task of this connection; one that fails ends the session (see `abort`).
         self._supervisor = TaskSupervisor(self.abort)
         self._outbound_task: asyncio.Task | None = None
-        self._feed: asyncio.Queue[tt.FeedChunk | tt.QueueCommit | tt.QueueRelease | tt.QueueDrop] = (
-            asyncio.Queue()
-        )
         self._closed = False
         self._ending = False  # the session is being ended: late messages are dropped
         self.turns = TurnTaking(self._turn_settings())  # every turn-taking decision
+        self.feed = EngineFeed(
+            settings.max_pending_audio_seconds,
+            engine_ref=lambda: self.ref,
+            current_turn=lambda: self.turns.turn,
+            deliver=self._turn_input,
+            on_closed=self._fail,
+        )
         self._pending_text: list[str] = []
         self._last_item_id: str | None = None
         self._known_items = RecentIds(KNOWN_ITEMS_KEPT)
@@ -310,9 +314,14 @@ class RealtimeSession:
             case tt.AnnounceCommitted(item_id=item_id):
                 self._committed_events(item_id)
             case tt.FeedChunk():
-                self._queue_chunk(command)
+                if not self.feed.put(command):
+                    self._client_error(
+                        "input_audio_overflow",
+                        "the server cannot keep up with this input; audio was dropped (send audio in real time)",
+                        None,
+                    )
             case tt.QueueCommit() | tt.QueueRelease() | tt.QueueDrop():
-                self._feed.put_nowait(command)
+                self.feed.put(command)
             case tt.CommitNow(request=request):
                 options = request.options if request is not None else None
                 stream = await self.ref.engine.commit_listen(self.ref.session_id, options)
@@ -343,38 +352,9 @@ class RealtimeSession:
             case _:
                 raise TypeError(f"no way to carry out {type(command).__name__}")
 
-    def _queue_chunk(self, chunk: tt.FeedChunk) -> None:
-        if self._feed.qsize() * CHUNK / MODEL_INPUT_RATE > self.settings.max_pending_audio_seconds:
-            self._client_error(
-                "input_audio_overflow",
-                "the server cannot keep up with this input; audio was dropped (send audio in real time)",
-                None,
-            )
-            return
-        self._feed.put_nowait(chunk)
-
     async def _feeder(self) -> None:
-        """Feed chunks and turn commands to the engine in order; hand the state head's verdicts back."""
-        while True:
-            item = await self._feed.get()
-            if self.ref is None:
-                continue
-            engine, sid = self.ref.engine, self.ref.session_id
-            try:
-                if isinstance(item, tt.QueueDrop):
-                    await engine.drop_listen(sid)
-                elif item.turn != self.turns.turn:
-                    continue  # the turn it belonged to has ended
-                elif isinstance(item, tt.FeedChunk):
-                    decision = await engine.feed_chunk(sid, item.samples, act=item.act)
-                    await self._turn_input(tt.HeadVerdict(item.turn, decision))
-                elif isinstance(item, tt.QueueCommit):
-                    await self._turn_input(tt.CommitReached(item.turn, item.request))
-                elif isinstance(item, tt.QueueRelease):
-                    await self._turn_input(tt.ReleaseReached(item.turn))
-            except SessionClosedError as error:
-                await self._fail(str(error))
-                return
+        """The session's task that carries out its engine work in order (see `EngineFeed`)."""
+        await self.feed.run()
 
     def _committed_events(self, item_id: str) -> None:
         item = ev.ConversationItem(
