@@ -6,11 +6,11 @@ on the wording of a reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from app.engine.events import AnswerStream, CancelCause, ChunkDecision
+from app.sessions.response_request import ResponseRequest
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class CommitReached:
     """A queued commit of turn `turn` comes up: everything before it has been heard."""
 
     turn: int
-    request: Any = None  # the ResponseRequest of a response.create that asked for it
+    request: ResponseRequest | None = None  # of the response.create that asked for it
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class TurnAnswered:
     """The engine committed the turn; `stream` is its answer (None: the turn held no audio)."""
 
     stream: AnswerStream | None
-    request: Any = None
+    request: ResponseRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class ResponseRequested:
     """response.create for the default conversation; `typed_text_waiting`: a typed turn is queued."""
 
     typed_text_waiting: bool
-    request: Any = None
+    request: ResponseRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class QueueCommit:
     """Queue an answer to turn `turn`, after the chunks already queued."""
 
     turn: int
-    request: Any = None
+    request: ResponseRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class QueueDrop:
 class CommitNow:
     """Ask the engine to answer the turn now, then report `TurnAnswered`."""
 
-    request: Any = None
+    request: ResponseRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ class StartResponse:
     """Stream this answer to the client."""
 
     stream: AnswerStream
-    request: Any = None
+    request: ResponseRequest | None = None
 
 
 @dataclass(frozen=True)
