@@ -51,20 +51,26 @@ async def engine_figures(model, ignorables, barge_pairs) -> dict:
         barged = correct = 0
         for first, second in barge_pairs:
             sid = await engine.open_session(seed=0)
+            running = None
             for c in chunks(first.samples):
-                if (await engine.feed_chunk(sid, c, act=True)).state == ListenState.ANSWER:
+                decision = await engine.feed_chunk(sid, c, act=True)
+                if decision.state == ListenState.ANSWER:
+                    running = decision.stream
                     break
-            running = engine.answer_stream(sid)
+            if running is None:
+                await engine.close_session(sid)
+                continue
             await running.next_event()
-            heard = False
+            heard, answer = False, None
             for index, c in enumerate(chunks(second.samples)):
-                if (await engine.feed_chunk(sid, c, act=True)).state == ListenState.ANSWER:
-                    heard = index >= second.end_chunk
+                decision = await engine.feed_chunk(sid, c, act=True)
+                if decision.state == ListenState.ANSWER:
+                    heard, answer = index >= second.end_chunk, decision.stream
                     break
-            if heard:
+            if heard and answer is not None:
                 barged += 1
                 text = ""
-                async for event in engine.answer_stream(sid):
+                async for event in answer:
                     if isinstance(event, TextDelta):
                         text += event.text
                 correct += text == second.answer

@@ -235,10 +235,6 @@ class Engine:
             lambda: self.scheduler.text_turn(self.scheduler.session(session_id), None, options)
         )
 
-    def answer_stream(self, session_id: str) -> AnswerStream | None:
-        session = self.sessions.get(session_id)
-        return session.answer.stream if session is not None and session.answer is not None else None
-
     # -- commands (event loop thread, between steps) ----------------------------------------------
     async def _submit(self, command: Callable[[], Any], missing_ok: bool = False) -> Any:
         if self._task is None or self._stopping or self._task.done():

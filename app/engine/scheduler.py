@@ -1,6 +1,12 @@
-"""The scheduler: the one owner of every session's turn state, and the policy of each step.
+"""The scheduler: the one owner of every session's engine state (cache slots, listen branch, answer), and
+the policy of each step.
 
-State transitions live here and nowhere else: a session opens and closes, a listen turn begins (on the
+Which turn is open, and when the state head may end it, is the session's turn taking
+(`app.sessions.turn_taking`): it feeds chunks with `act` set only where the head may decide. On those the
+scheduler carries the verdict out at once, between steps (no round trip through the session), and
+reports what it did in the `ChunkDecision` (`turn_ended`, and the answer `stream` it started).
+
+Engine state transitions live here and nowhere else: a session opens and closes, a listen turn begins (on the
 session's main slot, or as a branch forked from it while the bot speaks), is dropped ("ignore") or
 committed ("answer", which cancels a running answer: the user took the turn), an answer starts,
 finishes or is cancelled with a typed `CancelCause`, and the conversation is cut to what the user
@@ -181,8 +187,8 @@ class Scheduler:
         # Keep at most half the room history may use, so that re-reads stay rare.
         budget = (settings.llm_max_len - settings.turn_reserve - system.shape[0]) // 2
         while history and sum(e.length for e in history) > budget:
-            oldest = history[0].turn
-            history = [e for e in history if e.turn != oldest]
+            oldest = history[0].exchange
+            history = [e for e in history if e.exchange != oldest]
             dropped += 1
         session.history = history
         parts = [system] + [p.to(system.device, system.dtype) for e in history for p in e.parts]
@@ -200,7 +206,7 @@ class Scheduler:
     def begin_listen(self, session: SessionState) -> None:
         if session.listen is not None:
             return
-        turn = session.next_turn()
+        exchange = session.next_exchange()
         if session.answer is not None:
             self.slots.fork(session.main_slot, session.spare_slot)
             if session.answer.out_of_band_length is not None:  # the branch continues the conversation
@@ -210,7 +216,7 @@ class Scheduler:
                 forked=True,
                 start_length=self.slots.length(session.spare_slot),
                 history=[e.snapshot() for e in session.history],
-                turn=turn,
+                exchange=exchange,
                 prefill=session.prefill,
             )
             return
@@ -221,7 +227,7 @@ class Scheduler:
             forked=False,
             start_length=self.slots.length(session.main_slot) + pending,
             history=session.history,
-            turn=turn,
+            exchange=exchange,
         )
 
     def _end_listen(self, session: SessionState) -> ListenTurn | None:
@@ -272,7 +278,7 @@ class Scheduler:
             self.slots.truncate(session.spare_slot, 0)
             session.prefill = listen.prefill  # the branch's own pending prefill (normally none)
         session.history = listen.history
-        session.history.append(HistoryEntry(listen.turn, listen.embeds))
+        session.history.append(HistoryEntry(listen.exchange, listen.embeds))
         if cut is not None:
             self.cut_history(session, *cut)
         if session.history_cut:
@@ -281,7 +287,7 @@ class Scheduler:
             self._rebuild_if_needed(session)
         options = listen.commit_options or session.answer_defaults
         stream = self._start_answer(
-            session, self._answer_start, listen.turn, options, input_audio_chunks=listen.chunks_fed
+            session, self._answer_start, listen.exchange, options, input_audio_chunks=listen.chunks_fed
         )
         for waiter in listen.commit_waiters:
             resolve(waiter, stream)
@@ -297,14 +303,14 @@ class Scheduler:
         self,
         session: SessionState,
         start_embeds: torch.Tensor,
-        turn: int,
+        exchange: int,
         options: AnswerOptions,
         input_text_tokens: int = 0,
         input_audio_chunks: int = 0,
     ) -> AnswerStream:
         queue: asyncio.Queue[AnswerEvent] = asyncio.Queue()
         answer_id = f"resp_{secrets.token_hex(8)}"
-        entry = HistoryEntry(turn, answer_id=answer_id)
+        entry = HistoryEntry(exchange, answer_id=answer_id)
         out_of_band_length = None
         if options.out_of_band:  # answered in main, then cut back to here: nothing is kept
             pending = session.prefill.shape[0] if session.prefill is not None else 0
@@ -346,15 +352,15 @@ class Scheduler:
             raise ValueError("a text turn needs some text")
         self.cancel_answer(session, "replaced by a new text turn", CancelCause.REPLACED)
         self.drop_listen(session)
-        turn = session.next_turn()
+        exchange = session.next_exchange()
         self._rebuild_if_needed(session)
         options = options or session.answer_defaults
         if text is None:
-            return self._start_answer(session, self._answer_start, turn, options)
+            return self._start_answer(session, self._answer_start, exchange, options)
         user = text_turn_embeds(self.model, text)
         user_tokens = user.shape[0] - len(self.model.prompt_tokens.turn_opening)
         start = torch.cat([user, self._answer_start])
-        return self._start_answer(session, start, turn, options, input_text_tokens=user_tokens)
+        return self._start_answer(session, start, exchange, options, input_text_tokens=user_tokens)
 
     def _finish_answer(
         self,

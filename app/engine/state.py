@@ -32,10 +32,10 @@ from app.model import (
 class HistoryEntry:
     """One piece of the conversation as fed to the LLM, kept to rebuild the cache after trimming.
 
-    `parts` live on the CPU; `turn` groups a user turn and its answer, which are dropped together.
+    `parts` live on the CPU; `exchange` groups a user turn and its answer, which are dropped together.
     """
 
-    turn: int
+    exchange: int
     parts: list[torch.Tensor] = field(default_factory=list)
     # An answer's entry: its id, and the text tokens fed after its opening part (parts[1 + i] is token i).
     answer_id: str | None = None
@@ -47,7 +47,7 @@ class HistoryEntry:
 
     def snapshot(self) -> HistoryEntry:
         """A copy that later appends to this entry do not change."""
-        return HistoryEntry(self.turn, list(self.parts), self.answer_id, list(self.token_ids))
+        return HistoryEntry(self.exchange, list(self.parts), self.answer_id, list(self.token_ids))
 
     def cut_to_tokens(self, count: int) -> None:
         """Keep the answer's opening and its first `count` tokens (what the user heard)."""
@@ -73,7 +73,7 @@ class ListenTurn:
     forked: bool  # True: a branch in the spare slot (the bot was speaking); False: main itself
     start_length: int  # main's length when the turn began (to drop it when not forked)
     history: list[HistoryEntry]  # the conversation this turn continues
-    turn: int
+    exchange: int  # the history exchange its entries (and its answer's) belong to
     prefill: torch.Tensor | None = None  # a branch's copy of main's not-yet-fed prefill
     fbank: StreamingFbank = field(default_factory=StreamingFbank)
     encoder_state: EncoderState = field(default_factory=EncoderState)
@@ -158,7 +158,9 @@ class SessionState:
     llm_rng: torch.Generator
     decoder_rng: torch.Generator
     history: list[HistoryEntry] = field(default_factory=list)
-    turn_counter: int = 0
+    # Numbers the exchanges (a user turn and its answer) in `history`, so the oldest are dropped together.
+    # Bookkeeping of the conversation only: when turns open and end is the session's turn taking.
+    exchanges: int = 0
     prefill: torch.Tensor | None = None  # embeds still to be fed to main before anything else
     listen: ListenTurn | None = None
     answer: AnswerState | None = None
@@ -168,6 +170,6 @@ class SessionState:
     error: str | None = None
     answer_defaults: AnswerOptions = field(default_factory=AnswerOptions)  # for answers the state head starts
 
-    def next_turn(self) -> int:
-        self.turn_counter += 1
-        return self.turn_counter
+    def next_exchange(self) -> int:
+        self.exchanges += 1
+        return self.exchanges

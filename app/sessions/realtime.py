@@ -1,19 +1,10 @@
-"""One Realtime conversation: client events in, turn taking, engine calls, server events out.
+"""One Realtime conversation: client events in, engine calls, server events out.
 
 The route hands every WebSocket message to `handle_message` and gives us two callables (send an
-event, close the socket); nothing here knows about sockets or tensors.
-
-Turn taking with `server_vad`: the VAD opens a listen turn on speech (its pre-roll is fed without
-letting the state head end the turn, as the published server does); every later 160 ms chunk,
-silence included, goes to the engine, whose state head ends the turn: "answer" starts a response
-(cancelling one in progress: barge-in), "ignore" drops the turn. If the head never fires, the
-VAD's end of speech answers anyway. With turn detection off, the client commits and asks for a
-response itself (push to talk).
-
-Speech during an answer is an interruption in two steps: after `min_interruption_ms` of it the answer
-pauses (no more audio, and `speech_started`, on which clients flush playback); the state head then
-either takes the turn (the answer ends cancelled, `turn_detected`) or ignores it (a backchannel, a
-cough), and the answer resumes from where playback stopped, as it does when the VAD closes first.
+event, close the socket); nothing here knows about sockets or tensors, and nothing here decides turn
+taking: audio goes through the VAD, and the VAD's events, the engine's verdicts and the client's turn
+events become inputs of `TurnTaking` (app.sessions.turn_taking), whose commands this session carries
+out (server events, engine work queued in order, responses paused, resumed or cancelled).
 """
 
 from __future__ import annotations
@@ -23,66 +14,35 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from app.engine.errors import EngineError, SessionClosedError
-from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause, ChunkDecision
+from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
-from app.model import CHUNK_SAMPLES as CHUNK
-from app.model import ListenState
 from app.sessions import events as ev
+from app.sessions import turn_events as tt
 from app.sessions.audio_formats import MODEL_INPUT_RATE, AudioFormatError
 from app.sessions.binary_frames import BinaryFramer
 from app.sessions.close_codes import CloseCode
+from app.sessions.engine_feed import EngineFeed
 from app.sessions.opus_codec import input_converter_for, output_converter_for
 from app.sessions.outbound import Outbound
+from app.sessions.recent_ids import RecentIds
 from app.sessions.refused_fields import refusals, response_refusals, without_refused
 from app.sessions.response_request import ResponseRequest, out_of_band_text
 from app.sessions.response_streamer import ResponseStreamer
+from app.sessions.responses import ResponsePacing, SessionResponses
 from app.sessions.session_settings import SessionSettings
 from app.sessions.supervision import TaskSupervisor
+from app.sessions.turn_events import TurnSettings
+from app.sessions.turn_taking import TurnTaking
 from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, VadSettings
 
 log = logging.getLogger(__name__)
 KNOWN_ITEMS_KEPT = 4096  # item ids a session remembers for truncate/delete; older ones are forgotten
 PENDING_TEXT_CHARS_PER_TOKEN = 8  # typed text waiting for response.create: this many chars per cache token
-
-
-class _RecentIds:
-    """A set of the most recent ids, bounded: the oldest is forgotten when it is full."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: dict[str, None] = {}
-
-    def add(self, item_id: str) -> None:
-        self._ids.pop(item_id, None)
-        self._ids[item_id] = None
-        if len(self._ids) > self.capacity:
-            del self._ids[next(iter(self._ids))]
-
-    def discard(self, item_id: str) -> None:
-        self._ids.pop(item_id, None)
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-@dataclass
-class _FeedItem:
-    """Work for the feeder task, tagged with the listen turn it belongs to."""
-
-    kind: str  # "chunk" | "commit" | "drop" | "release" (an interrupting turn the head did not take)
-    turn: int
-    samples: np.ndarray | None = None
-    act: bool = False
-    request: ResponseRequest | None = None  # a commit asked for by response.create
 
 
 class RealtimeSession:
@@ -116,30 +76,28 @@ class RealtimeSession:
         # Every task of this connection; one that fails ends the session (see `abort`).
         self._supervisor = TaskSupervisor(self.abort)
         self._outbound_task: asyncio.Task | None = None
-        self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
         self._ending = False  # the session is being ended: late messages are dropped
-        # listen turn (our side)
-        self._turn = 0
-        self._listening = False  # audio goes to the engine
-        self._awaiting_response = False  # a committed user turn waits for response.create
-        self._user_item_id: str | None = None
-        self._speech_stopped_sent = False
-        self._turn_unannounced = False
-        self._preroll_left = 0
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffered_chunks = 0
+        self.turns = TurnTaking(self._turn_settings())  # every turn-taking decision
+        self.feed = EngineFeed(
+            settings.max_pending_audio_seconds,
+            engine_ref=lambda: self.ref,
+            current_turn=lambda: self.turns.turn,
+            deliver=self._turn_input,
+            on_closed=self._fail,
+        )
         self._pending_text: list[str] = []
         self._last_item_id: str | None = None
-        self._known_items = _RecentIds(KNOWN_ITEMS_KEPT)
-        # response
-        self._streamer: ResponseStreamer | None = None
-        self._streamer_task: asyncio.Task | None = None
-        # interruption: the response the open listen turn interrupts, and where its speech began
-        self._interrupted: ResponseStreamer | None = None
-        self._spoken_items: dict[str, ResponseStreamer] = {}  # assistant items by id, for truncate
-        self._speech_start_ms = 0
-        self._turn_audio_start_ms = 0
+        self._known_items = RecentIds(KNOWN_ITEMS_KEPT)
+        self.responses = SessionResponses(
+            self.outbound,
+            ResponsePacing(settings.audio_delta_ms, settings.resume_rewind_ms),
+            self._supervisor,
+            metrics,
+            engine_ref=lambda: self.ref,
+            on_started=self._response_started,
+            on_finished=self._response_finished,
+        )
         self._apply_formats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -194,8 +152,8 @@ class RealtimeSession:
 
     async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
         """Server-side end: cancel the answer, let queued events out briefly, close the socket."""
-        if self.ref is not None and self._streamer is not None:
-            self._streamer.cancel_reason = "client_cancelled"
+        if self.ref is not None and self.responses.current is not None:
+            self.responses.current.cancel_cause = CancelCause.CLIENT
             with contextlib.suppress(EngineError):
                 await self.ref.engine.cancel_answer(self.ref.session_id, reason)
         await self.outbound.drain(grace_s)
@@ -266,6 +224,15 @@ class RealtimeSession:
                 )
             )
 
+    def _turn_settings(self) -> TurnSettings:
+        detection = self.config.turn_detection
+        return TurnSettings(
+            server_vad=detection is not None,
+            create_response=detection is None or detection.create_response,
+            interrupt_response=detection is None or detection.interrupt_response,
+            min_interruption_ms=self.settings.min_interruption_ms,
+        )
+
     async def _session_update(self, event: ev.SessionUpdate) -> None:
         for refusal in refusals(event.session):
             self._client_error("unsupported_parameter", refusal.message, event.event_id, refusal.param)
@@ -279,8 +246,7 @@ class RealtimeSession:
             or before.turn_detection != self.config.turn_detection
         )
         if formats_changed:
-            if self._listening:
-                await self._drop_listen()
+            await self._turn_input(tt.DetectionChanged(self._turn_settings()))
             self._apply_formats()
         if before.instructions != self.config.instructions and self.ref is not None:
             await self.ref.engine.set_instructions(self.ref.session_id, self.config.instructions or None)
@@ -316,257 +282,100 @@ class RealtimeSession:
             self._client_error("invalid_audio", str(error), event_id)
             return
         if self.vad is None:  # push to talk: everything appended is the user's turn
-            if not self._listening and not self._awaiting_response:
-                self._open_turn(audio_start_ms=0, announce=False)
-            if self._listening:
-                self._buffer_audio(samples, act=False)
+            await self._turn_input(tt.PushToTalkAudio(samples))
             return
         for item in self.vad.push(samples):
             if isinstance(item, SpeechStarted):
-                self._on_speech_started(item)
+                await self._turn_input(
+                    tt.VadSpeechStarted(item.audio_start_ms, item.speech_start_ms, item.audio)
+                )
             elif isinstance(item, VadAudio):
-                if self._listening:
-                    self._buffer_audio(item.samples, act=self._acting())
+                await self._turn_input(tt.VadSpeech(item.samples))
             elif isinstance(item, SpeechStopped):
-                await self._on_speech_stopped(item)
-        self._pause_if_interrupting()
+                await self._turn_input(tt.VadSpeechStopped(item.audio_end_ms))
+        await self._turn_input(tt.AudioHeard(self.vad.clock_ms))
 
-    def _acting(self) -> bool:
-        detection = self.config.turn_detection
-        return self._preroll_left <= 0 and detection is not None and detection.create_response
+    async def _turn_input(self, event: tt.TurnInput, event_id: str | None = None) -> None:
+        """Hand one input to turn taking and carry out what it decides."""
+        for command in self.turns.handle(event):
+            await self._carry_out(command, event_id)
 
-    def _on_speech_started(self, started: SpeechStarted) -> None:
-        detection = self.config.turn_detection
-        if self._listening or self._awaiting_response:
-            return
-        answering = self._streamer if self._streamer is not None and not self._streamer.finished else None
-        if answering is not None and detection is not None and not detection.interrupt_response:
-            return  # the client asked us not to be interrupted: the answer plays on, unpaused
-        # Speech during an answer is announced only once it has lasted min_interruption_ms (the pause).
-        self._open_turn(started.audio_start_ms, announce=answering is None)
-        self._interrupted = answering
-        if answering is not None:  # should the head take the turn at once, this much was heard
-            self._note_heard(answering, answering.heard_text())
-        self._speech_start_ms = started.speech_start_ms
-        self._preroll_left = len(started.audio)
-        self._buffer_audio(started.audio, act=False)
-
-    def _pause_if_interrupting(self) -> None:
-        """Pause the interrupted answer once the speech has lasted `min_interruption_ms`."""
-        streamer = self._interrupted
-        if streamer is None or streamer.paused or not self._listening or self.vad is None:
-            return
-        if self.vad.clock_ms - self._speech_start_ms < self.settings.min_interruption_ms:
-            return
-        if streamer.pause():
-            self._note_heard(streamer, streamer.heard_text())
-        else:  # it ended meanwhile: an ordinary turn now
-            self._interrupted = None
-        self._announce_turn()
-
-    def _note_heard(self, streamer: ResponseStreamer, heard_text: str | None) -> None:
-        """Tell the engine how much of the answer was heard, should the interruption end it."""
-        if self.ref is not None and not streamer.engine_done:
-            self.ref.engine.note_heard(self.ref.session_id, streamer.response_id, heard_text)
-
-    async def _on_speech_stopped(self, stopped: SpeechStopped) -> None:
-        if not self._listening:
-            return
-        if self._interrupted is not None and not self._interrupted.finished:
-            # Unless the head takes the turn on the audio it has not heard yet, this was no
-            # interruption after all: once it has heard it all, the turn is dropped and the answer goes on.
-            self._send_speech_stopped(stopped.audio_end_ms)
-            self._flush_partial_chunk(act=self._acting())
-            self._feed.put_nowait(_FeedItem("release", self._turn))
-            return
-        self._send_speech_stopped(stopped.audio_end_ms)
-        # The state head had its chance during the silence: answer now (fallback), once all the
-        # audio heard so far has been fed.
-        self._flush_partial_chunk(act=False)
-        self._feed.put_nowait(_FeedItem("commit", self._turn))
-
-    def _open_turn(self, audio_start_ms: int, announce: bool = True) -> None:
-        """Start a user turn; only a VAD-detected one is announced with speech_started (maybe later)."""
-        self._turn += 1
-        self._listening = True
-        self._speech_stopped_sent = True  # nothing to stop until something was started
-        self._turn_unannounced = True
-        self._user_item_id = ev.new_item_id()
-        self._turn_audio_start_ms = audio_start_ms
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffered_chunks = 0
-        if announce:
-            self._announce_turn()
-
-    def _announce_turn(self) -> None:
-        if not self._turn_unannounced or self._user_item_id is None:
-            return
-        self._turn_unannounced = False
-        self._speech_stopped_sent = False
-        self.outbound.put(
-            ev.InputAudioBufferSpeechStarted(
-                audio_start_ms=self._turn_audio_start_ms, item_id=self._user_item_id
-            )
-        )
-
-    def _send_speech_stopped(self, audio_end_ms: int | None = None) -> None:
-        if self._speech_stopped_sent or self._user_item_id is None:
-            return
-        self._speech_stopped_sent = True
-        end_ms = audio_end_ms if audio_end_ms is not None else (self.vad.clock_ms if self.vad else 0)
-        self.outbound.put(ev.InputAudioBufferSpeechStopped(audio_end_ms=end_ms, item_id=self._user_item_id))
-
-    def _buffer_audio(self, samples: np.ndarray, act: bool) -> None:
-        self._buffer = np.concatenate([self._buffer, samples.astype(np.float32)])
-        while len(self._buffer) >= CHUNK:
-            chunk, self._buffer = self._buffer[:CHUNK], self._buffer[CHUNK:]
-            self._queue_chunk(chunk, act and self._preroll_left <= 0)
-            self._preroll_left -= CHUNK
-
-    def _flush_partial_chunk(self, act: bool) -> None:
-        if len(self._buffer):
-            padded = np.concatenate([self._buffer, np.zeros(CHUNK - len(self._buffer), dtype=np.float32)])
-            self._buffer = np.zeros(0, dtype=np.float32)
-            self._queue_chunk(padded, act)
-
-    def _queue_chunk(self, chunk: np.ndarray, act: bool) -> None:
-        if self._feed.qsize() * CHUNK / MODEL_INPUT_RATE > self.settings.max_pending_audio_seconds:
-            self._client_error(
-                "input_audio_overflow",
-                "the server cannot keep up with this input; audio was dropped (send audio in real time)",
-                None,
-            )
-            return
-        self._buffered_chunks += 1
-        self._feed.put_nowait(_FeedItem("chunk", self._turn, chunk, act))
+    async def _carry_out(self, command: tt.TurnCommand, event_id: str | None) -> None:
+        """Turn one turn-taking command into server events, queued engine work or response control."""
+        match command:
+            case tt.AnnounceSpeechStarted(audio_start_ms=start_ms, item_id=item_id):
+                self.outbound.put(ev.InputAudioBufferSpeechStarted(audio_start_ms=start_ms, item_id=item_id))
+            case tt.AnnounceSpeechStopped(item_id=item_id, audio_end_ms=end_ms):
+                if end_ms is None:
+                    end_ms = self.vad.clock_ms if self.vad is not None else 0
+                self.outbound.put(ev.InputAudioBufferSpeechStopped(audio_end_ms=end_ms, item_id=item_id))
+            case tt.AnnounceCleared():
+                self.outbound.put(ev.InputAudioBufferCleared())
+            case tt.AnnounceCommitted(item_id=item_id):
+                self._committed_events(item_id)
+            case tt.FeedChunk():
+                if not self.feed.put(command):
+                    self._client_error(
+                        "input_audio_overflow",
+                        "the server cannot keep up with this input; audio was dropped (send audio in real time)",
+                        None,
+                    )
+            case tt.QueueCommit() | tt.QueueRelease() | tt.QueueDrop():
+                self.feed.put(command)
+            case tt.CommitNow(request=request):
+                options = request.options if request is not None else None
+                stream = await self.ref.engine.commit_listen(self.ref.session_id, options)
+                await self._turn_input(tt.TurnAnswered(stream, request))
+            case tt.StartResponse(stream=stream, request=request):
+                await self._start_response(stream, request)
+            case tt.PauseResponse(response_id=response_id):
+                if (streamer := self.responses.get(response_id)) is not None:
+                    streamer.pause()
+            case tt.ResumeResponse(response_id=response_id):
+                if (streamer := self.responses.get(response_id)) is not None:
+                    streamer.resume()
+            case tt.CancelResponse(response_id=response_id, cause=cause):
+                if (streamer := self.responses.get(response_id)) is not None:
+                    await self.responses.cancel(streamer, cause)
+            case tt.NoteHeard(response_id=response_id, whole=whole):
+                if (streamer := self.responses.get(response_id)) is not None:
+                    self.responses.note_heard(streamer, None if whole else streamer.heard_text())
+            case tt.ResetVad():
+                if self.vad is not None:
+                    self.vad.reset()
+            case tt.RefuseEmptyCommit():
+                self._client_error(
+                    "input_audio_buffer_commit_empty",
+                    "the input audio buffer is empty: append audio before committing",
+                    event_id,
+                )
+            case _:
+                raise TypeError(f"no way to carry out {type(command).__name__}")
 
     async def _feeder(self) -> None:
-        """Feed chunks and turn commands to the engine in order; act on the state head's verdicts."""
-        while True:
-            item = await self._feed.get()
-            if self.ref is None or (item.kind != "drop" and item.turn != self._turn):
-                continue  # the turn it belonged to has ended
-            engine, sid = self.ref.engine, self.ref.session_id
-            try:
-                if item.kind == "chunk":
-                    decision = await engine.feed_chunk(sid, item.samples, act=item.act)
-                    await self._on_decision(item.turn, decision)
-                elif item.kind == "commit":
-                    if self._listening or self._awaiting_response:
-                        self._committed_events()
-                        options = item.request.options if item.request is not None else None
-                        stream = await engine.commit_listen(sid, options)
-                        self._end_turn()
-                        if stream is not None:
-                            await self._start_response(stream, item.request)
-                elif item.kind == "drop":
-                    await engine.drop_listen(sid)
-                elif item.kind == "release":
-                    await self._release_interruption()
-            except SessionClosedError as error:
-                await self._fail(str(error))
-                return
+        """The session's task that carries out its engine work in order (see `EngineFeed`)."""
+        await self.feed.run()
 
-    async def _on_decision(self, turn: int, decision: ChunkDecision) -> None:
-        if decision.skipped or turn != self._turn:
-            return
-        if decision.state == ListenState.ANSWER:
-            interrupted, self._interrupted = self._interrupted, None
-            if interrupted is not None:
-                self._announce_turn()  # taken before the pause: the client still hears speech_started first
-                interrupted.cancel_reason = "turn_detected"
-            if decision.answer_id is not None:  # the engine answered: our turn is over
-                self._send_speech_stopped()
-                self._committed_events()
-                self._end_turn()
-                if decision.stream is not None:
-                    await self._start_response(decision.stream)
-            elif self.config.turn_detection is not None and not self.config.turn_detection.create_response:
-                # The turn is over but the client starts responses itself.
-                self._send_speech_stopped()
-                self._committed_events()
-                self._listening = False
-                self._awaiting_response = True
-                self._reset_vad()
-                if interrupted is not None:
-                    await self._cancel_response(interrupted, "turn_detected")
-        elif decision.state == ListenState.IGNORE and decision.turn_ended:
-            # Noise or a backchannel: the engine dropped the turn; an answer in progress goes on.
-            unannounced = self._turn_unannounced
-            self._send_speech_stopped()
-            if not unannounced:
-                self.outbound.put(ev.InputAudioBufferCleared())
-            self._end_turn()
-
-    async def _release_interruption(self) -> None:
-        """The VAD closed an interrupting turn and the head, having heard all of it, did not take it."""
-        if not self._listening or self._interrupted is None:
-            return
-        if self._interrupted.finished:  # the answer ended meanwhile (cancelled): an ordinary turn
-            self._interrupted = None
-            self._feed.put_nowait(_FeedItem("commit", self._turn))
-            return
-        if not self._turn_unannounced:
-            self.outbound.put(ev.InputAudioBufferCleared())
-        await self._drop_listen()
-
-    def _committed_events(self) -> None:
-        if self._user_item_id is None:
-            return
+    def _committed_events(self, item_id: str) -> None:
         item = ev.ConversationItem(
-            id=self._user_item_id,
+            id=item_id,
             type="message",
             role="user",
             status="completed",
             content=[ev.ContentPart(type="input_audio", transcript=None)],
         )
-        self.outbound.put(
-            ev.InputAudioBufferCommitted(item_id=self._user_item_id, previous_item_id=self._last_item_id)
-        )
+        self.outbound.put(ev.InputAudioBufferCommitted(item_id=item_id, previous_item_id=self._last_item_id))
         self.outbound.put(ev.ConversationItemAdded(item=item, previous_item_id=self._last_item_id))
         self.outbound.put(ev.ConversationItemDone(item=item, previous_item_id=self._last_item_id))
-        self._last_item_id = self._user_item_id
-        self._known_items.add(self._user_item_id)
-
-    def _end_turn(self) -> None:
-        interrupted, self._interrupted = self._interrupted, None
-        if interrupted is not None:
-            interrupted.resume()  # the turn ended without taking over: the answer goes on
-            self._note_heard(interrupted, None)
-        self._turn += 1  # chunks still queued for the old turn are dropped by the feeder
-        self._listening = False
-        self._awaiting_response = False
-        self._user_item_id = None
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._reset_vad()
-
-    def _reset_vad(self) -> None:
-        if self.vad is not None:
-            self.vad.reset()
-
-    async def _drop_listen(self) -> None:
-        self._end_turn()
-        self._feed.put_nowait(_FeedItem("drop", self._turn))
+        self._last_item_id = item_id
+        self._known_items.add(item_id)
 
     # -- input_audio_buffer.commit / clear --------------------------------------------------------------
     async def _commit(self, event: ev.InputAudioBufferCommit) -> None:
-        if not self._listening or (self._buffered_chunks == 0 and len(self._buffer) == 0):
-            self._client_error(
-                "input_audio_buffer_commit_empty",
-                "the input audio buffer is empty: append audio before committing",
-                event.event_id,
-            )
-            return
-        self._flush_partial_chunk(act=False)
-        self._send_speech_stopped()
-        self._listening = False
-        self._awaiting_response = True
-        self._committed_events()
-        self._user_item_id = None
+        await self._turn_input(tt.ClientCommit(), event.event_id)
 
     async def _clear(self, event: ev.InputAudioBufferClear) -> None:
-        if self._listening or self._awaiting_response:
-            await self._drop_listen()
+        await self._turn_input(tt.ClientClear())
         self.input_converter.reset()
         self.outbound.put(ev.InputAudioBufferCleared())
 
@@ -584,22 +393,13 @@ class RealtimeSession:
         ]
         audio = [p.audio_bytes for p in item.content or [] if p.type == "input_audio" and p.audio_bytes]
         if item.role == "user" and audio:
-            if self._listening or self._awaiting_response:
-                await self._drop_listen()
-            self._turn += 1
-            self._listening = True
-            self._user_item_id = item.id
             try:
                 samples = input_converter_for(self.config.input_format.wire, MODEL_INPUT_RATE)
                 audio_16k = np.concatenate([samples.push(a) for a in audio] + [samples.flush()])
             except AudioFormatError as error:
                 self._client_error("invalid_audio", str(error), event.event_id)
                 return
-            self._buffer_audio(audio_16k, act=False)
-            self._flush_partial_chunk(act=False)
-            self._listening = False
-            self._awaiting_response = True
-            self._user_item_id = None
+            await self._turn_input(tt.AudioItemAdded(item.id, audio_16k))
         elif item.role == "user" and texts:
             text = " ".join(texts)
             # Typed turns waiting for response.create are bounded by what the conversation could hold.
@@ -630,37 +430,10 @@ class RealtimeSession:
         """The client played only `audio_end_ms` of an assistant item: the model keeps only that text."""
         if not self._known_item(event.item_id, event):
             return
-        streamer = self._spoken_items.get(event.item_id)
-        if streamer is None:
-            self._client_error(
-                "invalid_value",
-                f"item {event.item_id!r} is not an assistant audio item: only those can be truncated",
-                event.event_id,
-                "item_id",
-            )
+        refusal = await self.responses.truncate(event.item_id, event.content_index, event.audio_end_ms)
+        if refusal is not None:
+            self._client_error("invalid_value", refusal.message, event.event_id, refusal.param)
             return
-        if event.content_index != 0:
-            self._client_error(
-                "invalid_value",
-                f"content_index {event.content_index} does not exist: assistant items have one content part (0)",
-                event.event_id,
-                "content_index",
-            )
-            return
-        sent_ms = streamer.audio_ms_sent_total
-        if event.audio_end_ms > sent_ms:
-            self._client_error(
-                "invalid_value",
-                f"audio_end_ms {event.audio_end_ms} is past the {sent_ms:.0f} ms of audio sent for this item",
-                event.event_id,
-                "audio_end_ms",
-            )
-            return
-        heard = streamer.heard_text(float(event.audio_end_ms))
-        if not streamer.finished:  # the client stopped playing it: the response ends here
-            await self._cancel_response(streamer, "client_cancelled", heard_text=heard)
-        else:
-            await self.ref.engine.cut_answer(self.ref.session_id, streamer.response_id, heard)
         self.outbound.put(
             ev.ConversationItemTruncated(
                 item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms
@@ -670,15 +443,16 @@ class RealtimeSession:
     async def _item_delete(self, event: ev.ConversationItemDelete) -> None:
         if self._known_item(event.item_id, event):
             self._known_items.discard(event.item_id)
-            self._spoken_items.pop(event.item_id, None)
+            self.responses.forget_item(event.item_id)
             self.outbound.put(ev.ConversationItemDeleted(item_id=event.item_id))
 
     # -- responses ----------------------------------------------------------------------------------------
     async def _response_create(self, event: ev.ResponseCreate) -> None:
-        if self._streamer is not None:
+        if self.responses.current is not None:
             self._client_error(
                 "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {self._streamer.response_id}. "
+                "Conversation already has an active response in progress: "
+                f"{self.responses.current.response_id}. "
                 "Wait until the response is finished before creating a new one.",
                 event.event_id,
             )
@@ -693,14 +467,11 @@ class RealtimeSession:
         if request.out_of_band:
             await self._out_of_band_response(event, request)
             return
-        if self._pending_text and not self._awaiting_response:
-            # A typed turn wins over speech still in progress, which is dropped.
-            if self._listening:
-                await self._drop_listen()
-        elif self._awaiting_response or self._listening:
-            self._flush_partial_chunk(act=False)
-            self._feed.put_nowait(_FeedItem("commit", self._turn, request=request))
-            return
+        decided = self.turns.handle(tt.ResponseRequested(bool(self._pending_text), request))
+        for command in decided:
+            await self._carry_out(command, event.event_id)
+        if any(isinstance(command, tt.QueueCommit) for command in decided):
+            return  # the user's turn is answered once all of it has been heard
         if self._pending_text:
             text, self._pending_text = "\n".join(self._pending_text), []
             await self._start_response(await engine.text_turn(sid, text, request.options), request)
@@ -710,7 +481,7 @@ class RealtimeSession:
 
     async def _out_of_band_response(self, event: ev.ResponseCreate, request: ResponseRequest) -> None:
         """Answer the response's own input; the default conversation is left exactly as it was."""
-        if self._listening or self._awaiting_response:
+        if self.turns.turn_in_progress:
             self._client_error(
                 "user_turn_in_progress",
                 "the user is speaking: send the out-of-band response.create after the turn is answered",
@@ -731,68 +502,30 @@ class RealtimeSession:
         await self._start_response(stream, request)
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
-        if self._streamer is None:
+        if self.responses.current is None:
             self._client_error(
                 "response_cancel_not_active", "Cancellation failed: no active response found", event.event_id
             )
             return
-        await self._cancel_response(self._streamer, "client_cancelled")
-
-    async def _cancel_response(
-        self, streamer: ResponseStreamer, reason: str, heard_text: str | None = None
-    ) -> None:
-        """End a response early; the model's conversation keeps only what was heard of it."""
-        streamer.cancel_reason = reason
-        heard = heard_text if heard_text is not None else streamer.heard_text()
-        engine, sid = self.ref.engine, self.ref.session_id
-        if streamer.engine_done:
-            streamer.cancel_queued(reason)
-            await engine.cut_answer(sid, streamer.response_id, heard)
-        else:
-            cause = CancelCause.TURN_DETECTED if reason == "turn_detected" else CancelCause.CLIENT
-            await engine.cancel_answer(sid, reason, heard_text=heard, cause=cause)
+        await self.responses.cancel(self.responses.current, CancelCause.CLIENT)
 
     async def _start_response(self, stream: AnswerStream, request: ResponseRequest | None = None) -> None:
-        previous, previous_task = self._streamer, self._streamer_task
-        if previous is not None:
-            if previous.engine_done:
-                # Generated already, but its audio is still going out: the new turn cuts it off.
-                heard = previous.heard_text()
-                if previous.cancel_queued("turn_detected"):
-                    await self.ref.engine.cut_answer(self.ref.session_id, previous.response_id, heard)
-            elif previous_task is not None and not previous_task.done():
-                # A barge-in: the engine has ended the old answer; its last events come first.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(previous_task), timeout=5)
-        streamer = ResponseStreamer(
-            stream=stream,
-            outbound=self.outbound,
-            converter=output_converter_for(self.config.output_format.wire),
-            delta_ms=self.settings.audio_delta_ms,
-            started_at=time.perf_counter(),
-            rewind_s=self.settings.resume_rewind_ms / 1000,
-            on_finished=self._response_finished,
-            **_streamer_fields(request or ResponseRequest.of(self.config)),
+        await self.responses.start(
+            stream,
+            request or ResponseRequest.of(self.config),
+            output_converter_for(self.config.output_format.wire),
         )
-        self._streamer = streamer
+
+    def _response_started(self, streamer: ResponseStreamer) -> None:
         if not streamer.out_of_band:
             self._known_items.add(streamer.item_id)
-            self._spoken_items[streamer.item_id] = streamer
-        self._streamer_task = self._supervisor.spawn(streamer.run(), name=f"response-{stream.answer_id}")
+        self.turns.handle(tt.ResponseStarted(streamer.response_id))
 
     def _response_finished(
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
     ) -> None:
         """The response is over on the wire (its final events are queued)."""
-        self.metrics.count_response(status.value)
-        if done is not None and "first_audio_latency_s" in done.stats:
-            self.metrics.first_audio_s.append(done.stats["first_audio_latency_s"])
-            if done.stats.get("audio_seconds"):
-                self.metrics.real_time_factor.append(
-                    done.stats["answer_seconds"] / done.stats["audio_seconds"]
-                )
-        if self._streamer is streamer:
-            self._streamer = None
+        self.turns.handle(tt.ResponseFinished(streamer.response_id))
         if status == AnswerStatus.FAILED:
             reason = done.reason if done is not None else "the answer failed"
             self._supervisor.spawn(self._fail(reason), name="fail")
@@ -844,7 +577,7 @@ class RealtimeSession:
                 await self._close_slow_client()
                 return
             age = time.monotonic() - self.opened_at
-            if age > self.settings.max_session_seconds and self._streamer is None:
+            if age > self.settings.max_session_seconds and self.responses.current is None:
                 self._client_error(
                     "session_expired",
                     f"this session reached the maximum duration of {self.settings.max_session_seconds:g} s "
@@ -855,7 +588,7 @@ class RealtimeSession:
                 await self._close_socket(CloseCode.NORMAL, "session expired")
                 return
             idle = time.monotonic() - self.last_activity
-            if idle > self.settings.idle_timeout_s and self._streamer is None:
+            if idle > self.settings.idle_timeout_s and self.responses.current is None:
                 self._client_error(
                     "idle_timeout",
                     f"no client event for {self.settings.idle_timeout_s:g} s: closing the session",
@@ -864,13 +597,3 @@ class RealtimeSession:
                 await self.outbound.drain(1.0)
                 await self._close_socket(CloseCode.NORMAL, "idle timeout")
                 return
-
-
-def _streamer_fields(request: ResponseRequest) -> dict:
-    """The response's own settings, as the streamer writes them into its events."""
-    return dict(
-        text_only=request.text_only,
-        metadata=request.metadata,
-        max_output_tokens=request.max_output_tokens,
-        out_of_band=request.out_of_band,
-    )

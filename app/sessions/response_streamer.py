@@ -47,7 +47,7 @@ from app.sessions.transcript_aligner import TranscriptAligner
 
 @dataclass
 class ResponseStreamer:
-    """Streams one answer; `cancel_reason` is set by whoever ended it early."""
+    """Streams one answer; `cancel_cause` is set by whoever ended it early."""
 
     stream: AnswerStream
     outbound: Outbound
@@ -57,7 +57,7 @@ class ResponseStreamer:
     rewind_s: float = 0.25  # resume this far before the point the client had played
     response_id: str = ""
     item_id: str = field(default_factory=new_item_id)
-    cancel_reason: str | None = None
+    cancel_cause: CancelCause | None = None
     first_audio_latency_s: float | None = None
     transcript_sent: str = ""
     audio_ms_sent: float = 0.0
@@ -270,7 +270,7 @@ class ResponseStreamer:
             self._drop_queued()
             self._final_events(status)
 
-    def cancel_queued(self, reason: str) -> bool:
+    def cancel_queued(self, cause: CancelCause) -> bool:
         """Stop a response whose generation has ended but whose audio is still being sent.
 
         (While the engine still generates, cancel through the engine instead.) Returns False when
@@ -278,7 +278,7 @@ class ResponseStreamer:
         """
         if not self.engine_done or self.finished:
             return False
-        self.cancel_reason = reason
+        self.cancel_cause = cause
         self._drop_queued()
         self._final_events(AnswerStatus.CANCELLED)
         return True
@@ -326,8 +326,8 @@ class ResponseStreamer:
         if status == AnswerStatus.COMPLETED:
             return ResponseStatusDetails(type="completed")
         if status == AnswerStatus.CANCELLED:
-            taken = done is not None and done.cause == CancelCause.TURN_DETECTED
-            reason = "turn_detected" if self.cancel_reason == "turn_detected" or taken else "client_cancelled"
+            causes = (self.cancel_cause, done.cause if done is not None else None)
+            reason = "turn_detected" if CancelCause.TURN_DETECTED in causes else "client_cancelled"
             return ResponseStatusDetails(type="cancelled", reason=reason)
         return ResponseStatusDetails(
             type="failed", error={"message": done.reason if done else "answer failed"}

@@ -141,7 +141,7 @@ def test_barge_in_cancels_the_answer_within_one_step(own_model, question_wavs) -
                     first.done = events[-1]
             assert first.done.status == AnswerStatus.CANCELLED
             assert first.done.cause == CancelCause.TURN_DETECTED
-            second = engine.answer_stream(sid)
+            second = decision.stream  # the verdict carries the answer it started
             assert second is not None and second.answer_id == decision.answer_id
             done, audio, _ = await collect(second)
             assert done.status == AnswerStatus.COMPLETED and len(audio) > 0
@@ -304,7 +304,7 @@ def test_history_is_kept_and_trimmed_with_the_system_prompt(tiny_model) -> None:
                 lengths.append(engine.llm_cache.lengths[session.main_slot])
             assert any(b < a for a, b in zip(lengths, lengths[1:], strict=False)), lengths  # trimmed
             assert max(lengths) <= settings.llm_max_len
-            turns = {entry.turn for entry in session.history}
+            turns = {entry.exchange for entry in session.history}
             assert 1 not in turns and 8 in turns  # oldest dropped, newest kept
         finally:
             await engine.stop()
@@ -340,7 +340,7 @@ def test_a_turn_at_its_length_limit_is_answered(tiny_model, question_wavs) -> No
             chunks = chunks_of(question_wavs[0])
             decisions = [await engine.feed_chunk(sid, chunks[i], act=False) for i in range(3)]
             assert [d.answer_id is not None for d in decisions] == [False, False, True]
-            stream = engine.answer_stream(sid)
+            stream = decisions[-1].stream
             assert stream is not None and stream.answer_id == decisions[-1].answer_id
             done, audio, _ = await collect(stream)
             assert done.status == AnswerStatus.COMPLETED and len(audio) > 0
@@ -417,7 +417,7 @@ def test_an_interrupted_answer_keeps_only_what_was_heard_before_the_next_answer(
             # The new answer starts from a conversation holding only the heard words of the old one.
             answers = [t for kind, t in engine.conversation_text(sid) if kind == "answer"]
             assert _squeezed(heard).startswith(_squeezed(answers[0])) and answers[0].strip()
-            done, _, _ = await collect(engine.answer_stream(sid))
+            done, _, _ = await collect(decision.stream)
             assert done.status == AnswerStatus.COMPLETED
             assert _cache_matches_history(engine, sid)
         finally:

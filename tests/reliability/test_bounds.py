@@ -10,7 +10,7 @@ import pytest
 
 from app.sessions.events import InputAudioBufferCleared
 from app.sessions.outbound import Outbound
-from app.sessions.realtime import _RecentIds
+from app.sessions.recent_ids import RecentIds
 from tests.conftest import LiveServer
 from tests.routes.conftest import realtime_client, run
 
@@ -33,7 +33,7 @@ def test_control_events_beyond_the_limit_are_refused_and_flagged() -> None:
 
 
 def test_remembered_item_ids_are_bounded() -> None:
-    ids = _RecentIds(3)
+    ids = RecentIds(3)
     for item_id in ["a", "b", "c", "d"]:
         ids.add(item_id)
     assert len(ids) == 3

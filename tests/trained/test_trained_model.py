@@ -116,14 +116,14 @@ def test_a_question_during_an_answer_barges_in(trained_model) -> None:
                 if decision.state == ListenState.ANSWER:
                     break
             assert decision.answer_id is not None, "the first question was not answered"
-            running = engine.answer_stream(sid)
+            running = decision.stream
             assert not isinstance(await running.next_event(), AnswerDone)
             decisions = []
             for chunk in _chunks(second.samples):
                 decisions.append(await engine.feed_chunk(sid, chunk, act=True))
                 if decisions[-1].state == ListenState.ANSWER:
                     break
-            stream = engine.answer_stream(sid)
+            stream = decisions[-1].stream
             text = ""
             async for event in stream:
                 if isinstance(event, TextDelta):
