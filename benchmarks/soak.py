@@ -67,6 +67,8 @@ SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour en
     "FREEZE_OMNI_WS_PING_INTERVAL_S": "5",
     "FREEZE_OMNI_WS_PING_TIMEOUT_S": "20",
     "FREEZE_OMNI_MAX_MESSAGE_BYTES": "65536",
+    # A dropping client never resumes here: its session waits briefly for it, then frees its place.
+    "FREEZE_OMNI_RESUME_GRACE_S": "3",
     "FREEZE_OMNI_LOG_LEVEL": "warning",
 }
 EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drops the connection)
@@ -310,6 +312,7 @@ class Soak:
         protocol.send_request(protocol.connect())
         types: list[str] = []
         close_code: int | None = None
+        refused_before = self.tally.errors["capacity_exceeded"]
 
         async def flush() -> None:
             for data in protocol.data_to_send():
@@ -343,6 +346,8 @@ class Soak:
         try:
             await flush()
             while "session.created" not in types:
+                if self.tally.errors["capacity_exceeded"] > refused_before:
+                    raise ConnectionRefusedError("server full")  # sessions waiting for a resume hold places
                 if not await receive(30):
                     raise Unexpected("closed before session.created")
             item = {
