@@ -80,7 +80,9 @@ def test_a_dropped_client_resumes_its_session_and_its_answer_goes_on_without_a_g
         count = received(first)
         drop(first)
         await wait_until(lambda: resume_server.state.resumable.parked == 1)
+        made_at_drop = len(made_audio.pieces[response_id])
         await asyncio.sleep(0.6)  # the client is away; the answer goes on generating
+        made_while_away = len(made_audio.pieces[response_id]) - made_at_drop
         second = await connect(
             resume_url(url, "drop-1", extension(first)["resume_token"], count), **auth("key-a")
         )
@@ -92,6 +94,7 @@ def test_a_dropped_client_resumes_its_session_and_its_answer_goes_on_without_a_g
                 "second": second,
                 "hello": hello,
                 "count": count,
+                "made_while_away": made_while_away,
                 "response_id": response_id,
                 "done": done,
                 "later": later,
@@ -112,6 +115,7 @@ def test_a_dropped_client_resumes_its_session_and_its_answer_goes_on_without_a_g
         == first.events("session.created")[0]["session"]["id"]
     )
     assert result["same_engine_session"]
+    assert result["made_while_away"] > 0  # the engine went on making the answer while the client was away
     assert not second.events("error")
     # The answer's audio: what came before the drop and what came after join into exactly what the engine made.
     before, after = first.audio(response_id), second.audio(response_id)
@@ -353,3 +357,83 @@ def test_draining_ends_parked_sessions_at_once_and_live_ones_are_told(
     assert result["closed"].rcvd is not None and result["closed"].rcvd.code == 1001
     assert result["stop_s"] < 10
     assert server.state.resumable.parked == 0 and not server.state.sessions
+
+
+def test_two_resumes_racing_with_one_token_one_wins_and_the_other_gets_a_fresh_session(
+    resume_server: LiveServer,
+) -> None:
+    url = resume_server.ws_url
+
+    async def main() -> tuple[RealtimeClient, list[RealtimeClient]]:
+        first = await connect(f"{url}?session=race-1", **auth("key-b"))
+        drop(first)
+        await wait_until(lambda: not engine_session(resume_server, "race-1").link.attached)
+        again = resume_url(url, "race-1", extension(first)["resume_token"], received(first))
+        racers = await asyncio.gather(connect(again, **auth("key-b")), connect(again, **auth("key-b")))
+        try:
+            await asyncio.sleep(0.3)  # the loser's error follows its session.created
+            for racer in racers:
+                await racer.collect_for(0.1)
+            return first, list(racers)
+        finally:
+            await close_quietly(*racers)
+
+    first, racers = run(main())
+    won = [r for r in racers if extension(r).get("resumed")]
+    lost = [r for r in racers if not extension(r).get("resumed")]
+    assert len(won) == 1 and len(lost) == 1
+    assert (
+        won[0].events("session.created")[0]["session"]["id"]
+        == first.events("session.created")[0]["session"]["id"]
+    )
+    assert [e["error"]["code"] for e in lost[0].events("error")] == ["session_not_found"]
+
+
+def test_the_idle_timeout_stands_still_while_a_session_is_parked(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    """Away for longer than the idle timeout (but within the grace time): the session is still there, and
+    its idle clock starts again at the resume."""
+    server = start_server(idle_timeout_s=1.0, resume_grace_s=4.0, max_answer_tokens=4)
+
+    async def main() -> tuple[RealtimeClient, dict]:
+        first = await connect(f"{server.ws_url}?session=idle-1")
+        drop(first)
+        await wait_until(lambda: server.state.resumable.parked == 1)
+        await asyncio.sleep(2.0)
+        back = await connect(
+            resume_url(server.ws_url, "idle-1", extension(first)["resume_token"], received(first))
+        )
+        try:
+            return back, await answers_text(back, "Hello!")
+        finally:
+            await close_quietly(back)
+
+    back, delta = run(main())
+    assert extension(back)["resumed"] is True
+    assert not back.events("error")
+    assert delta["type"] == "response.output_audio.delta"
+
+
+def test_the_maximum_session_length_counts_across_resumes(start_server: Callable[..., LiveServer]) -> None:
+    """A resume does not restart the session's clock: it ends FREEZE_OMNI_MAX_SESSION_SECONDS after it
+    began, whatever connection carries it then."""
+    server = start_server(max_session_seconds=3.0, resume_grace_s=5.0, max_answer_tokens=4)
+
+    async def main() -> tuple[RealtimeClient, ConnectionClosed, float]:
+        started = time.perf_counter()
+        first = await connect(f"{server.ws_url}?session=old-1")
+        drop(first)
+        await wait_until(lambda: server.state.resumable.parked == 1)
+        await asyncio.sleep(1.0)
+        back = await connect(
+            resume_url(server.ws_url, "old-1", extension(first)["resume_token"], received(first))
+        )
+        closed = await back.wait_closed(timeout=10)
+        return back, closed, time.perf_counter() - started
+
+    back, closed, lasted = run(main())
+    assert extension(back)["resumed"] is True
+    assert [e["error"]["code"] for e in back.events("error")] == ["session_expired"]
+    assert closed.rcvd is not None and closed.rcvd.code == 1000
+    assert 3.0 <= lasted < 5.0
