@@ -13,11 +13,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveServer
-from tests.routes.conftest import RealtimeClient, answers_text, playback, run, text_turn, transcript
+from tests.routes.conftest import (
+    RealtimeClient,
+    answers_text,
+    playback,
+    run,
+    send_text_turn,
+    text_turn,
+    transcript,
+)
 from tests.routes.resume_client import (
+    LONG_PROMPTS,
     MadeAudio,
     close_quietly,
     connect,
@@ -437,3 +447,59 @@ def test_the_maximum_session_length_counts_across_resumes(start_server: Callable
     assert [e["error"]["code"] for e in back.events("error")] == ["session_expired"]
     assert closed.rcvd is not None and closed.rcvd.code == 1000
     assert 3.0 <= lasted < 5.0
+
+
+def test_an_opus_answer_resumes_packet_for_packet(resume_server: LiveServer, made_audio: MadeAudio) -> None:
+    """Binary frames count as messages too, and a response keeps its frame number across the resume: the
+    packets before the drop and after it are exactly the packets of the engine's audio."""
+    from app.sessions.opus_codec import OpusOutputConverter
+    from tests.routes.opus_client import OpusClient, opus_session
+
+    url = resume_server.ws_url
+    session = {"type": "realtime", **opus_session(input_opus=False)}
+
+    async def opus_connect(address: str) -> OpusClient:
+        ws = await websockets.connect(address, proxy=None, max_size=None, open_timeout=10, **auth("key-a"))
+        client = OpusClient(ws)
+        await client.wait_for("session.created")
+        return client
+
+    async def main() -> dict[str, Any]:
+        first = await opus_connect(f"{url}?session=opus-1")
+        await first.send({"type": "session.update", "session": session})
+        await first.wait_for("session.updated")
+        wire = engine_session(resume_server, "opus-1").session.config.output_format.wire
+        for prompt in LONG_PROMPTS:  # an answer long enough to drop in the middle of
+            finished = len(first.events("response.done"))
+            await send_text_turn(first, prompt)
+            response_id = (await first.wait_for("response.created"))["response"]["id"]
+
+            def over(before: int = finished) -> bool:
+                return len(first.events("response.done")) > before
+
+            await first.pump(lambda rid=response_id: len(first.packets(rid)) >= 15 or over(), timeout=30)
+            if not over():
+                break
+            await first.wait_for("response.done")
+        count = len(first.log) - 1 + len(first.frames)  # every message but session.created
+        drop(first)
+        await wait_until(lambda: resume_server.state.resumable.parked >= 1)
+        second = OpusClient(await websockets.connect(
+            resume_url(url, "opus-1", extension(first)["resume_token"], count),
+            proxy=None, max_size=None, open_timeout=10, **auth("key-a"),
+        ))  # fmt: skip
+        second._created = list(first._created)  # the client goes on numbering response.created
+        try:
+            await second.wait_for("response.done", timeout=30)
+            return {"first": first, "second": second, "rid": response_id, "wire": wire}
+        finally:
+            await close_quietly(second)
+
+    result = run(main())
+    first, second, response_id = result["first"], result["second"], result["rid"]
+    assert extension(second)["resumed"] is True
+    converter = OpusOutputConverter(result["wire"])
+    made = [p for piece in made_audio.pieces[response_id] for p in converter.push(piece)] + converter.flush()
+    before, after = first.packets(response_id), second.packets(response_id)
+    assert before and after
+    assert before + after == made
