@@ -7,6 +7,7 @@ other key's tokens get `session_not_found` and a working fresh session."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -97,8 +98,15 @@ def test_a_client_that_drops_mid_answer_resumes_through_nginx_on_the_same_proces
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)
         token = extension(first)["resume_token"]
+        reconnecting = time.perf_counter()
         second = await connect(resume_url(url, "phone-1", token, count), **auth("phone-key"))
         try:
+            await second.pump(lambda: bool(second.audio(response_id)), timeout=30)
+            first_audio_ms = 1000 * (second.audio_deltas(response_id)[0].at - reconnecting)
+            print(
+                f"resume through nginx: {extension(second)['replayed']} message(s) sent again; "
+                f"the answer's audio again {first_audio_ms:.0f} ms after reconnecting"
+            )
             done = await second.wait_for(
                 "response.done", timeout=30, where=lambda e: e["response"]["id"] == response_id
             )
