@@ -176,7 +176,8 @@ class Outbound:
         self._ready.set()
 
     def replay(self, messages: list[ReplayedMessage]) -> None:
-        """Put `messages` back in front of everything queued, in order, to go out first.
+        """Put `messages` back in front of everything queued, in order, to go out first (control events
+        queued meanwhile follow them).
 
         Each response with audio among them is paced anew from its first replayed audio: the client ran
         dry while its connection was down, so its playback restarts there. Audio of a held response is
@@ -198,6 +199,12 @@ class Outbound:
                     audio_seconds=message.audio_seconds,
                 )
             )
+        # Control events queued while detached come after the replay (they happened after it), still
+        # ahead of the responses' unsent events.
+        for waiting in self._control:
+            waiting.response_id = _REPLAYED
+            items.append(waiting)
+        self._control.clear()
         self._responses.extendleft(reversed(items))
         self._ready.set()
 
