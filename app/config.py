@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    resume_grace_s: float = Field(
+        30.0, ge=0, description="a session whose connection dropped waits this long for a resume; 0: off"
+    )
+    resume_replay_s: float = Field(
+        60.0, gt=0, description="sent messages kept this long for a resume to send again"
+    )
     session_key_max_chars: int = Field(
         128, ge=8, le=1024, description="longest client-chosen ?session= key accepted"
     )

@@ -19,6 +19,7 @@ class Metrics:
 
     sessions_opened: int = 0
     sessions_refused: int = 0
+    sessions_resumed: int = 0
     responses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     rest_turns: int = 0
@@ -38,6 +39,8 @@ class Metrics:
             f"freeze_omni_sessions_opened_total {self.sessions_opened}",
             "# TYPE freeze_omni_sessions_refused_total counter",
             f"freeze_omni_sessions_refused_total {self.sessions_refused}",
+            "# TYPE freeze_omni_sessions_resumed_total counter",
+            f"freeze_omni_sessions_resumed_total {self.sessions_resumed}",
             "# TYPE freeze_omni_rest_turns_total counter",
             f"freeze_omni_rest_turns_total {self.rest_turns}",
             "# TYPE freeze_omni_responses_total counter",

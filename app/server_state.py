@@ -24,6 +24,7 @@ from app.key_limits import KeySessionLimiter
 from app.metrics import Metrics
 from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
+from app.sessions.resume_registry import ResumeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ class ServerState:
     fatal_error: str | None = None  # set when an engine loop died: this process can no longer serve
     on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
     key_sessions: KeySessionLimiter = field(init=False)
+    resumable: ResumeRegistry = field(init=False)  # resume tokens; sessions parked for a resume
     _load_task: asyncio.Task | None = None
     _watch_task: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
+        self.resumable = ResumeRegistry(self.settings.resume_grace_s)
 
     @property
     def ready(self) -> bool:

@@ -12,14 +12,16 @@ behaviour, end it, open the next. The behaviours, by weight (`--mix`):
 - `spoken`: a spoken question streamed at real-time pace over a -60 dBFS noise floor, server VAD;
 - `barge_in`: a spoken question while a spoken answer plays;
 - `drop`: a TCP drop mid-answer, without a close frame (a phone that lost its network);
+- `resume`: the same drop, then a reconnect within the grace time with the session's resume token and
+  the count of messages received: the answer must finish on the new connection;
 - `slow_reader`: a client with a tiny receive buffer that stops reading mid-answer;
 - `idle`: a session that sends nothing until the server's idle timeout;
 - `bad_input`: malformed JSON and an unknown event (each an `error`; the session goes on), then
   oversized messages (closed with 1009).
 
 Every session's end is checked against the close its behaviour documents: client close 1000 after the
-last answer, 1000 after `idle_timeout`, 4000 after `client_too_slow`, 1009 for an oversized message,
-none for a drop; 1013 (server full) is counted apart. Anything else is "unexpected". At the end, once
+last answer (on the resumed connection for `resume`), 1000 after `idle_timeout`, 4000 after
+`client_too_slow`, 1009 for an oversized message, none for a drop; 1013 (server full) is counted apart. Anything else is "unexpected". At the end, once
 every session is gone, the server's /metrics are read against the start (after a warm-up): resident
 memory, open file descriptors, asyncio tasks, tasks of live sessions, KV-cache slots in use.
 """
@@ -57,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 WIRE_RATE = 24000
 APPEND_S = 0.1
-DEFAULT_MIX = "text=40,audio=10,spoken=10,barge_in=8,drop=10,slow_reader=6,idle=6,bad_input=10"
+DEFAULT_MIX = "text=40,audio=10,spoken=10,barge_in=8,drop=10,resume=6,slow_reader=6,idle=6,bad_input=10"
 SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour ends within seconds
     "FREEZE_OMNI_MAX_ANSWER_TOKENS": "24",
     "FREEZE_OMNI_LLM_MAX_LEN": "1024",
@@ -67,6 +69,8 @@ SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour en
     "FREEZE_OMNI_WS_PING_INTERVAL_S": "5",
     "FREEZE_OMNI_WS_PING_TIMEOUT_S": "20",
     "FREEZE_OMNI_MAX_MESSAGE_BYTES": "65536",
+    # A dropping client never resumes here: its session waits briefly for it, then frees its place.
+    "FREEZE_OMNI_RESUME_GRACE_S": "3",
     "FREEZE_OMNI_LOG_LEVEL": "warning",
 }
 EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drops the connection)
@@ -75,6 +79,7 @@ EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drop
     "spoken": 1000,
     "barge_in": 1000,
     "drop": None,
+    "resume": 1000,
     "slow_reader": 4000,
     "idle": 1000,
     "bad_input": 1009,
@@ -133,6 +138,7 @@ class Session:
         self.ws = ws
         self.tally = tally
         self.types: list[str] = []
+        self.created: dict[str, Any] = {}
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(event))
@@ -208,6 +214,7 @@ class Soak:
             raise ConnectionRefusedError("server full")
         if first["type"] != "session.created":
             raise Unexpected(f"first event {first['type']}")
+        session.created = first
         return session
 
     async def user(self, index: int, deadline: float) -> None:
@@ -297,6 +304,24 @@ class Soak:
         session.ws.transport.abort()  # no close frame: the TCP connection just goes
         return None
 
+    async def _resume(self, rng: random.Random) -> int | None:
+        session = await self.connect()
+        token = session.created["freeze_omni"]["resume_token"]
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello."}]}
+        await session.send({"type": "conversation.item.create", "item": item})
+        await session.send({"type": "response.create"})
+        await session.wait_for("response.output_audio.delta")
+        received = len(session.types) - 1  # every message but session.created
+        session.ws.transport.abort()
+        await asyncio.sleep(rng.uniform(0.1, 1.0))
+        url = f"{self.url}?resume={token}&received={received}"
+        back = Session(await websockets.connect(url, proxy=None, max_size=None, open_timeout=30), self.tally)
+        first = await back.next(30)
+        if first["type"] != "session.created" or not first.get("freeze_omni", {}).get("resumed"):
+            raise Unexpected(f"the resume was refused: {first['type']} then {back.types}")
+        await back.wait_for("response.done", timeout=60)
+        return await back.close()
+
     async def _slow_reader(self, rng: random.Random) -> int | None:
         """A client whose reader hangs while its sender goes on: it reads nothing at all from its socket
         (websockets' sans-I/O protocol over a socket with a tiny receive buffer), keeps asking for
@@ -310,6 +335,7 @@ class Soak:
         protocol.send_request(protocol.connect())
         types: list[str] = []
         close_code: int | None = None
+        refused_before = self.tally.errors["capacity_exceeded"]
 
         async def flush() -> None:
             for data in protocol.data_to_send():
@@ -343,6 +369,8 @@ class Soak:
         try:
             await flush()
             while "session.created" not in types:
+                if self.tally.errors["capacity_exceeded"] > refused_before:
+                    raise ConnectionRefusedError("server full")  # sessions waiting for a resume hold places
                 if not await receive(30):
                     raise Unexpected("closed before session.created")
             item = {

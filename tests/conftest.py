@@ -161,3 +161,12 @@ def start_server(tiny_model_dir: TinyPaths):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def made_audio(monkeypatch: pytest.MonkeyPatch):
+    """Every answer's audio as the engine of an in-process server made it, by response id (a tap: it
+    observes the answer streams and changes nothing). See tests/routes/resume_client.py."""
+    from tests.routes.resume_client import record_made_audio
+
+    return record_made_audio(monkeypatch)

@@ -49,6 +49,7 @@ async def metrics(server: Server) -> PlainTextResponse:
         "ready": float(server.ready and not server.draining),
         "draining": float(server.draining),
         "websocket_sessions": float(len(server.sessions)),
+        "websocket_sessions_parked": float(server.resumable.parked),
         "session_tasks": float(sum(getattr(c, "live_tasks", 0) for c in server.sessions)),
         **process_gauges(),
     }

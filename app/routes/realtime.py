@@ -9,12 +9,16 @@ Behind a load balancer: a client may name its session (`?session=KEY`, see `rout
 `session.created` says which key and which process it got. A draining process (SIGTERM) refuses
 new sessions with 1013 and tells each live one, with an `error` of code `server_shutting_down`,
 to reconnect with its key (the balancer then picks a live process) before closing it with 1001.
+
+Resume: `session.created` also carries a resume token. A connection that drops without a close
+frame parks its session for `FREEZE_OMNI_RESUME_GRACE_S`; `?session=KEY&resume=TOKEN[&received=N]`
+gets it back (see `app.sessions.resumable`). An unknown, used, expired or other key's token gets an
+`error` of code `session_not_found` and a fresh session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -27,54 +31,48 @@ from app.routes.auth import error_body, presented_key
 from app.routes.deps import INVALID_KEY_MESSAGE, KeyChecked, OriginChecked, Server
 from app.routes.origin import ORIGIN_REFUSED_CODE, refusal_message
 from app.routes.routing import (
-    EXTENSION_FIELD,
+    RECEIVED_PARAM,
+    RESUME_PARAM,
     SESSION_KEY_PARAM,
     SessionKeyError,
-    created_extension,
     new_session_key,
+    parse_received,
     parse_session_key,
 )
 from app.server_state import ServerState
 from app.sessions.close_codes import CloseCode
-from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
+from app.sessions.events import ErrorDetail, ErrorEvent
 from app.sessions.realtime import RealtimeSession
+from app.sessions.resumable import ResumableSession
+from app.sessions.sent_log import SentLog
+from app.sessions.session_link import SessionLink
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+SESSION_NOT_FOUND = (
+    "no session to resume with this token here: it is unknown, already used, expired "
+    "(FREEZE_OMNI_RESUME_GRACE_S) or another API key's; this is a new session"
+)
 
 
 class _Socket:
-    """Send and close that tolerate a peer that has already gone.
+    """One accepted WebSocket: writes and a close that tolerate a peer that has already gone."""
 
-    `created_extension` is added to `session.created` (an extension object OpenAI clients ignore).
-    """
-
-    def __init__(self, websocket: WebSocket, dialect: str, created_extension: dict[str, Any]) -> None:
+    def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self.dialect = dialect
-        self.created_extension = created_extension
         self.closed = False
         self._sending = asyncio.Lock()  # the session's sender and a drain notice may send at once
 
-    async def send(self, event: ServerEvent | bytes, extension: dict[str, Any] | None = None) -> None:
+    async def send_message(self, message: dict[str, Any]) -> bool:
         if self.closed:
-            return
-        if isinstance(event, bytes):  # a binary audio frame (app.sessions.binary_frames)
-            message: dict[str, Any] = {"type": "websocket.send", "bytes": event}
-        else:
-            if extension is None and event.type == "session.created":
-                extension = self.created_extension
-            payload = event.payload(self.dialect)
-            if payload is None:  # no such event in this dialect
-                return
-            if extension is not None:
-                payload[EXTENSION_FIELD] = extension
-            message = {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
+            return False
         try:
             async with self._sending:
                 await self.websocket.send(message)
+            return True
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True
+            return False
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -87,42 +85,11 @@ class _Socket:
             pass  # the client left first
 
 
-class _LiveConnection:
-    """A served session as the server state sees it: what a draining process says goodbye to."""
-
-    def __init__(self, session: RealtimeSession, socket: _Socket, session_key: str) -> None:
-        self.session = session
-        self.socket = socket
-        self.session_key = session_key
-
-    @property
-    def live_tasks(self) -> int:
-        """The session's running tasks (none must outlive it)."""
-        return self.session.live_tasks
-
-    async def shutdown(self, code: int, reason: str, grace_s: float = 0.0) -> None:
-        """Tell the client to reconnect elsewhere (with its key), then end the session with `code`."""
-        notice = ErrorDetail(
-            type="server_error",
-            code="server_shutting_down",
-            message="this server is shutting down: reconnect with the same ?session= key "
-            "to continue on another one",
-        )
-        hint = {"reconnect": True, "session_key": self.session_key}
-        await self.socket.send(ErrorEvent(error=notice), extension=hint)
-        await self.session.shutdown(code, reason, grace_s=grace_s)
-
-    async def fail(self, code: str, message: str) -> None:
-        """The server cannot go on: `error` (server_error) with a reconnect hint, then close 1011."""
-        notice = ErrorDetail(type="server_error", code=code, message=message)
-        hint = {"reconnect": True, "session_key": self.session_key}
-        await self.socket.send(ErrorEvent(error=notice), extension=hint)
-        await self.session.shutdown(CloseCode.INTERNAL_ERROR, "server error", grace_s=1.0)
-
-
-async def _refuse_after_accept(socket: _Socket, code: int, error_code: str, message: str, kind: str) -> None:
-    await socket.send(ErrorEvent(error=ErrorDetail(type=kind, code=error_code, message=message)))
-    await socket.close(code, message)
+async def _refuse_after_accept(
+    link: SessionLink, code: int, error_code: str, message: str, kind: str
+) -> None:
+    await link.send(ErrorEvent(error=ErrorDetail(type=kind, code=error_code, message=message)))
+    await link.close(code, message)
 
 
 async def _deny_handshake(websocket: WebSocket, status: int, code: str, message: str) -> None:
@@ -152,25 +119,23 @@ async def realtime(
 
     beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+    socket = _Socket(websocket)
+    answer = SessionLink(socket, "beta" if beta else "ga")  # for refusals before a session exists
+    query = websocket.query_params
     try:
-        chosen_key = parse_session_key(
-            websocket.query_params.get(SESSION_KEY_PARAM), settings.session_key_max_chars
-        )
+        chosen_key = parse_session_key(query.get(SESSION_KEY_PARAM), settings.session_key_max_chars)
+        received = parse_received(query.get(RECEIVED_PARAM))
     except SessionKeyError as error:
-        server.metrics.count_error("invalid_session_key")
-        socket = _Socket(websocket, "beta" if beta else "ga", {})
-        await socket.send(
-            ErrorEvent(error=ErrorDetail(code="invalid_session_key", message=str(error), param="session"))
-        )
-        await socket.close(CloseCode.POLICY_VIOLATION, "invalid session key")
+        server.metrics.count_error(error.code)
+        detail = ErrorDetail(code=error.code, message=str(error), param=error.param)
+        await answer.send(ErrorEvent(error=detail))
+        await answer.close(CloseCode.POLICY_VIOLATION, f"invalid {error.param}")
         return
     session_key = chosen_key or new_session_key()
-    extension = created_extension(session_key, server.instance_id)
-    socket = _Socket(websocket, "beta" if beta else "ga", extension)
     if server.draining:
         server.metrics.sessions_refused += 1
         await _refuse_after_accept(
-            socket,
+            answer,
             CloseCode.TRY_AGAIN_LATER,
             "server_shutting_down",
             "this server is shutting down; reconnect to reach another one",
@@ -184,7 +149,7 @@ async def realtime(
         elif server.fatal_error is not None:
             message = "the server failed and is restarting"
         await _refuse_after_accept(
-            socket,
+            answer,
             CloseCode.TRY_AGAIN_LATER,
             "server_not_ready",
             f"{message}; try again later",
@@ -192,62 +157,96 @@ async def realtime(
         )
         return
     key = presented_key(websocket.headers, offered) if settings.api_keys else None
-    with server.key_sessions.hold(key) as admitted:
-        if not admitted:
-            server.metrics.sessions_refused += 1
-            await _refuse_after_accept(
-                socket,
-                CloseCode.TRY_AGAIN_LATER,
-                "key_session_limit",
-                f"this API key already holds {settings.max_sessions_per_key} live session(s) "
-                "(FREEZE_OMNI_MAX_SESSIONS_PER_KEY); close one or try again later",
-                "invalid_request_error",
-            )
+    token = query.get(RESUME_PARAM)
+    if token:
+        held = server.resumable.claim(token, key)
+        if held is not None:
+            assert isinstance(held, ResumableSession)
+            await held.resume(socket, received)
+            server.metrics.sessions_resumed += 1
+            await _pump(websocket, server, socket, held)
             return
-        await _serve(websocket, server, socket, session_key)
+        server.metrics.count_error("session_not_found")
+    if not server.key_sessions.acquire(key):
+        server.metrics.sessions_refused += 1
+        await _refuse_after_accept(
+            answer,
+            CloseCode.TRY_AGAIN_LATER,
+            "key_session_limit",
+            f"this API key already holds {settings.max_sessions_per_key} live session(s) "
+            "(FREEZE_OMNI_MAX_SESSIONS_PER_KEY); close one or try again later",
+            "invalid_request_error",
+        )
+        return
+    held = await _open(server, socket, answer.dialect, session_key, key)
+    if held is None:
+        return
+    if token:  # after the new session's session.created
+        detail = ErrorDetail(code="session_not_found", message=SESSION_NOT_FOUND, param=RESUME_PARAM)
+        held.session.outbound.put(ErrorEvent(error=detail))
+    await _pump(websocket, server, socket, held)
 
 
-async def _serve(websocket: WebSocket, server: ServerState, socket: _Socket, session_key: str) -> None:
-    """Open the session, pass it every message until either side ends it, then free it."""
+async def _open(
+    server: ServerState, socket: _Socket, dialect: str, session_key: str, key: str | None
+) -> ResumableSession | None:
+    """A new session (its key place taken by the caller), or None when the engine refused it."""
     settings = server.settings
-    session = RealtimeSession(
-        server.pool, settings.session_settings(), socket.send, socket.close, server.metrics
+    resumable = server.resumable.enabled
+    link = SessionLink(socket, dialect, SentLog(settings.resume_replay_s) if resumable else None)
+    session = RealtimeSession(server.pool, settings.session_settings(), link.send, link.close, server.metrics)
+    link.outbound = session.outbound
+
+    def ended(held: ResumableSession) -> None:
+        server.sessions.discard(held)
+        server.key_sessions.release(key)
+
+    held = ResumableSession(
+        session, link, server.resumable, session_key, server.instance_id, key, on_ended=ended
     )
     try:
         await session.open()
     except CapacityError as error:
         server.metrics.sessions_refused += 1
         await _refuse_after_accept(
-            socket, CloseCode.TRY_AGAIN_LATER, "capacity_exceeded", str(error), "server_error"
+            link, CloseCode.TRY_AGAIN_LATER, "capacity_exceeded", str(error), "server_error"
         )
-        await session.close()
-        return
-    connection = _LiveConnection(session, socket, session_key)
-    server.sessions.add(connection)
+        await held.end()
+        return None
+    server.sessions.add(held)
     if server.draining:  # the drain began while this session was opening: it missed the goodbyes
-        await connection.shutdown(1001, "server shutting down", grace_s=settings.shutdown_grace_s)
+        await held.shutdown(1001, "server shutting down", grace_s=settings.shutdown_grace_s)
+    return held
+
+
+async def _pump(websocket: WebSocket, server: ServerState, socket: _Socket, held: ResumableSession) -> None:
+    """Pass the connection's messages to the session until either side ends it; then park or end it."""
+    settings = server.settings
+    close_code: int | None = None
     try:
-        while not socket.closed:
+        while not socket.closed and held.serves(socket):
             message = await websocket.receive()
-            if message["type"] == "websocket.disconnect" or socket.closed:
+            if message["type"] == "websocket.disconnect":
+                close_code = message.get("code")
                 break
+            if socket.closed or not held.serves(socket):
+                break  # a message that was on its way when a resume took the session over
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
             if len(raw) > settings.max_message_bytes:
                 await _refuse_after_accept(
-                    socket,
+                    held.link,
                     CloseCode.MESSAGE_TOO_BIG,
                     "message_too_large",
                     f"a message of {len(raw)} bytes exceeds the limit of {settings.max_message_bytes}",
                     "invalid_request_error",
                 )
                 break
-            await session.handle_message(raw)
-    except WebSocketDisconnect:
-        pass
+            await held.session.handle_message(raw)
+    except WebSocketDisconnect as disconnect:
+        close_code = disconnect.code
     except Exception as error:  # noqa: BLE001 - one broken session must not take the server down
-        await session.abort("receive loop", error)
+        await held.session.abort("receive loop", error)
     finally:
-        server.sessions.discard(connection)
-        await session.close()
+        await held.connection_lost(socket, close_code, can_park=not server.draining)

@@ -5,21 +5,32 @@ A client may choose its session key (`/v1/realtime?session=KEY`); a balancer has
 that key reaches the same process. Keys are limited to the URL's unreserved characters: they then
 need no percent-encoding, so a balancer hashing the raw query value and our parsed value agree.
 `session.created` reports the key and the process in an extension object that OpenAI clients ignore.
+
+A reconnect that resumes its session adds `resume=TOKEN` (from that extension object) and, if the
+client counts what it got, `received=N` (see `app.sessions.sent_log`).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
 
 SESSION_KEY_PARAM = "session"
-EXTENSION_FIELD = "freeze_omni"  # the extension object on session.created (and on shutdown errors)
+RESUME_PARAM = "resume"
+RECEIVED_PARAM = "received"
 _KEY_CHARS = re.compile(r"[A-Za-z0-9._~-]+")
+_MAX_RECEIVED_DIGITS = 18
 
 
 class SessionKeyError(ValueError):
-    """A `?session=` value we refuse; the message says what a valid key looks like."""
+    """A query parameter we refuse; the message says what a valid one looks like."""
+
+    def __init__(
+        self, message: str, code: str = "invalid_session_key", param: str = SESSION_KEY_PARAM
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
 
 
 def parse_session_key(raw: str | None, max_chars: int) -> str | None:
@@ -36,11 +47,20 @@ def parse_session_key(raw: str | None, max_chars: int) -> str | None:
     return raw
 
 
+def parse_received(raw: str | None) -> int | None:
+    """The resuming client's count of messages received, or None when it gave none."""
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > _MAX_RECEIVED_DIGITS:
+        raise SessionKeyError(
+            f"received={raw[:40]!r}: it must be the number of messages (text and binary, except "
+            "session.created) the client received in this session, a whole number from 0",
+            code="invalid_value",
+            param=RECEIVED_PARAM,
+        )
+    return int(raw)
+
+
 def new_session_key() -> str:
     """A key for a client that chose none: random, URL-safe."""
     return f"key_{secrets.token_hex(12)}"
-
-
-def created_extension(session_key: str, instance_id: str) -> dict[str, Any]:
-    """The extension object of `session.created`."""
-    return {"session_key": session_key, "instance_id": instance_id}

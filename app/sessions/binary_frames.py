@@ -9,7 +9,8 @@ A frame is ``[response number][output index][packet...]``:
   ``response.output_item.added`` names the item); our responses have one audio item, index 0.
 
 The number is assigned when ``response.created`` is actually sent, so it matches what the client saw,
-even when a response's queued events are dropped. Every other event stays JSON and unchanged; only
+even when a response's queued events are dropped. A resumed session (``?resume=``) goes on counting
+over all its connections; a ``response.created`` sent again after a resume is counted once. Every other event stays JSON and unchanged; only
 ``response.output_audio.delta`` is replaced by these frames.
 """
 
@@ -74,7 +75,8 @@ class BinaryFramer:
                 if number is not None:  # no response.created went out: neither does its audio
                     await send(frame(number, event.output_index, event.packet))
                 return
-            if isinstance(event, ResponseCreated):
+            if isinstance(event, ResponseCreated) and event.response.id not in self._numbers:
+                # Numbered once: a response.created sent again after a resume keeps its number.
                 self._numbers[event.response.id] = self._created % 256
                 self._created += 1
                 while len(self._numbers) > _REMEMBERED_RESPONSES:

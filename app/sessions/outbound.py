@@ -9,6 +9,10 @@ A response can be held (`hold`: nothing more of it leaves, at once) and later re
 its audio (`resume`: the replayed audio goes first, paced anew), which is how an interruption pauses an
 answer and a backchannel lets it go on.
 
+A resumable session's whole stream can be detached from its connection (`detach`: nothing leaves, the
+queues keep filling, and a send in progress is not counted as a stall) and attached again, after
+`replay` has put back in front what the lost connection swallowed (see `app.sessions.session_link`).
+
 Bounded: a client that stops reading makes our socket sends block. `stalled_s` says for how long the
 client has taken nothing (so how many seconds of real-time audio it has fallen behind), and control
 events beyond `max_control_events` are not queued (`overflowed`): the session closes such a client
@@ -26,6 +30,10 @@ from dataclasses import dataclass, field
 
 from app.sessions.events import ServerEvent
 
+# The response lane's tag for replayed control events: they keep their place among the replayed
+# messages (a control event that went out between two audio deltas goes out between them again).
+_REPLAYED = "(replayed)"
+
 
 @dataclass
 class _Item:
@@ -33,6 +41,17 @@ class _Item:
     response_id: str | None = None
     audio_seconds: float = 0.0
     on_sent: Callable[[], None] | None = None
+    audio_offset_s: float = 0.0  # seconds of its response's audio sent before it (set when it leaves)
+
+
+@dataclass(frozen=True)
+class ReplayedMessage:
+    """A message sent before on a connection that was lost, to be sent again (see `Outbound.replay`)."""
+
+    event: ServerEvent
+    response_id: str | None
+    audio_seconds: float
+    audio_offset_s: float
 
 
 @dataclass
@@ -67,6 +86,8 @@ class Outbound:
     _pace: dict[str, _Pace] = field(default_factory=dict)
     _held: set[str] = field(default_factory=set)
     _closed: bool = False
+    _detached: bool = False
+    emitting: _Item | None = None  # the item being sent right now (its lane, audio and offset)
 
     def put(
         self, event: ServerEvent, response_id: str | None = None, on_sent: Callable[[], None] | None = None
@@ -139,10 +160,58 @@ class Outbound:
         self._closed = True
         self._ready.set()
 
+    @property
+    def detached(self) -> bool:
+        """Whether the stream is detached from any connection (a session parked for resume)."""
+        return self._detached
+
+    def detach(self) -> None:
+        """Send nothing until `attach`; what is queued stays queued."""
+        self._detached = True
+        self._ready.set()
+
+    def attach(self) -> None:
+        """Send again (after a resume)."""
+        self._detached = False
+        self._ready.set()
+
+    def replay(self, messages: list[ReplayedMessage]) -> None:
+        """Put `messages` back in front of everything queued, in order, to go out first (control events
+        queued meanwhile follow them).
+
+        Each response with audio among them is paced anew from its first replayed audio: the client ran
+        dry while its connection was down, so its playback restarts there. Audio of a held response is
+        left out (its `resume` sends the audio again from where the client stopped playing).
+        """
+        items = []
+        for message in messages:
+            if message.audio_seconds > 0 and message.response_id in self._held:
+                continue
+            if message.audio_seconds > 0 and message.response_id is not None:
+                replayed_from = self._pace.setdefault(message.response_id, _Pace())
+                if not any(i.response_id == message.response_id and i.audio_seconds > 0 for i in items):
+                    replayed_from.started = None
+                    replayed_from.sent_seconds = message.audio_offset_s
+            items.append(
+                _Item(
+                    event=message.event,
+                    response_id=message.response_id or _REPLAYED,
+                    audio_seconds=message.audio_seconds,
+                )
+            )
+        # Control events queued while detached come after the replay (they happened after it), still
+        # ahead of the responses' unsent events.
+        for waiting in self._control:
+            waiting.response_id = _REPLAYED
+            items.append(waiting)
+        self._control.clear()
+        self._responses.extendleft(reversed(items))
+        self._ready.set()
+
     def stalled_s(self) -> float:
-        """How long the send in progress has been waiting for the client (0 when none is)."""
+        """How long the send in progress has been waiting for the client (0 when none is, or detached)."""
         started = self._sending_since
-        return 0.0 if started is None else time.monotonic() - started
+        return 0.0 if started is None or self._detached else time.monotonic() - started
 
     def queued_audio_s(self) -> float:
         """Seconds of answer audio queued and not yet sent."""
@@ -164,6 +233,10 @@ class Outbound:
     async def run(self) -> None:
         """Send items until closed: control first, then the response lane as pacing allows."""
         while not self._closed:
+            if self._detached:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
             if self._control:
                 await self._emit(self._control.popleft())
                 continue
@@ -192,16 +265,19 @@ class Outbound:
                     # First audio, or the client ran dry waiting for this delta: its playback
                     # (re)starts now, so the timeline does too (no burst to "catch up").
                     pace.started = now - pace.sent_seconds
+                item.audio_offset_s = pace.sent_seconds
                 pace.sent_seconds += item.audio_seconds
             await self._emit(item)
 
     async def _emit(self, item: _Item) -> None:
         if item.event is not None:
             self._sending_since = time.monotonic()
+            self.emitting = item
             try:
                 await self.send(item.event)
             finally:
                 self._sending_since = None
+                self.emitting = None
         if item.on_sent is not None:
             item.on_sent()
 

@@ -36,6 +36,7 @@ STATE_INDEX = {"listen": 0, "answer": 1, "ignore": 2}  # rows of the state head'
 SHORT_ANSWER_TOKENS = 12  # about three seconds of speech from the tiny model
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_UPLOAD_SECONDS = 3.0
+RESUME_GRACE_S = 2.0  # a dropped client's session waits this long for a resume (short: tests drop many)
 
 
 # -- audio -----------------------------------------------------------------------------------------------
@@ -107,6 +108,7 @@ def realtime_server(start_server: Callable[..., LiveServer]) -> LiveServer:
         top_k=1,
         max_message_bytes=MAX_MESSAGE_BYTES,
         max_upload_seconds=MAX_UPLOAD_SECONDS,
+        resume_grace_s=RESUME_GRACE_S,
     )
     force_state(server, "listen")
     return server

@@ -115,7 +115,7 @@ def test_sdk_beta_client_gets_beta_event_names(keyed_server: LiveServer) -> None
 @pytest.mark.slow
 def test_sdk_parses_session_created_with_the_routing_extension(realtime_server: LiveServer) -> None:
     """A session key in the URL (`extra_query`): the SDK still parses `session.created`, and keeps our
-    extension object (session key, serving process) as an extra field."""
+    extension object (session key, serving process, resume token) as an extra field."""
     client = AsyncOpenAI(api_key="unused", base_url=f"{realtime_server.base_url}/v1")
 
     async def main() -> Any:
@@ -126,7 +126,10 @@ def test_sdk_parses_session_created_with_the_routing_extension(realtime_server: 
     created = run(main())
     assert type(created).__name__ == "SessionCreatedEvent"
     assert created.session.type == "realtime"
-    assert created.model_extra["freeze_omni"] == {
+    extension = dict(created.model_extra["freeze_omni"])
+    assert extension.pop("resume_token").startswith("rt_")
+    assert extension == {
         "session_key": "sdk-user-42",
         "instance_id": realtime_server.state.instance_id,
+        "resume_grace_s": realtime_server.settings.resume_grace_s,
     }

@@ -310,8 +310,9 @@ def test_idle_session_is_closed_with_an_error(keyed_server: LiveServer) -> None:
 
 
 def test_vanished_client_frees_its_engine_session(realtime_server: LiveServer) -> None:
-    """A client that drops its connection mid-answer: the server cancels the answer and frees the
-    session's cache slots; a session beside it carries on."""
+    """A client that drops its connection mid-answer: its session waits the resume grace time for a resume
+    (still holding its cache slots), then the server ends the answer and frees the session's cache slots;
+    a session beside it carries on."""
     engine = realtime_server.state.pool.engines[0]
 
     async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -343,10 +344,15 @@ def test_vanished_client_frees_its_engine_session(realtime_server: LiveServer) -
                 pass
             await wait_until(lambda: engine.load == 2)
             free_with_both = engine.llm_cache.num_free
+            ended_before = cancelled_before + engine.stats.answers_completed
             leaver.transport.abort()  # no close frame: the client is simply gone
+            await wait_until(lambda: realtime_server.state.resumable.parked == 1)
+            parked_at = time.perf_counter()
+            assert engine.load == 2  # parked for a resume: it keeps its place
             await wait_until(lambda: engine.load == 1)
+            assert time.perf_counter() - parked_at > realtime_server.settings.resume_grace_s - 0.5
             free_with_one = engine.llm_cache.num_free
-            assert engine.stats.answers_cancelled == cancelled_before + 1
+            assert engine.stats.answers_cancelled + engine.stats.answers_completed == ended_before + 1
             done = await text_turn(stayer, "Are you still there?")
         await wait_until(lambda: engine.load == 0)
         assert engine.llm_cache.num_free == free_at_start

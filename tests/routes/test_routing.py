@@ -37,10 +37,14 @@ def test_a_chosen_session_key_is_reported_with_the_serving_process(realtime_serv
             return client.events("session.created")[0]
 
     created = run(main())
-    assert created["freeze_omni"] == {
+    extension = created["freeze_omni"]
+    token = extension.pop("resume_token")
+    assert extension == {
         "session_key": "user-7.phone_A~1",
         "instance_id": f"{socket.gethostname()}:{realtime_server.settings.port}",
+        "resume_grace_s": realtime_server.settings.resume_grace_s,
     }
+    assert re.fullmatch(r"rt_[A-Za-z0-9_-]{32}", token), token  # 192 random bits, URL-safe
     assert created["session"]["type"] == "realtime"  # the standard part is unchanged
 
 
