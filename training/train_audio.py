@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
 from app.model.speech_in.cmvn import CmvnStats
 from app.model.speech_in.encoder import EncoderConfig
 from training import domain
-from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, run_llm
+from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, live_cut, run_llm
 from training.common import (
     DATA_DIR,
     RUNS_DIR,
@@ -84,6 +85,41 @@ def training_cmvn(count: int = 300) -> CmvnStats:
     rng = np.random.default_rng(1)
     picks = rng.choice(len(clips), size=min(count, len(clips)), replace=False)
     return CmvnStats.from_features(np.concatenate([fbank_whole(clips[int(i)]) for i in picks]))
+
+
+def load_exported_audio(model_dir, llm_hidden: int, im_end: int) -> AudioLLM:
+    """The encoder, adapter, prompts, state head and CMVN of an exported model (fp32), to fine-tune."""
+    from app.model.checkpoint_io.layout import load_audio_llm
+    from app.model.fixtures.tiny import CHECKPOINT_DIR
+
+    exported = load_audio_llm(
+        model_dir / CHECKPOINT_DIR, llm_hidden, device=torch.device("cpu"), dtype=torch.float32
+    )
+    audio = build_audio(llm_hidden, im_end)
+    audio.load_state_dict(exported.state_dict())
+    log.info("starting from the audio side of %s", model_dir)
+    return audio
+
+
+def add_finetune_args(parser) -> None:
+    """Issue 19's options, shared by the audio and state stages."""
+    parser.add_argument(
+        "--init-from", type=Path, default=None, help="fine-tune an exported model (e.g. models/trained)"
+    )
+    parser.add_argument(
+        "--augmented",
+        action="store_true",
+        help="rooms, babble, phone lines, levels, pauses (training.augment)",
+    )
+    parser.add_argument(
+        "--live-cut",
+        type=float,
+        default=0.0,
+        help="share of questions cut where the live engine answers (0-2 chunks after the last word)",
+    )
+    parser.add_argument(
+        "--ood", type=float, default=0.0, help="share of out-of-domain turns (answered with domain.SORRY)"
+    )
 
 
 def set_cmvn(audio: AudioLLM, cmvn: CmvnStats) -> None:
@@ -148,15 +184,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ctc-weight", type=float, default=0.5)
     parser.add_argument("--history", type=float, default=0.2, help="share of examples after an earlier turn")
+    add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
     llm_folder = RUNS_DIR / "llm" / "hf"
     llm, pieces = load_llm(llm_folder)
-    audio = build_audio(llm.config.hidden_size, pieces.im_end)
-    with torch.no_grad():
-        audio.prompt_embeddings.weight.normal_(0.0, float(llm.model.embed_tokens.weight.std()))
-    set_cmvn(audio, training_cmvn())
+    if args.init_from is not None:
+        audio = load_exported_audio(args.init_from, llm.config.hidden_size, pieces.im_end)
+    else:
+        audio = build_audio(llm.config.hidden_size, pieces.im_end)
+        with torch.no_grad():
+            audio.prompt_embeddings.weight.normal_(0.0, float(llm.model.embed_tokens.weight.std()))
+        set_cmvn(audio, training_cmvn())
     log.info(
         "streaming training path matches forward_chunks (max diff %.2e)",
         check_equivalence(audio.encoder, audio.adpter),
@@ -175,7 +215,7 @@ def main() -> None:
         ctc_head.load_state_dict(state["ctc_head"])
         step = state["step"]
     rng = np.random.default_rng(step)
-    maker = TurnMaker(rng)
+    maker = TurnMaker(rng, augmented=args.augmented)
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("audio", 0, every=20)
@@ -192,7 +232,10 @@ def main() -> None:
                 past = maker.question()
                 past.answer_cut = None if rng.random() < 0.5 else int(rng.integers(0, 8))
                 history.append(past)
-            examples.append(Example(maker.question(), history))
+            turn = maker.out_of_domain() if rng.random() < args.ood else maker.question()
+            if rng.random() < args.live_cut:
+                turn = live_cut(turn, rng)
+            examples.append(Example(turn, history))
         batch = build_batch(audio, llm, pieces, examples)
         hidden = run_llm(llm, batch)
         answers = answer_loss(llm, hidden, batch)
