@@ -82,9 +82,12 @@ class TurnMaker:
     inside the question, greetings, out-of-domain speech); otherwise the original light recipe.
     """
 
-    def __init__(self, rng: np.random.Generator, split: int = 0, augmented: bool = False) -> None:
+    def __init__(
+        self, rng: np.random.Generator, split: int = 0, augmented: bool = False, augment_share: float = 1.0
+    ) -> None:
         self.rng = rng
         self.augmented = augmented
+        self.augment_share = augment_share  # of recordings through training.augment; the rest: light recipe
         self.questions = Clips(DATA_DIR / "questions.npz")
         self.ignore = Clips(DATA_DIR / "ignore.npz")
         labels, splits = self.questions.columns["label"], self.questions.columns["split"]
@@ -100,7 +103,7 @@ class TurnMaker:
 
     def _place(self, sound: np.ndarray, min_trail: float) -> tuple[np.ndarray, int]:
         rng = self.rng
-        if self.augmented:
+        if self.augmented and rng.random() < self.augment_share:
             long_lead, long_trail = rng.random() < 0.25, rng.random() < 0.25
             lead = float(rng.uniform(1.0, 3.0) if long_lead else rng.uniform(0.0, 1.0))
             trail = float(rng.uniform(1.2, 3.0) if long_trail else rng.uniform(min_trail, 1.2))

@@ -26,6 +26,7 @@ recording is heard before the answer, as REST and `infer` do.
 
 Usage: python -m training.heldout_eval [--model models/trained] [--out training/runs/heldout.json]
        [--only clean,phone] [--count 50]
+       python -m training.heldout_eval --table old.json new.json   (a markdown table side by side)
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def sox(samples: np.ndarray, *effects: str) -> np.ndarray:
 
 def telephone(samples: np.ndarray) -> np.ndarray:
     """300-3400 Hz, 8 kHz, G.711 mu-law (sox's own codec), back to 16 kHz."""
-    narrow = sox(samples, "sinc", "300-3400", "rate", "8000")
+    narrow = resample(sox(samples, "sinc", "300-3400"), 16000, 8000)
     coded = subprocess.run(
         [_tool("sox"), "-t", "wav", "-", "-t", "ul", "-r", "8000", "-c", "1", "-"],
         input=wav_bytes(np.clip(narrow, -1, 1), 8000),
@@ -257,6 +258,43 @@ OFFLINE = [
 ALL = ["clean", "live", "live_babble", *OFFLINE[1:], "ood", "long_pauses", "ignorable", "greetings"]
 
 
+def summary(figures: dict) -> dict[str, str]:
+    """One cell per condition, as training/README.md reports them."""
+    out = {}
+    for name in ALL:
+        r = figures.get(name)
+        if r is None:
+            continue
+        if name in OFFLINE or name.startswith("live"):
+            cell = f"{r['exact']}/{r['count']} exact"
+            d = r["fire_delay"]
+            cell += f"; head within 2 chunks {d['within_2_chunks']}, early {d['early']}, never {d['never']}"
+            if name in OFFLINE and r.get("sorry"):
+                cell += f"; SORRY {r['sorry']}"
+        elif name == "ood":
+            cell = f"SORRY {r['sorry']}/{r['count']}"
+        elif name == "long_pauses":
+            cell = f"answered before the end {r['answered_before_end']}/{r['count']}"
+        elif name == "ignorable":
+            a = r["answered"]
+            cell = f"answered {a['clean']}/{r['count']} (clean), {a['babble10']}/{r['count']} (babble 10 dB)"
+        else:
+            cell = f"{r['exact']}/{r['count']} answered as greetings"
+        out[name] = cell
+    return out
+
+
+def table(paths: list[Path]) -> str:
+    """A markdown table of several result files side by side (e.g. the old and the new model)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    cells = [summary(r) for r in runs]
+    lines = ["| condition | " + " | ".join(p.stem for p in paths) + " |", "|---" * (len(paths) + 1) + "|"]
+    for name in ALL:
+        if any(name in c for c in cells):
+            lines.append(f"| {name} | " + " | ".join(c.get(name, "") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -265,7 +303,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "heldout.json")
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated conditions")
     parser.add_argument("--count", type=int, default=50, help="questions per condition")
+    parser.add_argument("--table", type=Path, nargs="+", help="print result files side by side and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     setup_logging()
     setup_threads(1)
     paths = TinyPaths(args.model)

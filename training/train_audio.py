@@ -26,7 +26,15 @@ from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
 from app.model.speech_in.cmvn import CmvnStats
 from app.model.speech_in.encoder import EncoderConfig
 from training import domain
-from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, live_cut, run_llm
+from training.audio_turns import (
+    Example,
+    TurnMaker,
+    answer_loss,
+    build_batch,
+    live_cut,
+    run_llm,
+    state_logits,
+)
 from training.common import (
     DATA_DIR,
     RUNS_DIR,
@@ -37,7 +45,7 @@ from training.common import (
     start_run,
 )
 from training.streaming import check_equivalence
-from training.turns import Pieces
+from training.turns import IGNORE, Pieces
 
 log = logging.getLogger("audio")
 
@@ -112,6 +120,12 @@ def add_finetune_args(parser) -> None:
         help="rooms, babble, phone lines, levels, pauses (training.augment)",
     )
     parser.add_argument(
+        "--augment-share",
+        type=float,
+        default=1.0,
+        help="with --augmented: share of recordings through the full augmentation (the rest: the light recipe)",
+    )
+    parser.add_argument(
         "--live-cut",
         type=float,
         default=0.0,
@@ -184,6 +198,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ctc-weight", type=float, default=0.5)
     parser.add_argument("--history", type=float, default=0.2, help="share of examples after an earlier turn")
+    parser.add_argument(
+        "--state-weight",
+        type=float,
+        default=0.0,
+        help="also train the state head (chunk labels, as train_state) with this weight; adds ignorable sounds",
+    )
+    parser.add_argument(
+        "--ignorable", type=float, default=0.3, help="share of ignorable sounds when --state-weight > 0"
+    )
     add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
@@ -205,17 +228,23 @@ def main() -> None:
     ctc_head = torch.nn.Linear(ENCODER["output_dim"], blank + 1)
     trained = [*audio.encoder.parameters(), *audio.adpter.parameters(), audio.prompt_embeddings.weight]
     trained += list(ctc_head.parameters())
+    if args.state_weight > 0:
+        trained += list(audio.predictor_head.parameters())
     audio.encoder.global_cmvn.requires_grad_(False)
     trained = [p for p in trained if p.requires_grad]
     optimiser = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     ckpt = Checkpointer("audio", args.save_every)
     step = 0
     if state := ckpt.load(args.resume):
-        audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
+        audio.load_state_dict(state["audio"])
+        try:
+            optimiser.load_state_dict(state["optimiser"])
+        except ValueError:  # the trained set changed (e.g. --state-weight added the head): fresh moments
+            log.info("optimiser state does not fit the trained parameters; starting it afresh")
         ctc_head.load_state_dict(state["ctc_head"])
         step = state["step"]
     rng = np.random.default_rng(step)
-    maker = TurnMaker(rng, augmented=args.augmented)
+    maker = TurnMaker(rng, augmented=args.augmented, augment_share=args.augment_share)
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("audio", 0, every=20)
@@ -232,8 +261,14 @@ def main() -> None:
                 past = maker.question()
                 past.answer_cut = None if rng.random() < 0.5 else int(rng.integers(0, 8))
                 history.append(past)
-            turn = maker.out_of_domain() if rng.random() < args.ood else maker.question()
-            if rng.random() < args.live_cut:
+            draw = rng.random()
+            if args.state_weight > 0 and draw < args.ignorable:
+                turn = maker.ignorable(min_trail=0.5)
+            elif draw < args.ignorable * (args.state_weight > 0) + args.ood:
+                turn = maker.out_of_domain(min_trail=0.5 if args.state_weight > 0 else 0.1)
+            else:
+                turn = maker.question(min_trail=0.5 if args.state_weight > 0 else 0.1)
+            if turn.answer is not None and rng.random() < args.live_cut:
                 turn = live_cut(turn, rng)
             examples.append(Example(turn, history))
         batch = build_batch(audio, llm, pieces, examples)
@@ -241,11 +276,16 @@ def main() -> None:
         answers = answer_loss(llm, hidden, batch)
         ctc = ctc_loss(ctc_head, batch.encoded, examples, pieces, blank)
         loss = answers + args.ctc_weight * ctc
+        states = torch.zeros(())
+        if args.state_weight > 0:
+            logits, labels = state_logits(audio, hidden, batch)
+            states = torch.nn.functional.cross_entropy(logits[:, :3], labels, ignore_index=IGNORE)
+            loss = loss + args.state_weight * states
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
-        progress.update(step, answer=answers.item(), ctc=ctc.item())
+        progress.update(step, answer=answers.item(), ctc=ctc.item(), state=states.item())
         state = {
             "audio": audio.state_dict(),
             "optimiser": optimiser.state_dict(),

@@ -200,7 +200,9 @@ def build_targets_from_export(conditions: dict[str, list[Condition]], model_dir)
         known = exported_tokens(model_dir)
         cache_path.write_text(json.dumps(known))
     # Only what it should say: a garbled reply heard while collecting prefixes is no target.
-    wanted = {*domain.answers(), *sorry_segments()}
+    from transformers import AutoTokenizer
+
+    wanted = {*domain.answers(), *sorry_segments(AutoTokenizer.from_pretrained(str(RUNS_DIR / "llm" / "hf")))}
     targets = []
     for text, conds in conditions.items():
         if text.strip() not in wanted:
@@ -211,9 +213,19 @@ def build_targets_from_export(conditions: dict[str, list[Condition]], model_dir)
     return targets
 
 
-def sorry_segments() -> list[str]:
-    """domain.SORRY as the runtime's segmenter cuts it: one segment per sentence."""
-    return [part.strip() + "." for part in domain.SORRY.split(".") if part.strip()]
+def sorry_segments(tokenizer) -> list[str]:
+    """domain.SORRY as the server's segmenter cuts it (stripped): "Sorry," (a first segment may end
+    at a comma), then one segment per sentence."""
+    from app.model.speech_out.text_segments import SERVER_SEGMENTATION, Segmenter
+
+    segmenter = Segmenter.for_rule(SERVER_SEGMENTATION)
+    out = []
+    for token in tokenizer.encode(domain.SORRY, add_special_tokens=False):
+        if (segment := segmenter.push(token, None, tokenizer.decode([token]))) is not None:
+            out.append(segment.text.strip())
+    if (segment := segmenter.flush()) is not None:
+        out.append(segment.text.strip())
+    return out
 
 
 def training_forward(decoder: SpeechDecoder, conds: list[Condition], tokens: list[list[int]]) -> torch.Tensor:

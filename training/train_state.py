@@ -156,7 +156,7 @@ def main() -> None:
         audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
     rng = np.random.default_rng(1000 + step)
-    maker = TurnMaker(rng, augmented=args.augmented)
+    maker = TurnMaker(rng, augmented=args.augmented, augment_share=args.augment_share)
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("state", 0, every=20)

@@ -65,3 +65,27 @@ def test_augment_keeps_length_and_spreads_levels() -> None:
         assert out.shape == speech.shape and np.all(np.abs(out) <= 1)
         peaks.append(float(np.abs(out).max()))
     assert max(peaks) / min(peaks) > 5  # levels from -36 to -1 dBFS
+
+
+def test_the_held_out_telephone_condition_is_band_limited_and_keeps_length() -> None:
+    from training.heldout_eval import telephone
+
+    t = np.arange(RATE) / RATE
+    mix = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    out = telephone(mix)[: len(mix)]
+    spectrum = np.abs(np.fft.rfft(out))
+    freqs = np.fft.rfftfreq(len(out), 1 / RATE)
+    assert abs(len(out) - len(mix)) < RATE // 100
+    assert spectrum[np.abs(freqs - 6000) < 50].max() < 0.01 * spectrum[np.abs(freqs - 1000) < 50].max()
+
+
+def test_held_out_conditions_keep_the_question_where_it_was() -> None:
+    from training.heldout_eval import OFFLINE, condition_recording
+
+    sound = np.concatenate([_tone(300, 0.4), np.zeros(800, np.float32), _tone(500, 0.4)])
+    for name in OFFLINE:
+        samples, end_chunk = condition_recording(name, sound, seed=1)
+        assert samples.dtype == np.float32 and np.all(np.abs(samples) <= 1)
+        lead = 2.0 if name == "pauses2s" else 0.3
+        assert end_chunk == (int(lead * RATE) + len(sound) - 1) // 2560, name
+        assert len(samples) > (end_chunk + 1) * 2560, name
