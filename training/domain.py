@@ -106,7 +106,8 @@ def domain_corpus() -> str:
     return "\n".join(lines)
 
 
-# What it says to speech that is none of the questions above (issue 19: a way to say no).
+# What it says to speech that is none of the questions above (issue 19: a way to say no). Unlike
+# the answers it has commas: the server's segmenter cuts it into three segments ("Sorry," / ...).
 SORRY = "Sorry, I only know a few questions. Ask me what I can do."
 
 GREETING_PAIR = 0
