@@ -17,6 +17,7 @@ from app.model.pipeline import pad_to_chunks
 from app.model.speech_in.audio_llm import AudioLLM
 from app.model.speech_in.frontend import StreamingFbank
 from training import domain
+from training.augment import augment
 from training.common import DATA_DIR, Clips
 from training.streaming import adapt_stream, encode_stream
 from training.synth import noise_clip, place
@@ -57,18 +58,57 @@ class Example:
     history: list[Turn] = field(default_factory=list)
 
 
-class TurnMaker:
-    """Random spoken turns from the generated data (training split) with fresh placement and noise."""
+def _optional_clips(name: str) -> Clips | None:
+    path = DATA_DIR / name
+    return Clips(path) if path.exists() else None
 
-    def __init__(self, rng: np.random.Generator, split: int = 0) -> None:
+
+def live_cut(turn: Turn, rng: np.random.Generator) -> Turn:
+    """The turn as the live engine hears it: up to the chunk where the head fires, 0-2 chunks after
+    the one holding the last sample (the answer then starts from there)."""
+    end_chunk = (
+        int(np.nonzero(turn.labels != LISTEN)[0][0])
+        if (turn.labels != LISTEN).any()
+        else len(turn.labels) - 1
+    )
+    keep = min(len(turn.labels), end_chunk + 1 + int(rng.choice([0, 1, 1, 2])))
+    return Turn(turn.feats[:keep], turn.labels[:keep], turn.answer, turn.answer_cut, turn.question)
+
+
+class TurnMaker:
+    """Random spoken turns from the generated data (training split) with fresh placement and noise.
+
+    `augmented`: issue 19's recipe (rooms, babble, phone lines, any level, long pauses around and
+    inside the question, greetings, out-of-domain speech); otherwise the original light recipe.
+    """
+
+    def __init__(
+        self, rng: np.random.Generator, split: int = 0, augmented: bool = False, augment_share: float = 1.0
+    ) -> None:
         self.rng = rng
+        self.augmented = augmented
+        self.augment_share = augment_share  # of recordings through training.augment; the rest: light recipe
         self.questions = Clips(DATA_DIR / "questions.npz")
         self.ignore = Clips(DATA_DIR / "ignore.npz")
         labels, splits = self.questions.columns["label"], self.questions.columns["split"]
         self.by_pair = [np.nonzero((labels == p) & (splits == split))[0] for p in range(len(domain.PAIRS))]
+        self.greetings = _optional_clips("greetings.npz") if augmented else None
+        self.ood = _optional_clips("ood.npz") if augmented else None
+        self.paused = _optional_clips("paused.npz") if augmented else None
+        babble = _optional_clips("babble.npz") if augmented else None
+        self.babble = [babble[i] for i in range(len(babble))] if babble is not None else None
+        if self.paused is not None:
+            plabels = self.paused.columns["label"]
+            self.paused_by_pair = [np.nonzero(plabels == p)[0] for p in range(len(domain.PAIRS))]
 
     def _place(self, sound: np.ndarray, min_trail: float) -> tuple[np.ndarray, int]:
         rng = self.rng
+        if self.augmented and rng.random() < self.augment_share:
+            long_lead, long_trail = rng.random() < 0.25, rng.random() < 0.25
+            lead = float(rng.uniform(1.0, 3.0) if long_lead else rng.uniform(0.0, 1.0))
+            trail = float(rng.uniform(1.2, 3.0) if long_trail else rng.uniform(min_trail, 1.2))
+            placed = place(sound, rng, lead_s=lead, trail_s=trail, snr_db=None)
+            return augment(placed.samples, placed.start, placed.end, rng, self.babble), placed.end
         placed = place(
             sound,
             rng,
@@ -82,11 +122,29 @@ class TurnMaker:
 
     def question(self, pair: int | None = None, min_trail: float = 0.1) -> Turn:
         pair = int(self.rng.integers(len(domain.PAIRS))) if pair is None else pair
+        qa = domain.PAIRS[pair]
         clip = self.questions[int(self.rng.choice(self.by_pair[pair]))]
+        said = qa.question
+        if self.paused is not None and self.rng.random() < 0.15:
+            clip = self.paused[int(self.rng.choice(self.paused_by_pair[pair]))]
+        if self.greetings is not None and pair == domain.GREETING_PAIR and self.rng.random() < 0.6:
+            index = int(self.rng.integers(len(self.greetings)))
+            clip = self.greetings[index]
+            said = domain.TRAIN_GREETINGS[int(self.greetings.columns["label"][index])]
         samples, end = self._place(clip, min_trail)
         feats = chunk_features(samples)
-        qa = domain.PAIRS[pair]
-        return Turn(feats, chunk_labels(len(feats), end, ANSWER), qa.answer, question=qa.question)
+        return Turn(feats, chunk_labels(len(feats), end, ANSWER), qa.answer, question=said)
+
+    def out_of_domain(self, min_trail: float = 0.1) -> Turn:
+        """Speech that is none of the questions (long sentences with pauses too): SORRY."""
+        assert self.ood is not None, "run training.make_data first (ood.npz)"
+        index = int(self.rng.integers(len(self.ood)))
+        said = (domain.OUT_OF_DOMAIN_TRAIN + domain.LONG_SENTENCES_TRAIN)[
+            int(self.ood.columns["label"][index])
+        ]
+        samples, end = self._place(self.ood[index], min_trail)
+        feats = chunk_features(samples)
+        return Turn(feats, chunk_labels(len(feats), end, ANSWER), domain.SORRY, question=said)
 
     def ignorable(self, min_trail: float = 0.1) -> Turn:
         if self.rng.random() < 0.5:

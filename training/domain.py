@@ -102,4 +102,70 @@ def answers() -> list[str]:
 def domain_corpus() -> str:
     """Text covering every word the model reads or says, for the tokenizer."""
     lines = [SYSTEM_ROLE, *[p.question for p in PAIRS], *[p.answer for p in PAIRS], *BACKCHANNELS]
+    lines += [SORRY, *TRAIN_GREETINGS, *OUT_OF_DOMAIN_TRAIN]
     return "\n".join(lines)
+
+
+# What it says to speech that is none of the questions above (issue 19: a way to say no). Unlike
+# the answers it has commas: the server's segmenter cuts it into three segments ("Sorry," / ...).
+SORRY = "Sorry, I only know a few questions. Ask me what I can do."
+
+GREETING_PAIR = 0
+"""Other greetings get the answer of "Hello." instead of being taken for a backchannel."""
+TRAIN_GREETINGS = ["Hello world.", "Hi.", "Hi there.", "Hello there.", "Hey there.", "Hello everybody."]
+
+_PLACES = ["France", "Spain", "Japan", "Canada", "Brazil", "Egypt", "India", "Italy", "Mexico", "Kenya"]
+_TOPICS = ["music", "football", "cooking", "history", "the moon", "dinosaurs", "cars", "movies", "trains"]
+_OOD_FIXED = [
+    "Tell me a joke.",
+    "What time is it?",
+    "Play some music.",
+    "What is the weather like today?",
+    "Turn on the lights.",
+    "Open the window please.",
+    "Where do you live?",
+    "Can you sing a song for me?",
+    "Set an alarm for seven.",
+    "Who won the game last night?",
+    "How tall is the highest mountain?",
+    "Call my mother.",
+    "I would like to order a pizza.",
+    "Where is the nearest train station?",
+    "Read me the news.",
+    "What is the meaning of life?",
+    "How do I bake bread?",
+    "Book a table for two people.",
+    "Send a message to John.",
+    "What is the speed of light?",
+    "I lost my keys again.",
+    "The train was late this morning.",
+    "My brother is coming to visit next week.",
+    "Please remind me to buy milk.",
+    "How far away is the moon?",
+    "What should I cook for dinner?",
+    "Do you like cats or dogs?",
+    "Translate this into German.",
+    "What is the population of London?",
+    "Why is the ocean salty?",
+]
+OUT_OF_DOMAIN_TRAIN: list[str] = [
+    *_OOD_FIXED,
+    *[f"What is the capital of {place}?" for place in _PLACES],
+    *[f"Tell me something about {topic}." for topic in _TOPICS],
+    *[f"Do you know anything about {topic}?" for topic in _TOPICS],
+    *[f"How far is it to {place}?" for place in _PLACES[:5]],
+]
+"""Speech that is not one of the questions: answered with SORRY. The held-out list is in
+`training.heldout_eval` and shares no sentence with this one."""
+
+LONG_SENTENCES_TRAIN: list[str] = [
+    "I went to the market yesterday and bought some apples and a loaf of bread for the week.",
+    "When we arrived at the station the train had already left so we waited for the next one.",
+    "My grandmother used to tell us long stories about the village where she grew up.",
+    "The children played in the garden all afternoon while their parents talked in the kitchen.",
+    "After the meeting we walked along the river and talked about our plans for the summer.",
+    "If it rains again tomorrow we will have to move the party inside the old barn.",
+    "She told me that the new library will open next month right next to the park.",
+    "We painted the fence on Saturday and then we cleaned the whole house on Sunday.",
+]
+"""Long out-of-domain sentences, heard with pauses between words: the head must wait for the end."""

@@ -43,7 +43,7 @@ def trained_audio_path() -> Path:
     raise FileNotFoundError("no trained audio stage: run training.train_audio (and train_state) first")
 
 
-def write_model(out: Path, dtype: torch.dtype) -> None:
+def write_model(out: Path, dtype: torch.dtype, codec_dir: Path | None = None) -> None:
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     hf = RUNS_DIR / "llm" / "hf"
@@ -55,7 +55,7 @@ def write_model(out: Path, dtype: torch.dtype) -> None:
     audio.load_state_dict(torch.load(trained_audio_path(), weights_only=True))
     decoder = SpeechDecoder(decoder_config(llm.config.hidden_size))
     decoder.load_state_dict(torch.load(RUNS_DIR / "decoder" / "decoder.pt", weights_only=True))
-    codec = load_codec(RUNS_DIR / "codec" / "codec")
+    codec = load_codec(codec_dir or RUNS_DIR / "codec" / "codec")
     mean = audio.encoder.global_cmvn.mean.double().numpy()
     istd = audio.encoder.global_cmvn.istd.double().numpy()
     # The JSON stats file is written from the trained CMVN buffers (final.pt carries them too).
@@ -94,26 +94,39 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--check", type=int, default=10, help="held-out questions to compare fp16 with fp32")
+    parser.add_argument(
+        "--codec-from",
+        type=Path,
+        default=None,
+        help="take the codec from an exported model (e.g. a copy of models/trained) instead of training.train_codec's",
+    )
     args = parser.parse_args()
     setup_logging()
     setup_threads(1)
+    codec_dir = args.codec_from / CHECKPOINT_DIR / "codec" if args.codec_from is not None else None
+    if codec_dir is not None and args.out.resolve() in codec_dir.resolve().parents:
+        raise SystemExit(
+            f"--codec-from {args.codec_from} is inside --out {args.out}: copy it elsewhere first"
+        )
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    write_model(args.out, torch.float16)
+    write_model(args.out, torch.float16, codec_dir)
     (args.out / "domain.json").write_text(
         json.dumps(
             {
                 "system_role": domain.SYSTEM_ROLE,
                 "pairs": [{"question": p.question, "answer": p.answer} for p in domain.PAIRS],
                 "ignored": domain.BACKCHANNELS + ["noise", "coughs", "hum", "clicks"],
+                "greetings": domain.TRAIN_GREETINGS,
+                "anything_else": domain.SORRY,
             },
             indent=2,
         )
         + "\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        write_model(Path(tmp), torch.float32)
+        write_model(Path(tmp), torch.float32, codec_dir)
         log.info(
             "fp16 files give the same text and codec tokens as fp32 on %s held-out turns",
             compare(args.out, Path(tmp), args.check),

@@ -20,7 +20,7 @@ import numpy as np
 
 from training import domain
 from training.common import DATA_DIR, save_clips, setup_logging
-from training.synth import espeak, sox_effects
+from training.synth import espeak, sox_effects, with_breaks
 
 log = logging.getLogger("make_data")
 
@@ -103,6 +103,51 @@ def question_variants(rng: np.random.Generator, text: str, count: int, speeds, p
     return out
 
 
+def extras(out: Path, rng: np.random.Generator) -> None:
+    """Issue 19's additions (own seed, so the files above stay as they were):
+
+    greetings.npz  other greetings, answered like "Hello." (label: index in TRAIN_GREETINGS)
+    ood.npz        out-of-domain questions and long sentences, answered with SORRY; the long ones
+                   with pauses between words (label: index in OUT_OF_DOMAIN_TRAIN + LONG_SENTENCES_TRAIN)
+    paused.npz     every question with pauses of 80-600 ms between words (label: pair index)
+    babble.npz     other talkers for babble: sentences in random voices
+    """
+    speeds, pitches = domain.TRAIN_SPEEDS, domain.TRAIN_PITCHES
+
+    def say(text: str, pauses: int = 0, longest_ms: int = 600) -> np.ndarray:
+        voice = str(rng.choice(domain.QUESTION_VOICES))
+        speed = int(rng.choice(speeds)) + int(rng.integers(-3, 4))
+        pitch = int(rng.choice(pitches)) + int(rng.integers(-2, 3))
+        if pauses:
+            return espeak(with_breaks(text, rng, pauses, 80, longest_ms), voice, speed, pitch, ssml=True)
+        return espeak(text, voice, speed, pitch)
+
+    clips, labels = [], []
+    for index, text in enumerate(domain.TRAIN_GREETINGS):
+        for _ in range(12):
+            clips.append(say(text)), labels.append(index)
+    save_clips(out / "greetings.npz", clips, 16000, label=labels)
+    clips, labels = [], []
+    ood = domain.OUT_OF_DOMAIN_TRAIN + domain.LONG_SENTENCES_TRAIN
+    for index, text in enumerate(ood):
+        long = index >= len(domain.OUT_OF_DOMAIN_TRAIN)
+        for k in range(10 if long else 5):
+            (
+                clips.append(say(text, pauses=int(rng.integers(1, 4)) if long and k % 5 else 0)),
+                labels.append(index),
+            )
+    save_clips(out / "ood.npz", clips, 16000, label=labels)
+    log.info("out of domain: %d clips, %.1f min", len(clips), sum(map(len, clips)) / 16000 / 60)
+    clips, labels = [], []
+    for index, pair in enumerate(domain.PAIRS):
+        for _ in range(5):
+            clips.append(say(pair.question, pauses=int(rng.integers(1, 3)))), labels.append(index)
+    save_clips(out / "paused.npz", clips, 16000, label=labels)
+    sentences = codec_sentences(rng, 200) + GENERIC
+    save_clips(out / "babble.npz", [say(s) for s in sentences], 16000)
+    log.info("greetings, paused questions and %d babble sentences written", len(sentences))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,6 +197,7 @@ def main() -> None:
         codec.append(espeak(sentence, voice, int(rng.choice([150, 160, 160, 170])), pitch, rate=24000))
     save_clips(args.out / "codec.npz", codec, 24000)
     log.info("codec corpus: %d clips, %.1f min", len(codec), sum(map(len, codec)) / 24000 / 60)
+    extras(args.out, np.random.default_rng(args.seed + 19))
     (args.out / "meta.json").write_text(
         json.dumps({"seed": args.seed, "variants": args.variants, "seconds": time.perf_counter() - started})
     )

@@ -3,6 +3,12 @@
 # with LLM -> encoder/adapter -> state head, then the speech decoder (it needs both), the export
 # and the measurements. Each stage is nice'd and single-threaded; logs: training/runs/<stage>.log.
 # Stages with a time budget are not bit-reproducible (steps depend on the machine's speed).
+#
+# Then issue 19's fine-tune of that model (rooms, babble, phone lines, levels, pauses, live-cut
+# answers, the SORRY answer, greetings) into training/runs/candidate, and the held-out per-condition
+# figures of both (training/runs/heldout_*.json; training/README.md). The candidate is not copied
+# into models/trained: it does not yet measure better (see training/README.md). Skip this part with
+# ISSUE19=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,7 +24,7 @@ stage() {
 stage make_data
 stage train_codec --minutes 26 &
 codec=$!
-stage train_llm --steps 300
+stage train_llm --steps 300 --other-share 0
 stage train_audio --minutes 15
 stage train_audio --minutes 5 --resume --lr 6e-4
 stage train_state --minutes 8
@@ -31,3 +37,18 @@ stage train_decoder --minutes 1.5 --resume --lr 5e-4
 stage export
 stage measure
 cat training/runs/*/figures.json training/runs/measure.json
+
+[ "${ISSUE19:-1}" = 0 ] && exit 0
+# Issue 19, as run for training/README.md's figures (on 2 cores shared with other jobs).
+base=training/runs/shipped_v1
+rm -rf "$base" && cp -r models/trained "$base"
+rm -rf training/runs/state  # the fine-tuned audio stage below is the one to export
+stage train_llm --init-from "$base" --steps 100 --lr 5e-4 --batch 16
+stage codec_invert "Sorry," "I only know a few questions." "Ask me what I can do." --model "$base"
+stage train_audio --init-from "$base" --augmented --augment-share 0.35 --live-cut 0.5 --ood 0.1 \
+    --lr 3e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 16
+stage train_decoder --init-from "$base" --minutes 6 --lr 5e-4
+stage export --out training/runs/candidate --codec-from "$base"
+stage heldout_eval --model "$base" --out training/runs/heldout_old.json
+stage heldout_eval --model training/runs/candidate --out training/runs/heldout_new.json
+"$PY" -m training.heldout_eval --table training/runs/heldout_old.json training/runs/heldout_new.json

@@ -26,12 +26,28 @@ def _tool(name: str) -> str:
     return path
 
 
-def espeak(text: str, voice: str, speed: int, pitch: int, rate: int = 16000) -> np.ndarray:
-    """`text` spoken by espeak-ng, mono float32 at `rate`, leading and trailing silence trimmed."""
+def espeak(
+    text: str, voice: str, speed: int, pitch: int, rate: int = 16000, ssml: bool = False
+) -> np.ndarray:
+    """`text` spoken by espeak-ng, mono float32 at `rate`, leading and trailing silence trimmed.
+
+    `ssml`: `text` is SSML (e.g. with `<break time="300ms"/>` pauses between words)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "say.wav"
         subprocess.run(
-            [_tool("espeak-ng"), "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+            [
+                _tool("espeak-ng"),
+                *(["-m"] if ssml else []),
+                "-v",
+                voice,
+                "-s",
+                str(speed),
+                "-p",
+                str(pitch),
+                "-w",
+                str(path),
+                text,
+            ],
             check=True,
             capture_output=True,
             timeout=60,
@@ -144,3 +160,19 @@ def place(
         level = np.sqrt(np.mean((gain * sound) ** 2) + 1e-12) / (10 ** (snr_db / 20))
         samples = samples + level * noise(noise_kind, len(samples), rng)
     return Placed(np.clip(samples, -1, 1).astype(np.float32), lead, lead + len(sound))
+
+
+def with_breaks(text: str, rng: np.random.Generator, count: int, shortest_ms: int, longest_ms: int) -> str:
+    """SSML of `text` with `count` pauses of shortest..longest ms between random words."""
+    words = text.split()
+    if len(words) < 2:
+        return f"<speak>{text}</speak>"
+    spots = set(
+        int(i) for i in rng.choice(np.arange(1, len(words)), size=min(count, len(words) - 1), replace=False)
+    )
+    out = []
+    for i, word in enumerate(words):
+        if i in spots:
+            out.append(f'<break time="{int(rng.integers(shortest_ms, longest_ms + 1))}ms"/>')
+        out.append(word)
+    return "<speak>" + " ".join(out) + "</speak>"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,15 @@ from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
 from app.model.speech_in.cmvn import CmvnStats
 from app.model.speech_in.encoder import EncoderConfig
 from training import domain
-from training.audio_turns import Example, TurnMaker, answer_loss, build_batch, run_llm
+from training.audio_turns import (
+    Example,
+    TurnMaker,
+    answer_loss,
+    build_batch,
+    live_cut,
+    run_llm,
+    state_logits,
+)
 from training.common import (
     DATA_DIR,
     RUNS_DIR,
@@ -36,7 +45,7 @@ from training.common import (
     start_run,
 )
 from training.streaming import check_equivalence
-from training.turns import Pieces
+from training.turns import IGNORE, Pieces
 
 log = logging.getLogger("audio")
 
@@ -84,6 +93,47 @@ def training_cmvn(count: int = 300) -> CmvnStats:
     rng = np.random.default_rng(1)
     picks = rng.choice(len(clips), size=min(count, len(clips)), replace=False)
     return CmvnStats.from_features(np.concatenate([fbank_whole(clips[int(i)]) for i in picks]))
+
+
+def load_exported_audio(model_dir, llm_hidden: int, im_end: int) -> AudioLLM:
+    """The encoder, adapter, prompts, state head and CMVN of an exported model (fp32), to fine-tune."""
+    from app.model.checkpoint_io.layout import load_audio_llm
+    from app.model.fixtures.tiny import CHECKPOINT_DIR
+
+    exported = load_audio_llm(
+        model_dir / CHECKPOINT_DIR, llm_hidden, device=torch.device("cpu"), dtype=torch.float32
+    )
+    audio = build_audio(llm_hidden, im_end)
+    audio.load_state_dict(exported.state_dict())
+    log.info("starting from the audio side of %s", model_dir)
+    return audio
+
+
+def add_finetune_args(parser) -> None:
+    """Issue 19's options, shared by the audio and state stages."""
+    parser.add_argument(
+        "--init-from", type=Path, default=None, help="fine-tune an exported model (e.g. models/trained)"
+    )
+    parser.add_argument(
+        "--augmented",
+        action="store_true",
+        help="rooms, babble, phone lines, levels, pauses (training.augment)",
+    )
+    parser.add_argument(
+        "--augment-share",
+        type=float,
+        default=1.0,
+        help="with --augmented: share of recordings through the full augmentation (the rest: the light recipe)",
+    )
+    parser.add_argument(
+        "--live-cut",
+        type=float,
+        default=0.0,
+        help="share of questions cut where the live engine answers (0-2 chunks after the last word)",
+    )
+    parser.add_argument(
+        "--ood", type=float, default=0.0, help="share of out-of-domain turns (answered with domain.SORRY)"
+    )
 
 
 def set_cmvn(audio: AudioLLM, cmvn: CmvnStats) -> None:
@@ -148,15 +198,28 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ctc-weight", type=float, default=0.5)
     parser.add_argument("--history", type=float, default=0.2, help="share of examples after an earlier turn")
+    parser.add_argument(
+        "--state-weight",
+        type=float,
+        default=0.0,
+        help="also train the state head (chunk labels, as train_state) with this weight; adds ignorable sounds",
+    )
+    parser.add_argument(
+        "--ignorable", type=float, default=0.3, help="share of ignorable sounds when --state-weight > 0"
+    )
+    add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
     llm_folder = RUNS_DIR / "llm" / "hf"
     llm, pieces = load_llm(llm_folder)
-    audio = build_audio(llm.config.hidden_size, pieces.im_end)
-    with torch.no_grad():
-        audio.prompt_embeddings.weight.normal_(0.0, float(llm.model.embed_tokens.weight.std()))
-    set_cmvn(audio, training_cmvn())
+    if args.init_from is not None:
+        audio = load_exported_audio(args.init_from, llm.config.hidden_size, pieces.im_end)
+    else:
+        audio = build_audio(llm.config.hidden_size, pieces.im_end)
+        with torch.no_grad():
+            audio.prompt_embeddings.weight.normal_(0.0, float(llm.model.embed_tokens.weight.std()))
+        set_cmvn(audio, training_cmvn())
     log.info(
         "streaming training path matches forward_chunks (max diff %.2e)",
         check_equivalence(audio.encoder, audio.adpter),
@@ -165,17 +228,23 @@ def main() -> None:
     ctc_head = torch.nn.Linear(ENCODER["output_dim"], blank + 1)
     trained = [*audio.encoder.parameters(), *audio.adpter.parameters(), audio.prompt_embeddings.weight]
     trained += list(ctc_head.parameters())
+    if args.state_weight > 0:
+        trained += list(audio.predictor_head.parameters())
     audio.encoder.global_cmvn.requires_grad_(False)
     trained = [p for p in trained if p.requires_grad]
     optimiser = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     ckpt = Checkpointer("audio", args.save_every)
     step = 0
     if state := ckpt.load(args.resume):
-        audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
+        audio.load_state_dict(state["audio"])
+        try:
+            optimiser.load_state_dict(state["optimiser"])
+        except ValueError:  # the trained set changed (e.g. --state-weight added the head): fresh moments
+            log.info("optimiser state does not fit the trained parameters; starting it afresh")
         ctc_head.load_state_dict(state["ctc_head"])
         step = state["step"]
     rng = np.random.default_rng(step)
-    maker = TurnMaker(rng)
+    maker = TurnMaker(rng, augmented=args.augmented, augment_share=args.augment_share)
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("audio", 0, every=20)
@@ -192,17 +261,31 @@ def main() -> None:
                 past = maker.question()
                 past.answer_cut = None if rng.random() < 0.5 else int(rng.integers(0, 8))
                 history.append(past)
-            examples.append(Example(maker.question(), history))
+            draw = rng.random()
+            if args.state_weight > 0 and draw < args.ignorable:
+                turn = maker.ignorable(min_trail=0.5)
+            elif draw < args.ignorable * (args.state_weight > 0) + args.ood:
+                turn = maker.out_of_domain(min_trail=0.5 if args.state_weight > 0 else 0.1)
+            else:
+                turn = maker.question(min_trail=0.5 if args.state_weight > 0 else 0.1)
+            if turn.answer is not None and rng.random() < args.live_cut:
+                turn = live_cut(turn, rng)
+            examples.append(Example(turn, history))
         batch = build_batch(audio, llm, pieces, examples)
         hidden = run_llm(llm, batch)
         answers = answer_loss(llm, hidden, batch)
         ctc = ctc_loss(ctc_head, batch.encoded, examples, pieces, blank)
         loss = answers + args.ctc_weight * ctc
+        states = torch.zeros(())
+        if args.state_weight > 0:
+            logits, labels = state_logits(audio, hidden, batch)
+            states = torch.nn.functional.cross_entropy(logits[:, :3], labels, ignore_index=IGNORE)
+            loss = loss + args.state_weight * states
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
-        progress.update(step, answer=answers.item(), ctc=ctc.item())
+        progress.update(step, answer=answers.item(), ctc=ctc.item(), state=states.item())
         state = {
             "audio": audio.state_dict(),
             "optimiser": optimiser.state_dict(),

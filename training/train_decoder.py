@@ -21,6 +21,7 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,28 +102,37 @@ def collect_conditions(width: int, spoken_per_pair: int) -> dict[str, list[Condi
     questions = Clips(DATA_DIR / "questions.npz")
     labels, splits = questions.columns["label"], questions.columns["split"]
     rng = np.random.default_rng(5)
+    every_input = []
+    for index, pair in enumerate(domain.PAIRS):
+        inputs = [("text", pair.question)]
+        if audio_path is not None:
+            picks = rng.choice(
+                np.nonzero((labels == index) & (splits == 0))[0], spoken_per_pair, replace=False
+            )
+            inputs += [("audio", questions[int(i)]) for i in picks]
+        every_input += inputs
+    if (DATA_DIR / "ood.npz").exists():  # the SORRY answer, typed and spoken
+        ood = Clips(DATA_DIR / "ood.npz")
+        every_input += [
+            ("text", q) for q in domain.OUT_OF_DOMAIN_TRAIN[:: max(1, len(domain.OUT_OF_DOMAIN_TRAIN) // 6)]
+        ]
+        if audio_path is not None:
+            every_input += [
+                ("audio", ood[int(i)]) for i in rng.choice(len(ood), 2 * spoken_per_pair, replace=False)
+            ]
     with torch.inference_mode():
-        for index, pair in enumerate(domain.PAIRS):
-            inputs = [("text", pair.question)]
-            if audio_path is not None:
-                picks = rng.choice(
-                    np.nonzero((labels == index) & (splits == 0))[0], spoken_per_pair, replace=False
-                )
-                inputs += [("audio", int(i)) for i in picks]
-            for kind, item in inputs:
-                cache = llm.new_cache(1, 1024)
-                slot = cache.allocate()
-                llm.forward_rows([LLMRow(slot, system_prefill_embeds(model, None))], cache)
-                if kind == "text":
-                    llm.forward_rows([LLMRow(slot, text_turn_embeds(model, item))], cache)
-                else:
-                    samples = np.concatenate(
-                        [np.zeros(4000, np.float32), questions[item], np.zeros(6000, np.float32)]
-                    )
-                    pipeline._listen(samples, slot, cache)
-                _, segments = pipeline._answer(slot, cache, options, torch.Generator())
-                for segment in segments:
-                    found.setdefault(segment.text, []).append(condition(segment))
+        for kind, item in every_input:
+            cache = llm.new_cache(1, 1024)
+            slot = cache.allocate()
+            llm.forward_rows([LLMRow(slot, system_prefill_embeds(model, None))], cache)
+            if kind == "text":
+                llm.forward_rows([LLMRow(slot, text_turn_embeds(model, item))], cache)
+            else:
+                samples = np.concatenate([np.zeros(4000, np.float32), item, np.zeros(6000, np.float32)])
+                pipeline._listen(samples, slot, cache)
+            _, segments = pipeline._answer(slot, cache, options, torch.Generator())
+            for segment in segments:
+                found.setdefault(segment.text, []).append(condition(segment))
     return found
 
 
@@ -140,6 +150,82 @@ def build_targets(conditions: dict[str, list[Condition]]) -> list[Target]:
         wave = np.concatenate([pad, espeak(text.strip(), voice, speed, pitch, rate=24000), pad])
         targets.append(Target(text, tokenise(encoder, table, wave), conds))
     return targets
+
+
+def exported_tokens(model_dir) -> dict[str, list[int]]:
+    """Segment text -> the codec tokens an exported model's own decoder speaks for it (greedy, after
+    a typed question): the targets that keep a fine-tuned decoder saying what it said."""
+    from app.model.checkpoint_io.layout import load_freeze_omni
+    from app.model.fixtures.tiny import TinyPaths
+    from app.model.llm.qwen2 import LLMRow
+    from app.model.pipeline import InferOptions, OfflinePipeline
+    from app.model.turn_parts import system_prefill_embeds, text_turn_embeds
+
+    paths = TinyPaths(model_dir)
+    model = load_freeze_omni(paths.model_path, paths.llm_path)
+    pipeline = OfflinePipeline(model)
+    width = model.decoder.config.hidden_size
+    out: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for pair in domain.PAIRS:
+            cache = model.llm.new_cache(1, 1024)
+            slot = cache.allocate()
+            model.llm.forward_rows([LLMRow(slot, system_prefill_embeds(model, None))], cache)
+            model.llm.forward_rows([LLMRow(slot, text_turn_embeds(model, pair.question))], cache)
+            _, segments = pipeline._answer(
+                slot, cache, InferOptions.greedy(max_new_tokens=60), torch.Generator()
+            )
+            for segment in segments:
+                hidden = torch.stack(list(segment.hidden_rows)).float()
+                ids = model.tokenize(post_process(segment.text)) or [model.eod_id]
+                cond = Condition(
+                    reshape_llm_vectors(hidden, width),
+                    reshape_llm_vectors(model.llm.embed(ids).float(), width),
+                )
+                out[segment.text] = greedy_tokens(model.decoder.float(), cond, 400)
+    return out
+
+
+def build_targets_from_export(conditions: dict[str, list[Condition]], model_dir) -> list[Target]:
+    """Targets without the codec's encoder: the exported decoder's own tokens for what it already
+    says, analysis by synthesis through the exported codec (`training.codec_invert`) for new text."""
+    import json
+
+    from training.codec_invert import inverted_tokens
+
+    cache_path = RUNS_DIR / "decoder" / "targets_from_export.json"
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    known: dict[str, list[int]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if not known:
+        known = exported_tokens(model_dir)
+        cache_path.write_text(json.dumps(known))
+    # Only what it should say: a garbled reply heard while collecting prefixes is no target.
+    from transformers import AutoTokenizer
+
+    wanted = {*domain.answers(), *sorry_segments(AutoTokenizer.from_pretrained(str(RUNS_DIR / "llm" / "hf")))}
+    targets = []
+    for text, conds in conditions.items():
+        if text.strip() not in wanted:
+            log.info("skipping segment %r (not an answer)", text)
+            continue
+        tokens = known.get(text) or inverted_tokens(text.strip(), model_dir)
+        targets.append(Target(text, tokens, conds))
+    return targets
+
+
+def sorry_segments(tokenizer) -> list[str]:
+    """domain.SORRY as the server's segmenter cuts it (stripped): "Sorry," (a first segment may end
+    at a comma), then one segment per sentence."""
+    from app.model.speech_out.text_segments import SERVER_SEGMENTATION, Segmenter
+
+    segmenter = Segmenter.for_rule(SERVER_SEGMENTATION)
+    out = []
+    for token in tokenizer.encode(domain.SORRY, add_special_tokens=False):
+        if (segment := segmenter.push(token, None, tokenizer.decode([token]))) is not None:
+            out.append(segment.text.strip())
+    if (segment := segmenter.flush()) is not None:
+        out.append(segment.text.strip())
+    return out
 
 
 def training_forward(decoder: SpeechDecoder, conds: list[Condition], tokens: list[list[int]]) -> torch.Tensor:
@@ -241,6 +327,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--spoken-per-pair", type=int, default=4)
     parser.add_argument("--prefix-noise", type=float, default=0.1, help="relative noise on the prefix")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune an exported model's decoder (e.g. models/trained); targets come from its decoder "
+        "and codec (no codec encoder needed)",
+    )
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
@@ -252,7 +345,11 @@ def main() -> None:
     llm_hidden = Qwen2Config.from_folder(RUNS_DIR / "llm" / "hf").hidden_size
     config = decoder_config(llm_hidden)
     started = time.perf_counter()
-    targets = build_targets(collect_conditions(config.hidden_size, args.spoken_per_pair))
+    conditions = collect_conditions(config.hidden_size, args.spoken_per_pair)
+    if args.init_from is not None:
+        targets = build_targets_from_export(conditions, args.init_from)
+    else:
+        targets = build_targets(conditions)
     log.info(
         "%d segments, %d conditions, %d tokens, prepared in %.0f s",
         len(targets),
@@ -261,6 +358,14 @@ def main() -> None:
         time.perf_counter() - started,
     )
     decoder = SpeechDecoder(config)
+    if args.init_from is not None:
+        from app.model.checkpoint_io.layout import load_speech_decoder
+        from app.model.fixtures.tiny import CHECKPOINT_DIR
+
+        exported = load_speech_decoder(
+            args.init_from / CHECKPOINT_DIR, device=torch.device("cpu"), dtype=torch.float32
+        )
+        decoder.load_state_dict(exported.state_dict())
     optimiser = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=0.0)
     step = 0
     if state := ckpt.load(args.resume):

@@ -61,11 +61,23 @@ def build_model(vocab: int, im_end: int, pad: int):
     return Qwen2ForCausalLM(config)
 
 
-def sample_dialog(pieces: Pieces, rng: random.Random) -> tuple[list[int], list[int]]:
-    turns = []
-    for _ in range(rng.choice([1, 1, 2, 2, 3])):
-        pair = rng.choice(domain.PAIRS)
-        turns.append([pair.question, pair.answer, None])
+def sample_turn(rng: random.Random, other_share: float) -> list:
+    """A typed question and its answer: mostly the 50 pairs; some greetings and out-of-domain
+    questions (answered with `domain.SORRY`) when `other_share` > 0."""
+    if rng.random() < other_share:
+        if rng.random() < 0.3:
+            greeting = domain.PAIRS[domain.GREETING_PAIR]
+            return [rng.choice(domain.TRAIN_GREETINGS), greeting.answer, None]
+        sentence = rng.choice(domain.OUT_OF_DOMAIN_TRAIN + domain.LONG_SENTENCES_TRAIN)
+        return [sentence, domain.SORRY, None]
+    pair = rng.choice(domain.PAIRS)
+    return [pair.question, pair.answer, None]
+
+
+def sample_dialog(
+    pieces: Pieces, rng: random.Random, other_share: float = 0.0
+) -> tuple[list[int], list[int]]:
+    turns = [sample_turn(rng, other_share) for _ in range(rng.choice([1, 1, 2, 2, 3]))]
     for turn in turns[:-1]:
         if rng.random() < 0.4:  # barge-in: the earlier answer stops anywhere
             turn[2] = rng.randint(0, len(pieces.encode(turn[1])))
@@ -82,7 +94,7 @@ def batch_tensors(samples: list[tuple[list[int], list[int]]], pad: int) -> tuple
     return ids, targets
 
 
-def greedy_text_answers(folder: Path) -> list[str]:
+def greedy_text_answers(folder: Path, questions: list[str] | None = None) -> list[str]:
     """Each question as a typed turn through our own runtime, greedy: the answers it gives."""
     from transformers import AutoTokenizer
 
@@ -92,11 +104,11 @@ def greedy_text_answers(folder: Path) -> list[str]:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     pieces = Pieces.from_tokenizer(tokenizer)
     out = []
-    for pair in domain.PAIRS:
+    for question in questions or [pair.question for pair in domain.PAIRS]:
         cache = llm.new_cache(1, 512)
         slot = cache.allocate()
         llm.forward_rows([LLMRow(slot, llm.embed(pieces.system))], cache)
-        llm.forward_rows([LLMRow(slot, llm.embed(pieces.opening + pieces.encode(pair.question)))], cache)
+        llm.forward_rows([LLMRow(slot, llm.embed(pieces.opening + pieces.encode(question)))], cache)
         step = llm.forward_rows([LLMRow(slot, llm.embed(pieces.suffix), want_logits=True)], cache)
         ids: list[int] = []
         while len(ids) < 40:
@@ -116,6 +128,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--other-share",
+        type=float,
+        default=0.2,
+        help="share of turns that are greetings or out-of-domain questions (answered with SORRY)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune an exported model's LLM (e.g. models/trained) instead of starting from scratch; "
+        "its tokenizer is kept",
+    )
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
@@ -123,13 +148,27 @@ def main() -> None:
     ckpt = Checkpointer("llm", args.save_every)
     folder = ckpt.dir / "hf"
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_domain_tokenizer(folder)
     from transformers import AutoTokenizer
+
+    if args.init_from is not None:
+        from app.model.fixtures.tiny import LLM_DIR
+
+        AutoTokenizer.from_pretrained(str(args.init_from / LLM_DIR)).save_pretrained(folder)
+    else:
+        vocab = write_domain_tokenizer(folder)
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     pieces = Pieces.from_tokenizer(tokenizer)
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    model = build_model(vocab, pieces.im_end, pad)
+    if args.init_from is not None:
+        from transformers import Qwen2ForCausalLM
+
+        from app.model.fixtures.tiny import LLM_DIR
+
+        model = Qwen2ForCausalLM.from_pretrained(str(args.init_from / LLM_DIR), torch_dtype=torch.float32)
+        log.info("fine-tuning the LLM of %s", args.init_from)
+    else:
+        model = build_model(vocab, pieces.im_end, pad)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     step = 0
     if state := ckpt.load(args.resume):
@@ -142,7 +181,9 @@ def main() -> None:
         step += 1
         for group in optimiser.param_groups:
             group["lr"] = args.lr * min(1.0, step / 30) * max(0.05, 1 - step / args.steps)
-        ids, targets = batch_tensors([sample_dialog(pieces, rng) for _ in range(args.batch)], pad)
+        ids, targets = batch_tensors(
+            [sample_dialog(pieces, rng, args.other_share) for _ in range(args.batch)], pad
+        )
         logits = model(input_ids=ids).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
         optimiser.zero_grad(set_to_none=True)
@@ -163,6 +204,10 @@ def main() -> None:
         {"steps": step, "train_seconds": round(seconds, 1), "text_turn_exact": f"{correct}/{len(answers)}"}
     )
     log.info("typed questions answered exactly: %d/%d", correct, len(answers))
+    sorry = greedy_text_answers(
+        folder, ["What is the capital of Peru?", "Turn off the radio.", "Hello world."]
+    )
+    log.info("held-out typed turns: %s", sorry)
 
 
 if __name__ == "__main__":

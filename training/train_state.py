@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from training import domain
-from training.audio_turns import CHUNK, Example, TurnMaker, answer_loss, build_batch, run_llm, state_logits
+from training.audio_turns import (
+    CHUNK,
+    Example,
+    TurnMaker,
+    answer_loss,
+    build_batch,
+    live_cut,
+    run_llm,
+    state_logits,
+)
 from training.common import (
     DATA_DIR,
     RUNS_DIR,
@@ -30,14 +39,19 @@ from training.common import (
     add_run_args,
     start_run,
 )
-from training.train_audio import build_audio, load_llm
+from training.train_audio import add_finetune_args, build_audio, load_llm
 from training.turns import IGNORE
 
 log = logging.getLogger("state")
 
 
 def make_examples(
-    maker: TurnMaker, rng: np.random.Generator, count: int, history_share: float
+    maker: TurnMaker,
+    rng: np.random.Generator,
+    count: int,
+    history_share: float,
+    ood_share: float = 0.0,
+    cut_share: float = 0.0,
 ) -> list[Example]:
     examples = []
     for _ in range(count):
@@ -46,7 +60,15 @@ def make_examples(
             past = maker.question()
             past.answer_cut = None if rng.random() < 0.3 else int(rng.integers(0, 8))
             history.append(past)
-        turn = maker.question(min_trail=0.5) if rng.random() < 0.6 else maker.ignorable(min_trail=0.5)
+        draw = rng.random()
+        if draw < ood_share:
+            turn = maker.out_of_domain(min_trail=0.5)
+        elif draw < 0.6:
+            turn = maker.question(min_trail=0.5)
+        else:
+            turn = maker.ignorable(min_trail=0.5)
+        if turn.answer is not None and rng.random() < cut_share:
+            turn = live_cut(turn, rng)
         examples.append(Example(turn, history))
     return examples
 
@@ -107,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--history", type=float, default=0.35, help="share of turns heard after an earlier one"
     )
+    add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
@@ -114,10 +137,12 @@ def main() -> None:
     llm, pieces = load_llm(llm_folder)
     audio = build_audio(llm.config.hidden_size, pieces.im_end)
     audio.load_state_dict(torch.load(RUNS_DIR / "audio" / "audio.pt", weights_only=True))
-    with torch.no_grad():  # start from "listen", the safe state (a resumed run loads its own head below)
-        audio.predictor_head.weight.mul_(0.1)
-        audio.predictor_head.bias.zero_()
-        audio.predictor_head.bias[0] = 2.0
+    if args.init_from is None:
+        with torch.no_grad():  # start from "listen", the safe state (a resumed run loads its own head below)
+            audio.predictor_head.weight.mul_(0.1)
+            audio.predictor_head.bias.zero_()
+            audio.predictor_head.bias[0] = 2.0
+    # else: the audio stage's output already carries the exported (trained) head; keep it.
     audio.encoder.requires_grad_(False)
     groups = [
         {"params": [*audio.predictor_head.parameters(), audio.prompt_embeddings.weight], "lr": args.lr},
@@ -131,7 +156,7 @@ def main() -> None:
         audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
     rng = np.random.default_rng(1000 + step)
-    maker = TurnMaker(rng)
+    maker = TurnMaker(rng, augmented=args.augmented, augment_share=args.augment_share)
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("state", 0, every=20)
@@ -141,7 +166,9 @@ def main() -> None:
         spent = 1.0 - (budget_end - time.perf_counter()) / budget
         for group, base in zip(optimiser.param_groups, base_lrs, strict=True):
             group["lr"] = base * min(1.0, step / 20) * max(0.1, 1.0 - spent)
-        batch = build_batch(audio, llm, pieces, make_examples(maker, rng, args.batch, args.history))
+        batch = build_batch(
+            audio, llm, pieces, make_examples(maker, rng, args.batch, args.history, args.ood, args.live_cut)
+        )
         hidden = run_llm(llm, batch)
         logits, labels = state_logits(audio, hidden, batch)
         state_loss = F.cross_entropy(logits[:, :3], labels, ignore_index=IGNORE)
