@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     speech_tokens_per_step: int = Field(
         1, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
     )
+    codec_thread: bool = Field(
+        True, description="the codec decodes on its own thread, overlapping the engine's next steps"
+    )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
@@ -173,6 +176,7 @@ class Settings(BaseSettings):
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
+            codec_thread=self.codec_thread,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
             seed=self.seed,

@@ -91,6 +91,7 @@ class Engine:
         if self._task.done():  # the loop died (see `loop_task`): nothing left to ask it
             self._task = None
             self._executor.shutdown(wait=True)
+            self.runner.close()
             return
         await self._submit(self.scheduler.close_all)
         self._stopping = True
@@ -98,6 +99,7 @@ class Engine:
         await self._task
         self._task = None
         self._executor.shutdown(wait=True)
+        self.runner.close()
 
     @property
     def loop_task(self) -> asyncio.Task | None:
@@ -296,6 +298,8 @@ class Engine:
                     codec_tokens=outcome.batch_sizes.get("decoder", 0),
                     listening=outcome.batch_sizes.get("encoder", 0),
                 )
+                if self.settings.codec_thread:  # inline, the codec's time is in the step's
+                    self.meter.record_codec(outcome.codec_seconds, outcome.codec_audio_seconds)
             try:
                 self._apply(outcome)
             except Exception:  # noqa: BLE001
