@@ -1,5 +1,5 @@
 """Several codec tokens per step for answers behind their playback: the tokens are the offline pipeline's,
-only made sooner."""
+only made sooner; and the codec on its own lane or inside the step gives the same audio."""
 
 from __future__ import annotations
 
@@ -14,13 +14,17 @@ from app.model.pipeline import InferOptions, OfflinePipeline
 from tests.engine.test_engine import MAX_TOKENS, greedy_settings, listen_then_answer
 
 
-@pytest.mark.parametrize("tokens_per_step", [1, 4])
-def test_several_tokens_per_step_keep_the_offline_output(tiny_model, question_wavs, tokens_per_step) -> None:
+@pytest.mark.parametrize(("tokens_per_step", "codec_thread"), [(1, True), (4, True), (1, False)])
+def test_several_tokens_per_step_keep_the_offline_output(
+    tiny_model, question_wavs, tokens_per_step, codec_thread
+) -> None:
     wav = question_wavs[1]
     reference = OfflinePipeline(tiny_model).run(wav, InferOptions.greedy(max_new_tokens=MAX_TOKENS, seed=3))
 
     async def main():
-        engine = Engine(tiny_model, greedy_settings(speech_tokens_per_step=tokens_per_step))
+        engine = Engine(
+            tiny_model, greedy_settings(speech_tokens_per_step=tokens_per_step, codec_thread=codec_thread)
+        )
         await engine.start()
         try:
             session_id = await engine.open_session(seed=3)
