@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     codec_thread: bool = Field(
         True, description="the codec decodes on its own thread, overlapping the engine's next steps"
     )
+    codec_max_windows: int = Field(
+        4, ge=0, description="codec windows per decode on its thread, the most urgent first; 0: all waiting"
+    )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
@@ -177,6 +180,7 @@ class Settings(BaseSettings):
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
             codec_thread=self.codec_thread,
+            codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
             seed=self.seed,

@@ -77,7 +77,12 @@ class StepRunner:
         self.settings = settings
         self._opening = turn_opening_embeds(model)
         self._top_k = settings.decoder_top_k or model.server.decoder_top_k
-        self.codec_lane = CodecLane(model.codec, settings.max_batch, threaded=settings.codec_thread)
+        self.codec_lane = CodecLane(
+            model.codec,
+            settings.max_batch,
+            threaded=settings.codec_thread,
+            max_windows=settings.codec_max_windows if settings.codec_thread else 0,
+        )
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepOutcome:
@@ -354,14 +359,20 @@ class StepRunner:
         """Hand every ready window to the codec lane, and deliver what it has finished."""
         owners: list[tuple[SessionState, AnswerState]] = []
         windows = []
+        priorities: list[float] = []
+        now = time.perf_counter()
         for session in sessions:
             if session.session_id in failed or session.answer is None:
                 continue
-            for window in session.answer.chunker.ready_windows():
-                owners.append((session, session.answer))
+            answer = session.answer
+            # First audio first (-1), then the answers least ahead of their playback.
+            urgency = -1.0 if answer.first_audio_at is None else answer.audio_ahead_s(now, OUTPUT_RATE)
+            for window in answer.chunker.ready_windows():
+                owners.append((session, answer))
                 windows.append(window)
-        # Windows of one chunker go in, and come back, in order.
-        self.codec_lane.submit(owners, windows)
+                priorities.append(urgency)
+        # A chunker puts its windows' audio back in order, whatever order they are decoded in.
+        self.codec_lane.submit(owners, windows, priorities)
         self._deliver_audio(self.codec_lane.collect(), outcome, failed)
 
     def _deliver_audio(self, finished: list[CodecBatch], outcome: StepOutcome, failed: set[str]) -> None:

@@ -56,3 +56,12 @@ def test_a_window_that_cannot_decode_fails_only_its_owner(tiny_model) -> None:
         lane.close()
     assert results["good"].error is None and results["good"].audio is not None
     assert results["bad"].error is not None and results["bad"].audio is None
+
+
+def test_urgent_windows_are_decoded_first_a_few_at_a_time(tiny_model) -> None:
+    lane = CodecLane(tiny_model.codec, max_batch=8, threaded=False, max_windows=2)
+    windows = [_window(i, [i + 1] * 12) for i in range(5)]
+    lane.submit(["far", "near", "first", "far2", "first2"], windows, [1.5, 0.2, -1.0, 1.8, -1.0])
+    decodes = [[r.owner for r in batch.results] for batch in lane.collect()]
+    assert decodes == [["first", "first2"], ["near", "far"], ["far2"]]
+    assert not lane.busy
