@@ -11,9 +11,8 @@ Each step's plan: every listening session with a chunk waiting is heard (listeni
 time). Every answer generates text each step. Speech decoding is skipped for an answer whose audio
 runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
 barge-in has little audio to throw away. Below that, an answer gets as many codec tokens in a step as
-keep it at the pace of playback (recent step time / 25 ms, up to `speech_tokens_per_step`), one more
-if it is behind, and one if it is comfortably ahead; an answer still owing its first audio gets the
-most and goes first. Several tokens in one step change when tokens are made, never which: each comes
+keep it at the pace of playback (recent step cadence / 25 ms, up to `speech_tokens_per_step`), one
+more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead. Several tokens in one step change when tokens are made, never which: each comes
 from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
 
 Turn taking, as in the published server but without its copies:
@@ -551,16 +550,17 @@ class Scheduler:
     def _speech_tokens(self, answer: AnswerState, ahead: float) -> int:
         """Codec tokens this answer gets in the next step.
 
-        One token is 25 ms of audio, so an answer keeps pace when it gets (recent step time / 25 ms)
-        tokens a step. An answer still owing its first audio gets the most allowed (its first codec
-        window needs 30 tokens before anything plays); one behind or near its playback gets its pace
-        (one more when it is already behind); one comfortably ahead (half the look-ahead) gets one.
-        Never more than `speech_tokens_per_step`: each token is a decoder round that lengthens the step.
+        One token is 25 ms of audio, so an answer keeps pace when it gets (recent step cadence / 25 ms)
+        tokens a step. An answer still owing its first audio (its first codec window needs 30 tokens
+        before anything plays) or already behind its playback gets one more than its pace; one near its
+        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. Never more than
+        `speech_tokens_per_step`. Each token is a decoder round that lengthens the step while the LLM
+        still writes one text token per step: giving every answer the most (the first version of this)
+        made steps long and the next answers' first text, and so their first audio, later.
         """
         most = self.settings.speech_tokens_per_step
-        if answer.first_audio_at is None:
-            return most
-        if ahead >= self.settings.max_audio_ahead_s / 2:
+        if answer.first_audio_at is not None and ahead >= self.settings.max_audio_ahead_s / 2:
             return 1
         pace = math.ceil(self.stats.recent_step_s / self.token_period_s - 1e-9)
-        return max(1, min(most, pace + (1 if ahead < 0 else 0)))
+        urgent = answer.first_audio_at is None or ahead < 0
+        return max(1, min(most, pace + (1 if urgent else 0)))
