@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     speech_tokens_per_step: int = Field(
-        1, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
+        4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
     )
     codec_thread: bool = Field(
         True, description="the codec decodes on its own thread, overlapping the engine's next steps"
