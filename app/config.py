@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
     )
     codec_thread: bool = Field(
-        True, description="the codec decodes on its own thread, overlapping the engine's next steps"
+        False, description="the codec decodes on its own thread, overlapping the engine's next steps"
     )
     codec_max_windows: int = Field(
         4, ge=0, description="codec windows per decode on its thread, the most urgent first; 0: all waiting"

@@ -8,7 +8,8 @@ that become ready while a decode runs are batched into the next one.
 
 Only the step thread touches sessions and chunkers: it hands windows in (`submit`) and takes decoded
 audio back (`collect`), feeding each chunker in order. The lane's thread sees immutable windows only.
-Inline (no thread), `submit` decodes at once: the engine's earlier behaviour, kept for comparison.
+Inline (no thread, the default: measured better on a 2-core machine shared with other work, where the
+two threads only competed for the same share of a core), `submit` decodes at once, inside the step.
 
 A decode takes at most `max_windows` windows, the most urgent first (an answer's first audio before
 audio of answers already playing, those least ahead of their playback before those far ahead): a

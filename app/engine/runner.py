@@ -7,9 +7,9 @@ Stages, each one batched across sessions and split into forwards of at most `max
 1. encoder + adapter over every planned 160 ms chunk;
 2. the LLM over mixed rows: listen rows, answer-opening rows and decode rows;
 3. the speech decoder over new segments' conditioning rows and decode rows;
-4. the codec over every ready token window: handed to the codec lane (`codec_lane.py`), which decodes on
-   its own thread while the next steps run; its audio is fed to the chunkers at the start and end of a
-   step (and a step with nothing else to do waits briefly for it).
+4. the codec over every ready token window, through the codec lane (`codec_lane.py`): inside the step
+   by default, or (`codec_thread`) on its own thread while the next steps run, its audio fed to the
+   chunkers at the start and end of a step (a step with nothing else to do waits briefly for it).
 If a batched forward raises, its rows are retried one by one so that only the guilty session fails.
 """
 
