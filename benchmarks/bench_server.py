@@ -919,7 +919,10 @@ def write_curve_png(rows: list[dict[str, Any]], path: str, cushion_ms: float) ->
     if not served:
         return
     figure, (latency_axis, underrun_axis) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for variant in dict.fromkeys(r.get("variant", "server") for r in served):
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    variants = list(dict.fromkeys(r.get("variant", "server") for r in served))
+    for position, variant in enumerate(variants):
+        color = colors[position % len(colors)]
         points = sorted(
             (r for r in served if r.get("variant", "server") == variant), key=lambda r: r["sessions"]
         )
@@ -929,11 +932,13 @@ def write_curve_png(rows: list[dict[str, Any]], path: str, cushion_ms: float) ->
             ("speech_end_to_audio_p95_ms", "s--", "p95"),
         ):
             values = [float("nan") if r[key] == "-" else float(r[key]) for r in points]
-            latency_axis.plot(n, values, style, label=f"{variant} {label}")
-        underrun_axis.plot(n, [r["underruns"] for r in points], "o-", label=f"{variant} underruns")
+            latency_axis.plot(n, values, style, color=color, label=f"{variant} {label}")
+        underrun_axis.plot(
+            n, [r["underruns"] for r in points], "o-", color=color, label=f"{variant} underruns"
+        )
         refused = [r["refused_sessions"] for r in points]
         if any(refused):
-            underrun_axis.plot(n, refused, "x:", label=f"{variant} refused sessions")
+            underrun_axis.plot(n, refused, "x:", color=color, label=f"{variant} refused sessions")
     latency_axis.axhline(800, color="grey", linewidth=0.8, linestyle=":")
     latency_axis.set_ylabel("first audio after end of speech (ms)")
     latency_axis.set_title("Latency vs sessions (bench_server.py)")
