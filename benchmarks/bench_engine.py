@@ -82,7 +82,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "in-step": {"codec_thread": False, "speech_tokens_per_step": 1},
     "lane-1": {"codec_thread": True, "speech_tokens_per_step": 1},  # the codec on its lane, one token a step
     "lane-4": {"codec_thread": True, "speech_tokens_per_step": 4},  # ... and up to 4 at the pace of steps
-    "in-step-4": {"codec_thread": False, "speech_tokens_per_step": 4},
+    "in-step-4": {
+        "codec_thread": False,
+        "speech_tokens_per_step": 4,
+    },  # the codec in the step, up to 4 (the defaults)
 }
 MODES = ("batched", "batch-1")  # the default comparison
 # Runner stages timed per run: (name shown, StepRunner method).
