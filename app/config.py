@@ -82,7 +82,13 @@ class Settings(BaseSettings):
     )
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     speech_tokens_per_step: int = Field(
-        1, ge=1, le=64, description="codec tokens per engine step for answers less than half that far ahead"
+        4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
+    )
+    codec_thread: bool = Field(
+        False, description="the codec decodes on its own thread, overlapping the engine's next steps"
+    )
+    codec_max_windows: int = Field(
+        4, ge=0, description="codec windows per decode on its thread, the most urgent first; 0: all waiting"
     )
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, description="REST turn upload limit")
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
@@ -179,6 +185,8 @@ class Settings(BaseSettings):
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
+            codec_thread=self.codec_thread,
+            codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,
             sampling=LLMSampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p),
             seed=self.seed,

@@ -74,7 +74,20 @@ QUESTIONS = [
     "Good morning, nice to meet you.",
     "Is it going to rain today?",
 ]
-MODES = {"batched": None, "batch-1": 1}  # max_batch override per mode (None: the engine default)
+# Engine variants a run can compare (`--modes`), as overrides of the engine's settings.
+VARIANTS: dict[str, dict[str, object]] = {
+    "batched": {},  # the engine's defaults
+    "batch-1": {"max_batch": 1},  # every row its own forward
+    # The step structure before issue 12's step work: the codec inside the step, one codec token per step.
+    "in-step": {"codec_thread": False, "speech_tokens_per_step": 1},
+    "lane-1": {"codec_thread": True, "speech_tokens_per_step": 1},  # the codec on its lane, one token a step
+    "lane-4": {"codec_thread": True, "speech_tokens_per_step": 4},  # ... and up to 4 at the pace of steps
+    "in-step-4": {
+        "codec_thread": False,
+        "speech_tokens_per_step": 4,
+    },  # the codec in the step, up to 4 (the defaults)
+}
+MODES = ("batched", "batch-1")  # the default comparison
 # Runner stages timed per run: (name shown, StepRunner method).
 STAGES = (("encoder", "_encode"), ("llm", "_llm"), ("decoder", "_speech"), ("codec", "_codec"))
 # Codec tokens per text token that --random-7b allows a segment (its decoder never ends one):
@@ -327,6 +340,9 @@ class RunResult:
     longest_step_ms: float
     rows_per_step: dict[str, float]  # rows a step gathers per stage (batch-1 runs them one by one)
     stage_share: dict[str, float]  # share of step time per stage
+    cpu_per_step_ms: float = 0.0  # engine thread CPU time per step (a busy machine: wall > CPU)
+    codec_cpu_per_s_ms: float = 0.0  # codec decoding CPU per second of window (in the step when in-step)
+    cores_used: float = 0.0  # process CPU time / wall: the engine, its codec lane and the clients
     failures: list[str] = field(default_factory=list)
 
 
@@ -336,6 +352,9 @@ class StepClock:
 
     stage_seconds: dict[str, float] = field(default_factory=dict)
     longest_step: float = 0.0
+    step_cpu: float = 0.0
+    steps: int = 0
+    codec_cpu: float = 0.0
 
 
 def _clock_steps(runner: StepRunner, device: torch.device) -> StepClock:
@@ -367,7 +386,24 @@ def _clock_steps(runner: StepRunner, device: torch.device) -> StepClock:
         if (method := getattr(runner, attribute, None)) is not None:
             clock.stage_seconds[stage] = 0.0
             setattr(runner, attribute, timed(method, add_to(stage)))
-    runner.execute = timed(runner.execute, longest)
+    step = timed(runner.execute, longest)
+
+    def execute(plan):
+        began = time.thread_time()
+        try:
+            return step(plan)
+        finally:
+            clock.step_cpu += time.thread_time() - began
+            clock.steps += 1
+
+    deliver = runner._deliver_audio
+
+    def deliver_audio(finished, outcome, failed):
+        clock.codec_cpu += sum(batch.cpu_seconds for batch in finished)
+        return deliver(finished, outcome, failed)
+
+    runner.execute = execute
+    runner._deliver_audio = deliver_audio
     return clock
 
 
@@ -384,6 +420,7 @@ async def run_sessions(
     clock = _clock_steps(engine.runner, model.device)
     await engine.start()
     results = [SessionResult() for _ in range(count)]
+    cpu_began = time.process_time()
     begin = time.perf_counter() + 0.2
     end_at = begin + args.stagger + args.duration
     # First questions start spread over `stagger` seconds, so chunks fall in different steps;
@@ -399,6 +436,7 @@ async def run_sessions(
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     wall = time.perf_counter() - begin
+    cores = (time.process_time() - cpu_began) / max(wall, 1e-9)
     stats = engine.stats
     await engine.stop()
     for task, result in zip(tasks, results, strict=True):
@@ -440,6 +478,9 @@ async def run_sessions(
         },
         stage_share={stage: s / step_total for stage, s in clock.stage_seconds.items() if step_total},
         longest_step_ms=1000 * clock.longest_step,
+        cpu_per_step_ms=1000 * clock.step_cpu / max(clock.steps, 1),
+        codec_cpu_per_s_ms=1000 * clock.codec_cpu / wall,
+        cores_used=cores,
         failures=sorted(set(problems)),
     )
 
@@ -451,14 +492,14 @@ def sweep(
 
     Both modes run each N back to back (their order alternating), so machine load drifts alike.
     """
-    failures_in_a_row = dict.fromkeys(MODES, 0)
+    failures_in_a_row = dict.fromkeys(args.modes, 0)
     runs: list[RunResult] = []
     for position, count in enumerate(n for n in args.sessions if n <= args.max_sessions):
-        modes = list(MODES.items())
-        for mode, max_batch in modes if position % 2 == 0 else modes[::-1]:
+        modes = list(args.modes)
+        for mode in modes if position % 2 == 0 else modes[::-1]:
             if failures_in_a_row[mode] >= args.stop_after:
                 continue
-            settings = replace(base, max_sessions=count, max_batch=max_batch or base.max_batch)
+            settings = replace(base, max_sessions=count, **VARIANTS[mode])
             run = asyncio.run(run_sessions(model, settings, questions, mode, args))
             runs.append(run)
             print(_progress_line(run), flush=True)
@@ -473,8 +514,8 @@ def warm_up(
 ) -> None:
     """A short unmeasured run per mode, so first-call costs do not land on N=1."""
     quick = argparse.Namespace(**{**vars(args), "duration": 4.0, "stagger": 0.1})
-    for max_batch in (base.max_batch, 1):
-        settings = replace(base, max_sessions=2, max_batch=max_batch)
+    for mode in args.modes:
+        settings = replace(base, max_sessions=2, **VARIANTS[mode])
         asyncio.run(run_sessions(model, settings, questions, "warm-up", quick))
 
 
@@ -628,7 +669,9 @@ def _progress_line(run: RunResult) -> str:
         f"{_ms(run.worst_deficit_ms)} ms (stall {_ms(run.worst_stall_ms)} ms); first audio p50 "
         f"{_ms(run.latency_p50_ms)} / p95 {_ms(run.latency_p95_ms)} ms; audio {run.audio_s:.1f} s in "
         f"{run.window_s:.0f} s = {run.audio_per_s:.2f} s/s; engine busy {100 * run.busy:.0f}%, step "
-        f"{run.mean_step_ms:.1f} ms (longest {run.longest_step_ms:.0f} ms); rows/step {rows}; step time {shares}"
+        f"{run.mean_step_ms:.1f} ms (longest {run.longest_step_ms:.0f} ms, CPU {run.cpu_per_step_ms:.1f} ms); "
+        f"codec CPU {run.codec_cpu_per_s_ms:.0f} ms/s; {run.cores_used:.2f} cores; rows/step {rows}; "
+        f"step time {shares}"
     )
 
 
@@ -645,48 +688,69 @@ def _cell(run: RunResult | None) -> str:
     )
 
 
-def summarize(runs: list[RunResult]) -> dict:
-    """The side-by-side table, the capacity ratio, the latency ratio and the audio-rate ratio."""
+def summarize(runs: list[RunResult], modes: tuple[str, ...] = MODES) -> dict:
+    """The side-by-side table, and the first mode against the second: capacity, latency and audio-rate
+    ratios, and CPU per step."""
     by_key = {(r.mode, r.sessions): r for r in runs}
     counts = sorted({r.sessions for r in runs})
-    header = f"{'N':>4} | " + " | ".join(f"{m:^{len(CELL)}}" for m in MODES)
-    sub = f"{'':>4} | " + " | ".join(CELL for _ in MODES)
+    header = f"{'N':>4} | " + " | ".join(f"{m:^{len(CELL)}}" for m in modes)
+    sub = f"{'':>4} | " + " | ".join(CELL for _ in modes)
     print(f"\n{header}\n{sub}\n" + "-" * len(sub))
     for count in counts:
-        print(f"{count:>4} | " + " | ".join(_cell(by_key.get((mode, count))) for mode in MODES))
+        print(f"{count:>4} | " + " | ".join(_cell(by_key.get((mode, count))) for mode in modes))
     print(LEGEND)
-    best = {m: max((r.sessions for r in runs if r.mode == m and r.real_time), default=0) for m in MODES}
+    best = {m: max((r.sessions for r in runs if r.mode == m and r.real_time), default=0) for m in modes}
     # "+": the largest N tried still kept real time, so the capacity may be higher.
-    last = {m: max((r for r in runs if r.mode == m), key=lambda r: r.sessions, default=None) for m in MODES}
-    capped = {m: last[m] is not None and last[m].real_time for m in MODES}
+    last = {m: max((r for r in runs if r.mode == m), key=lambda r: r.sessions, default=None) for m in modes}
+    capped = {m: last[m] is not None and last[m].real_time for m in modes}
     summary: dict = {"max_real_time_sessions": best, "largest_n_tried_was_real_time": capped}
-    label = {m: f"{best[m]}{'+' if capped[m] else ''}" for m in MODES}
-    print(f"\nmost real-time sessions: batched {label['batched']}, batch-1 {label['batch-1']}", end="")
-    if best["batch-1"]:
-        summary["capacity_ratio"] = best["batched"] / best["batch-1"]
-        at_least = ">= " if capped["batched"] else ""
-        print(f"  ->  ratio {at_least}{summary['capacity_ratio']:.1f}x (the aim is >= 8x)")
-    else:
-        print("  ->  ratio undefined (batch-1 kept no N in real time)")
-    if all(best.values()):
-        rates = {m: by_key[(m, best[m])].audio_per_s for m in MODES}
-        summary["audio_per_s_at_capacity"] = rates
-        summary["audio_rate_ratio"] = rates["batched"] / rates["batch-1"]
+    print(
+        "\nmost real-time sessions: " + ", ".join(f"{m} {best[m]}{'+' if capped[m] else ''}" for m in modes)
+    )
+    print("CPU per step (engine thread) / codec lane CPU per second of window, ms: ")
+    for count in counts:
+        cells = [by_key.get((m, count)) for m in modes]
         print(
-            f"audio made per second at that capacity: batched {rates['batched']:.2f} s/s (N={best['batched']}),"
-            f" batch-1 {rates['batch-1']:.2f} s/s (N={best['batch-1']})  ->  "
-            f"{summary['audio_rate_ratio']:.1f}x"
+            f"  N={count:<3} "
+            + " | ".join(
+                f"{m}: {r.cpu_per_step_ms:.1f} / {r.codec_cpu_per_s_ms:.0f} ({r.cores_used:.2f} cores)"
+                for m, r in zip(modes, cells, strict=True)
+                if r is not None
+            )
         )
-    common = [n for n in counts if all(by_key.get((m, n)) and by_key[(m, n)].real_time for m in MODES)]
+    if len(modes) < 2:
+        return summary
+    new, old = modes[0], modes[1]
+    if best[old]:
+        summary["capacity_ratio"] = best[new] / best[old]
+        at_least = ">= " if capped[new] else ""
+        print(f"capacity {new} / {old}: {at_least}{summary['capacity_ratio']:.1f}x")
+    else:
+        print(f"capacity ratio undefined ({old} kept no N in real time)")
+    if best[new] and best[old]:
+        rates = {m: by_key[(m, best[m])].audio_per_s for m in (new, old)}
+        summary["audio_per_s_at_capacity"] = rates
+        summary["audio_rate_ratio"] = rates[new] / rates[old]
+        print(
+            f"audio made per second at that capacity: {new} {rates[new]:.2f} s/s (N={best[new]}),"
+            f" {old} {rates[old]:.2f} s/s (N={best[old]})  ->  {summary['audio_rate_ratio']:.1f}x"
+        )
+    common = [
+        n
+        for n in counts
+        if all(by_key.get((m, n)) and by_key[(m, n)].real_time for m in (new, old))
+        and by_key[(old, n)].latency_p50_ms
+        and by_key[(new, n)].latency_p50_ms
+    ]
     if common:
         n = max(common)
-        b1, bt = by_key[("batch-1", n)], by_key[("batched", n)]
+        b1, bt = by_key[(old, n)], by_key[(new, n)]
         summary["latency_compared_at"] = n
         summary["latency_p50_ratio"] = b1.latency_p50_ms / bt.latency_p50_ms
         summary["latency_p95_ratio"] = b1.latency_p95_ms / bt.latency_p95_ms
         print(
-            f"first-audio latency at N={n} (largest N both keep in real time): p50 batch-1 "
-            f"{b1.latency_p50_ms:.0f} / batched {bt.latency_p50_ms:.0f} ms = "
+            f"first-audio latency at N={n} (largest N both keep in real time): p50 {old} "
+            f"{b1.latency_p50_ms:.0f} / {new} {bt.latency_p50_ms:.0f} ms = "
             f"{summary['latency_p50_ratio']:.2f}x, p95 {b1.latency_p95_ms:.0f} / "
             f"{bt.latency_p95_ms:.0f} ms = {summary['latency_p95_ratio']:.2f}x"
         )
@@ -741,8 +805,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--slack-ms", type=float, default=20.0, help="allowed chunk-decision lateness")
     parser.add_argument("--audio-slack-ms", type=float, default=20.0, help="allowed audio deficit")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"engine variants to compare, the first against the second ({', '.join(VARIANTS)}; "
+        "default batched,batch-1); in-step is the step structure before the codec lane",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in args.modes if m not in VARIANTS]:
+        parser.error(f"unknown --modes {unknown}; choose from {', '.join(VARIANTS)}")
     args.sessions = sorted({int(n) for n in args.sessions.split(",") if n.strip()})
     if (args.model_path is None) != (args.llm_path is None):
         parser.error("give both --model-path and --llm-path, or neither")
@@ -812,7 +885,7 @@ def main(argv: list[str] | None = None) -> None:
     warm_up(model, base, questions, args)
     started = time.perf_counter()
     runs = sweep(model, base, questions, args)
-    summary = summarize(runs)
+    summary = summarize(runs, tuple(args.modes))
     print(f"sweep took {time.perf_counter() - started:.0f} s")
     if args.json:
         results = {"settings": vars(args), "runs": [asdict(r) for r in runs], "summary": summary}

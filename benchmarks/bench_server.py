@@ -836,6 +836,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="own server only: FREEZE_OMNI_ADMISSION_MAX_LOAD (default: the server's; 0: no measured "
         "admission, only the fixed cap of max(--sessions))",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="own server only: start one server per variant, with these settings over the defaults "
+        "(Settings field names, e.g. 'before:codec_thread=false,speech_tokens_per_step=1', or 'after:' for "
+        "the defaults); every N runs on each, in alternating order, side by side in one run. Repeat it",
+    )
+    parser.add_argument(
+        "--png",
+        default="latency_vs_sessions.png",
+        help="where to write the latency-vs-sessions curve as a PNG (needs matplotlib: pip install "
+        "-e '.[bench]'); 'none' skips it (default latency_vs_sessions.png)",
+    )
     parser.add_argument("--no-engine", action="store_true", help="skip the engine-only comparison")
     parser.add_argument(
         "--formats",
@@ -871,6 +886,77 @@ def server_settings(args: argparse.Namespace, counts: list[int]) -> dict[str, An
     return values | {"model_path": str(paths.model_path), "llm_path": str(paths.llm_path)}
 
 
+def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
+    """`NAME:KEY=VALUE,...` -> {NAME: {KEY: VALUE}}; Settings checks the values when a server starts."""
+    variants: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, _, body = spec.partition(":")
+        overrides = dict(pair.split("=", 1) for pair in body.split(",") if pair.strip())
+        unknown = set(overrides) - set(Settings.model_fields)
+        if not name or unknown:
+            raise SystemExit(
+                f"--variant {spec!r}: give NAME:KEY=VALUE,... with Settings fields (unknown: {unknown})"
+            )
+        variants[name] = overrides
+    return variants
+
+
+def write_curve_png(rows: list[dict[str, Any]], path: str, cushion_ms: float) -> None:
+    """The latency-vs-sessions curve as a PNG: first audio p50/p95 and underruns per N, per variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            f"no PNG written ({path}): it needs matplotlib, which is not installed. Install it with "
+            "`pip install -e '.[bench]'` (or `pip install matplotlib`); the table above has the same figures.",
+            flush=True,
+        )
+        return
+    served = [r for r in rows if r["path"] == "server"]
+    if not served:
+        return
+    figure, (latency_axis, underrun_axis) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    variants = list(dict.fromkeys(r.get("variant", "server") for r in served))
+    for position, variant in enumerate(variants):
+        color = colors[position % len(colors)]
+        points = sorted(
+            (r for r in served if r.get("variant", "server") == variant), key=lambda r: r["sessions"]
+        )
+        n = [r["sessions"] for r in points]
+        for key, style, label in (
+            ("speech_end_to_audio_p50_ms", "o-", "p50"),
+            ("speech_end_to_audio_p95_ms", "s--", "p95"),
+        ):
+            values = [float("nan") if r[key] == "-" else float(r[key]) for r in points]
+            latency_axis.plot(n, values, style, color=color, label=f"{variant} {label}")
+        underrun_axis.plot(
+            n, [r["underruns"] for r in points], "o-", color=color, label=f"{variant} underruns"
+        )
+        refused = [r["refused_sessions"] for r in points]
+        if any(refused):
+            underrun_axis.plot(n, refused, "x:", color=color, label=f"{variant} refused sessions")
+    latency_axis.axhline(800, color="grey", linewidth=0.8, linestyle=":")
+    latency_axis.set_ylabel("first audio after end of speech (ms)")
+    latency_axis.set_title("Latency vs sessions (bench_server.py)")
+    latency_axis.legend(fontsize=8)
+    latency_axis.grid(alpha=0.3)
+    underrun_axis.set_ylabel(f"underruns ({cushion_ms:g} ms cushion) / refused")
+    underrun_axis.set_xlabel("concurrent voice sessions (N)")
+    underrun_axis.set_xscale("log", base=2)
+    underrun_axis.set_xticks(sorted({r["sessions"] for r in served}))
+    underrun_axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    underrun_axis.legend(fontsize=8)
+    underrun_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"latency-vs-sessions curve written to {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.serve_child:
@@ -881,16 +967,32 @@ def main(argv: list[str] | None = None) -> None:
     questions_pcm = [pcm16(q) for q in questions_24k]
     questions_16k = [resample(q, WIRE_RATE, MODEL_RATE) for q in questions_24k]
     values = server_settings(args, counts)
-    child = None
+    variants = parse_variants(args.variant) if args.variant else {"server": {}}
+    if args.url is not None and len(variants) > 1:
+        raise SystemExit("--variant starts servers of its own: leave out --url")
+    children: list[subprocess.Popen] = []
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    if args.url is None:
-        values["port"] = free_port()
-        child = start_server(values, args.head)
-        url = f"ws://127.0.0.1:{values['port']}/v1/realtime"
-    else:
-        url = args.url
-    http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    target = Target(url, headers, http.split("/v1/realtime")[0] + "/metrics", child.pid if child else None)
+    targets: dict[str, Target] = {}
+    for name, overrides in variants.items():
+        child = None
+        if args.url is None:
+            port = free_port()
+            try:
+                child = start_server(values | overrides | {"port": port}, args.head)
+            except BaseException:
+                for each in children:
+                    each.terminate()
+                raise
+            children.append(child)
+            url = f"ws://127.0.0.1:{port}/v1/realtime"
+        else:
+            url = args.url
+        http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        metrics = http.split("/v1/realtime")[0] + "/metrics"
+        targets[name] = Target(url, headers, metrics, child.pid if child else None)
+    target = next(iter(targets.values()))
+    url = target.url
+    child = children[0] if children else None
     engine_factory = None
     if not args.no_engine:
         from app.model.checkpoint_io.layout import load_freeze_omni
@@ -910,27 +1012,35 @@ def main(argv: list[str] | None = None) -> None:
     formats: list[dict[str, Any]] = []
     try:
         warm = argparse.Namespace(**{**vars(args), "turns": 1})  # first-call costs stay out of N=1
-        asyncio.run(run_server_sessions(url, headers, questions_pcm, 1, warm))
+        for each in targets.values():
+            asyncio.run(run_server_sessions(each.url, headers, questions_pcm, 1, warm))
         if engine_factory and not args.formats_only:
             asyncio.run(run_engine_sessions(engine_factory, questions_16k, 1, warm))
         if args.formats:
             formats = measure_formats(target, questions_24k, args)
         print(HEADER)
         for position, count in enumerate([] if args.formats_only else counts):
-            paths = ["server", "engine"] if engine_factory else ["server"]
-            for path in paths if position % 2 == 0 else paths[::-1]:  # drift in load hits both alike
+            paths = [("server", name) for name in targets] + ([("engine", "")] if engine_factory else [])
+            for path, name in paths if position % 2 == 0 else paths[::-1]:  # drift in load hits all alike
                 if path == "server":
-                    run = measure_server(target, questions_pcm, count, args)
+                    run = measure_server(targets[name], questions_pcm, count, args)
                 else:
                     run = measure_engine(engine_factory, questions_16k, count, args)
-                rows.append(summary(run, args))
+                rows.append(summary(run, args) | {"variant": name or "engine"})
+                if len(targets) > 1 and path == "server":
+                    print(f"[{name}]", end=" ")
                 print_row(rows[-1])
     finally:
-        if child is not None:
-            child.terminate()
-            child.wait(timeout=30)
+        for each in children:
+            each.terminate()
+            each.wait(timeout=30)
     print_overhead(rows)
-    print_curve(rows, args.cushion_ms)
+    for name in targets:
+        if len(targets) > 1:
+            print(f"\n[{name}] {variants[name] or 'the defaults'}")
+        print_curve([r for r in rows if r["variant"] in (name, "engine")], args.cushion_ms)
+    if args.png != "none" and not args.formats_only:
+        write_curve_png(rows, args.png, args.cushion_ms)
     if args.json:
         print(
             json.dumps({"settings": {**values, **vars(args)}, "runs": rows, "formats": formats}, default=str)

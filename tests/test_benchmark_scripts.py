@@ -25,3 +25,56 @@ def test_benchmark_help(script: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
+
+
+def _curve_rows() -> list[dict]:
+    rows = []
+    for variant, scale in (("before", 2.0), ("after", 1.0)):
+        for n in (1, 2, 4):
+            rows.append(
+                {
+                    "path": "server",
+                    "variant": variant,
+                    "sessions": n,
+                    "speech_end_to_audio_p50_ms": f"{300 * n * scale:.0f}",
+                    "speech_end_to_audio_p95_ms": "-" if n == 4 else f"{500 * n * scale:.0f}",
+                    "underruns": n - 1,
+                    "refused_sessions": 1 if n == 4 else 0,
+                }
+            )
+    return rows
+
+
+def test_bench_server_writes_the_curve_as_a_png_or_says_what_to_install(tmp_path, capsys) -> None:
+    from benchmarks.bench_server import write_curve_png
+
+    path = tmp_path / "curve.png"
+    write_curve_png(_curve_rows(), str(path), 100.0)
+    out = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not path.exists()
+        assert "pip install -e '.[bench]'" in out and "matplotlib" in out
+    else:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert str(path) in out
+
+
+def test_bench_server_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch) -> None:
+    import builtins
+
+    from benchmarks.bench_server import write_curve_png
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    path = tmp_path / "curve.png"
+    write_curve_png(_curve_rows(), str(path), 100.0)
+    assert not path.exists()
+    assert "pip install -e '.[bench]'" in capsys.readouterr().out

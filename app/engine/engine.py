@@ -91,6 +91,7 @@ class Engine:
         if self._task.done():  # the loop died (see `loop_task`): nothing left to ask it
             self._task = None
             self._executor.shutdown(wait=True)
+            self.runner.close()
             return
         await self._submit(self.scheduler.close_all)
         self._stopping = True
@@ -98,6 +99,7 @@ class Engine:
         await self._task
         self._task = None
         self._executor.shutdown(wait=True)
+        self.runner.close()
 
     @property
     def loop_task(self) -> asyncio.Task | None:
@@ -264,6 +266,7 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        last_speech_step: float | None = None  # when the last step that made speech began
         while True:
             self._wake.clear()
             while self._commands:
@@ -280,6 +283,7 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
+            began = time.perf_counter()
             try:
                 outcome = await loop.run_in_executor(self._executor, self.runner.execute, plan)
             except Exception:  # noqa: BLE001 - a bug in the step itself: fail its sessions, go on
@@ -292,15 +296,19 @@ class Engine:
                     codec_tokens=outcome.batch_sizes.get("decoder", 0),
                     listening=outcome.batch_sizes.get("encoder", 0),
                 )
+                if self.settings.codec_thread:  # inline, the codec's time is in the step's
+                    self.meter.record_codec(outcome.codec_seconds, outcome.codec_audio_seconds)
+            speech = outcome.batch_sizes.get("decoder", 0) > 0
+            cadence = began - last_speech_step if speech and last_speech_step is not None else None
+            last_speech_step = began if speech else None
             try:
-                self._apply(outcome)
+                self._apply(outcome, cadence)
             except Exception:  # noqa: BLE001
                 log.exception("%s: delivering a step's outcome failed", self.name)
             fault_injection.raise_if_due(self.stats.steps)  # TEST-ONLY hook; a no-op unless set
 
-    def _apply(self, outcome: StepOutcome) -> None:
-        self.stats.steps += 1
-        self.stats.step_seconds += outcome.seconds
+    def _apply(self, outcome: StepOutcome, cadence_s: float | None = None) -> None:
+        self.stats.record_step(outcome.seconds, cadence_s)
         for stage, rows in outcome.batch_sizes.items():
             if rows:
                 self.stats.rows[stage] = self.stats.rows.get(stage, 0) + rows

@@ -7,7 +7,9 @@ within `tokens_per_step` token periods while it makes `n * tokens_per_step` toke
 speech (a least-squares line with forgetting; the plain ratio while the token count has not varied,
 which errs on the side of refusing), and `load = fixed + per_session * sessions` to the steps that
 only heard users (of the 160 ms a chunk lasts). The predicted load of `n` sessions is the worse of
-the two with all `n` taking part. Admission refuses a session whose admission would push that past
+the two with all `n` taking part. When the codec runs on its own lane (thread), its time per second of
+audio it gives is measured too: `n` answers need `n` seconds of audio a second from it, and the
+predicted load is the worst of the three. Admission refuses a session whose admission would push that past
 `max_load`: everyone talking at once must still keep real time.
 
 Tests drive the measure with `step_seconds_hook` (a function from the measured seconds of a step to
@@ -85,6 +87,8 @@ class RealtimeMeter:
     speech_fit: LoadFit = field(init=False)  # step seconds against codec tokens made in the step
     listen_fit: LoadFit = field(init=False)  # step load (of 160 ms) against sessions heard
     speech_step_s: float = 0.0
+    codec_s_per_audio_s: float = 0.0  # codec lane: seconds of decoding per second of audio (0: not measured)
+    codec_batches: int = 0
 
     def __post_init__(self) -> None:
         self.speech_fit = LoadFit(1.0 / self.window_steps)
@@ -108,6 +112,19 @@ class RealtimeMeter:
         elif listening > 0:
             self.listen_fit.add(listening, min(seconds / self.chunk_period_s, MAX_STEP_LOAD))
 
+    def record_codec(self, seconds: float, audio_seconds: float) -> None:
+        """The codec lane took `seconds` to decode windows giving `audio_seconds` of answer audio."""
+        if audio_seconds <= 0:
+            return
+        weight = max(1.0 / self.window_steps, 1.0 / (self.codec_batches + 1))
+        ratio = min(seconds / audio_seconds, MAX_STEP_LOAD)
+        self.codec_s_per_audio_s += weight * (ratio - self.codec_s_per_audio_s)
+        self.codec_batches += 1
+
+    def codec_load(self, sessions: int) -> float:
+        """The codec lane's load with `sessions` answers all speaking (of its one thread)."""
+        return self.codec_s_per_audio_s * max(sessions, 0)
+
     def speech_load(self, sessions: int) -> float:
         """The load of a step in which `sessions` answers all catch up (`tokens_per_step` tokens each)."""
         if sessions <= 0:
@@ -117,7 +134,8 @@ class RealtimeMeter:
 
     def predicted_load(self, sessions: int) -> float:
         """The load with `sessions` sessions all speaking, or all being heard: the worse of the two."""
-        return max(self.speech_load(sessions), self.listen_fit.predict(sessions) if sessions else 0.0)
+        listen = self.listen_fit.predict(sessions) if sessions else 0.0
+        return max(self.speech_load(sessions), listen, self.codec_load(sessions))
 
     def admits(self, open_sessions: int) -> bool:
         """Whether one more session keeps every session in real time, as measured."""

@@ -7,7 +7,9 @@ Stages, each one batched across sessions and split into forwards of at most `max
 1. encoder + adapter over every planned 160 ms chunk;
 2. the LLM over mixed rows: listen rows, answer-opening rows and decode rows;
 3. the speech decoder over new segments' conditioning rows and decode rows;
-4. the codec over every ready token window.
+4. the codec over every ready token window, through the codec lane (`codec_lane.py`): inside the step
+   by default, or (`codec_thread`) on its own thread while the next steps run, its audio fed to the
+   chunkers at the start and end of a step (a step with nothing else to do waits briefly for it).
 If a batched forward raises, its rows are retried one by one so that only the guilty session fails.
 """
 
@@ -21,18 +23,19 @@ from typing import TypeVar
 
 import torch
 
+from app.engine.codec_lane import CodecBatch, CodecLane
 from app.engine.events import AnswerEvent, AudioDelta, ChunkDecision, SegmentText, TextDelta
 from app.engine.scheduler import StepPlan
 from app.engine.settings import EngineSettings
 from app.engine.slots import SlotOwner
 from app.engine.state import AnswerPhase, AnswerState, PendingChunk, SessionState, SpeechSegment
 from app.model import (
+    OUTPUT_RATE,
     FreezeOmni,
     LLMRow,
     Segment,
     SegmentInput,
     decide_state,
-    decode_windows,
     sample_llm_token,
     sample_top_k,
     segment_condition,
@@ -41,6 +44,8 @@ from app.model import (
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
+# A step with no other work waits this long for a running codec decode rather than spin.
+CODEC_IDLE_WAIT_S = 0.01
 
 
 @dataclass
@@ -52,6 +57,8 @@ class StepOutcome:
     failures: list[tuple[SessionState, str]] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    codec_seconds: float = 0.0  # wall time of the codec decodes delivered in this step (on their lane)
+    codec_audio_seconds: float = 0.0  # answer audio those decodes give (overlaps not counted)
 
 
 def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
@@ -70,18 +77,33 @@ class StepRunner:
         self.settings = settings
         self._opening = turn_opening_embeds(model)
         self._top_k = settings.decoder_top_k or model.server.decoder_top_k
+        self.codec_lane = CodecLane(
+            model.codec,
+            settings.max_batch,
+            threaded=settings.codec_thread,
+            max_windows=settings.codec_max_windows if settings.codec_thread else 0,
+        )
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepOutcome:
         started = time.perf_counter()
         outcome = StepOutcome()
         failed: set[str] = set()
+        outcome.batch_sizes["codec"] = 0
+        self._deliver_audio(self.codec_lane.collect(), outcome, failed)
         vectors = self._encode(plan.listen, outcome, failed)
         self._llm(plan, vectors, outcome, failed)
         self._speech_rounds(plan, outcome, failed)
         self._codec(plan.codec, outcome, failed)
+        worked = any(outcome.batch_sizes.get(stage) for stage in ("encoder", "llm", "decoder", "codec"))
+        if not worked and self.codec_lane.busy:
+            self._deliver_audio(self.codec_lane.collect(wait_s=CODEC_IDLE_WAIT_S), outcome, failed)
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+    def close(self) -> None:
+        """Stop the codec lane's thread."""
+        self.codec_lane.close()
 
     def _isolated(
         self,
@@ -334,26 +356,58 @@ class StepRunner:
 
     # -- stage 4: the codec -----------------------------------------------------------------------
     def _codec(self, sessions: list[SessionState], outcome: StepOutcome, failed: set[str]) -> None:
-        work = [
-            (s, w) for s in sessions if s.session_id not in failed for w in s.answer.chunker.ready_windows()
-        ]
-
-        def finish(item: tuple, samples) -> None:
-            session, window = item
+        """Hand every ready window to the codec lane, and deliver what it has finished."""
+        owners: list[tuple[SessionState, AnswerState]] = []
+        windows = []
+        priorities: list[float] = []
+        now = time.perf_counter()
+        for session in sessions:
+            if session.session_id in failed or session.answer is None:
+                continue
             answer = session.answer
-            for packet in answer.chunker.feed(window.index, samples):
-                if answer.first_audio_at is None:
-                    answer.first_audio_at = time.perf_counter()
-                answer.audio_samples += len(packet)
-                outcome.events.append((session, answer, AudioDelta(packet)))
+            # First audio first (-1), then the answers least ahead of their playback.
+            urgency = -1.0 if answer.first_audio_at is None else answer.audio_ahead_s(now, OUTPUT_RATE)
+            for window in answer.chunker.ready_windows():
+                owners.append((session, answer))
+                windows.append(window)
+                priorities.append(urgency)
+        # A chunker puts its windows' audio back in order, whatever order they are decoded in.
+        self.codec_lane.submit(owners, windows, priorities)
+        self._deliver_audio(self.codec_lane.collect(), outcome, failed)
 
-        # Windows of one chunker come back in order: batches keep the plan's order.
-        outcome.batch_sizes["codec"] = self._isolated(
-            work,
-            lambda item: item[0],
-            lambda item: item[1],
-            lambda windows: decode_windows(self.model.codec, windows),
-            finish,
-            outcome,
-            failed,
-        )
+    def _deliver_audio(self, finished: list[CodecBatch], outcome: StepOutcome, failed: set[str]) -> None:
+        """Feed decoded windows to their answers' chunkers; audio of an answer that ended is dropped."""
+        rate = OUTPUT_RATE
+        for batch in finished:
+            outcome.codec_seconds += batch.wall_seconds
+            for result in batch.results:
+                session, answer = result.owner
+                if session.answer is not answer or session.closed or session.session_id in failed:
+                    continue
+                outcome.batch_sizes["codec"] += 1
+                window = result.window
+                if result.error is not None:
+                    log.error(
+                        "session %s failed in the codec",
+                        session.session_id,
+                        exc_info=(type(result.error), result.error, result.error.__traceback__),
+                    )
+                    failed.add(session.session_id)
+                    outcome.failures.append((session, "internal error while processing this session"))
+                    continue
+                kept = (
+                    window.keep
+                    if window.keep is not None
+                    else len(window.token_ids) * self.model.codec.samples_per_token - window.trim_start
+                )
+                outcome.codec_audio_seconds += kept / rate
+                try:
+                    packets = answer.chunker.feed(window.index, result.audio)
+                except Exception:  # noqa: BLE001 - one session's bad state fails that session
+                    self._fail(session, outcome, failed)
+                    continue
+                for packet in packets:
+                    if answer.first_audio_at is None:
+                        answer.first_audio_at = time.perf_counter()
+                    answer.audio_samples += len(packet)
+                    outcome.events.append((session, answer, AudioDelta(packet)))

@@ -16,10 +16,10 @@ verdicts come back from the runner as data and are acted on in `apply`.
 Each step's plan: every listening session with a chunk waiting is heard (listening must keep real
 time). Every answer generates text each step. Speech decoding is skipped for an answer whose audio
 runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
-barge-in has little audio to throw away; an answer less than half that far ahead (or still owing its
-first audio) gets up to `speech_tokens_per_step` codec tokens in the step, so a step slower than one
-token's 25 ms of audio does not leave it behind. Several tokens in one step change when tokens are
-made, never which: each comes from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
+barge-in has little audio to throw away. Below that, an answer gets as many codec tokens in a step as
+keep it at the pace of playback (recent step cadence / 25 ms, up to `speech_tokens_per_step`), one
+more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead. Several tokens in one step change when tokens are made, never which: each comes
+from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
 
 Turn taking, as in the published server but without its copies:
 - a listen turn on a quiet session writes into the session's main cache slot; if the state head
@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -76,6 +77,8 @@ from app.model import (
 )
 
 log = logging.getLogger(__name__)
+# Longer gaps between speech steps are idle time (answers held back), not the pace of a busy engine.
+MAX_CADENCE_S = 0.2
 
 
 @dataclass
@@ -90,6 +93,17 @@ class EngineStats:
     answers_completed: int = 0
     answers_cancelled: int = 0
     sessions_failed: int = 0
+    recent_step_s: float = 0.0  # moving mean of the time from one speech step's start to the next's
+    paced_steps: int = 0
+
+    def record_step(self, seconds: float, cadence_s: float | None = None, weight: float = 0.1) -> None:
+        """A step took `seconds`; `cadence_s`: time since the previous step began, when both made speech."""
+        self.steps += 1
+        self.step_seconds += seconds
+        if cadence_s is not None:
+            self.paced_steps += 1
+            step = max(weight, 1.0 / self.paced_steps)
+            self.recent_step_s += step * (min(cadence_s, MAX_CADENCE_S) - self.recent_step_s)
 
 
 @dataclass
@@ -118,6 +132,7 @@ class Scheduler:
         self.settings = settings
         self.slots = slots
         self.stats = stats
+        self.token_period_s = model.codec.samples_per_token / OUTPUT_RATE  # audio of one codec token
         self.name = name
         self.sessions: dict[str, SessionState] = {}
         self._closed_reasons: dict[str, str] = {}
@@ -532,14 +547,26 @@ class Scheduler:
                 speaking.append((ahead, session))
             # Windows may become ready during this very step (stage 3 feeds stage 4).
             plan.codec.append(session)
-        # The answers least ahead of their playback go first (an answer with no audio yet is 0 s ahead).
-        plan.speech = [s for _, s in sorted(speaking, key=lambda pair: pair[0])]
-        # One codec token is 25 ms of audio: a step slower than that leaves every answer that gets one token
-        # per step behind. Answers behind (or near) their playback, and those still owing their first
-        # audio, get several; answers comfortably ahead get one.
-        catch_up_below = self.settings.max_audio_ahead_s / 2
-        plan.speech_tokens = {
-            s.session_id: self.settings.speech_tokens_per_step if ahead < catch_up_below else 1
-            for ahead, s in speaking
-        }
+        # Answers owing their first audio go first, then the least ahead of their playback.
+        speaking.sort(key=lambda pair: (pair[1].answer.first_audio_at is not None, pair[0]))
+        plan.speech = [s for _, s in speaking]
+        plan.speech_tokens = {s.session_id: self._speech_tokens(s.answer, ahead) for ahead, s in speaking}
         return plan
+
+    def _speech_tokens(self, answer: AnswerState, ahead: float) -> int:
+        """Codec tokens this answer gets in the next step.
+
+        One token is 25 ms of audio, so an answer keeps pace when it gets (recent step cadence / 25 ms)
+        tokens a step. An answer still owing its first audio (its first codec window needs 30 tokens
+        before anything plays) or already behind its playback gets one more than its pace; one near its
+        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. Never more than
+        `speech_tokens_per_step`. Each token is a decoder round that lengthens the step while the LLM
+        still writes one text token per step: giving every answer the most (the first version of this)
+        made steps long and the next answers' first text, and so their first audio, later.
+        """
+        most = self.settings.speech_tokens_per_step
+        if answer.first_audio_at is not None and ahead >= self.settings.max_audio_ahead_s / 2:
+            return 1
+        pace = math.ceil(self.stats.recent_step_s / self.token_period_s - 1e-9)
+        urgent = answer.first_audio_at is None or ahead < 0
+        return max(1, min(most, pace + (1 if urgent else 0)))

@@ -19,7 +19,9 @@ class EngineSettings:
     max_turn_chunks: int = 375  # 60 s of speech in one user turn; then the turn is answered
     max_batch: int = 64  # rows per forward and stage; 1 gives batch-1 serving
     max_audio_ahead_s: float = 2.0  # stop speech decoding for an answer this far ahead of playback
-    speech_tokens_per_step: int = 1  # codec tokens per step for an answer less than half that far ahead
+    speech_tokens_per_step: int = 4  # most codec tokens an answer gets in a step (at the pace of steps)
+    codec_thread: bool = False  # True: the codec decodes on its own thread, overlapping the next steps
+    codec_max_windows: int = 4  # windows per decode on that thread, the most urgent first; 0: all waiting
     admission_max_load: float = 0.9  # refuse a session whose admission predicts more load; 0: off
     admission_window_steps: int = 50  # steps the load measure remembers
     state_threshold: float = 0.5

@@ -57,7 +57,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
         "Segmenter",
         "post_process",
     ),
-    "speech_out.codec_stream": ("CodecChunker", "decode_windows"),
+    "speech_out.codec": ("CodecDecoder",),
+    "speech_out.codec_stream": ("CodecChunker", "DecodeWindow", "decode_windows"),
     "threads": ("set_torch_threads",),
     "wav": ("WavError", "read_wav", "read_wav_bytes", "resample", "wav_bytes", "write_wav"),
 }

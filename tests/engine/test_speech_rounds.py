@@ -1,5 +1,5 @@
 """Several codec tokens per step for answers behind their playback: the tokens are the offline pipeline's,
-only made sooner."""
+only made sooner; and the codec on its own lane or inside the step gives the same audio."""
 
 from __future__ import annotations
 
@@ -14,13 +14,17 @@ from app.model.pipeline import InferOptions, OfflinePipeline
 from tests.engine.test_engine import MAX_TOKENS, greedy_settings, listen_then_answer
 
 
-@pytest.mark.parametrize("tokens_per_step", [1, 4])
-def test_several_tokens_per_step_keep_the_offline_output(tiny_model, question_wavs, tokens_per_step) -> None:
+@pytest.mark.parametrize(("tokens_per_step", "codec_thread"), [(1, True), (4, True), (1, False)])
+def test_several_tokens_per_step_keep_the_offline_output(
+    tiny_model, question_wavs, tokens_per_step, codec_thread
+) -> None:
     wav = question_wavs[1]
     reference = OfflinePipeline(tiny_model).run(wav, InferOptions.greedy(max_new_tokens=MAX_TOKENS, seed=3))
 
     async def main():
-        engine = Engine(tiny_model, greedy_settings(speech_tokens_per_step=tokens_per_step))
+        engine = Engine(
+            tiny_model, greedy_settings(speech_tokens_per_step=tokens_per_step, codec_thread=codec_thread)
+        )
         await engine.start()
         try:
             session_id = await engine.open_session(seed=3)
@@ -42,3 +46,21 @@ def test_several_tokens_per_step_keep_the_offline_output(tiny_model, question_wa
     else:
         assert decoder_rows > decoder_steps
         assert decoder_rows <= tokens_per_step * decoder_steps
+
+
+def test_speech_tokens_follow_the_pace_of_steps(tiny_model) -> None:
+    """Tokens per step: the pace (cadence / 25 ms) near playback, one more when behind or owing first
+    audio, one when well ahead, never more than the setting."""
+    from types import SimpleNamespace
+
+    engine = Engine(tiny_model, greedy_settings(speech_tokens_per_step=4, max_audio_ahead_s=2.0))
+    scheduler = engine.scheduler
+    playing, first = SimpleNamespace(first_audio_at=1.0), SimpleNamespace(first_audio_at=None)
+    scheduler.stats.recent_step_s = 0.010  # short steps: one token keeps pace
+    assert [scheduler._speech_tokens(playing, ahead) for ahead in (1.5, 0.5, -0.1)] == [1, 1, 2]
+    assert scheduler._speech_tokens(first, 0.0) == 2
+    scheduler.stats.recent_step_s = 0.060  # 60 ms steps: three tokens keep pace
+    assert [scheduler._speech_tokens(playing, ahead) for ahead in (1.5, 0.5, -0.1)] == [1, 3, 4]
+    assert scheduler._speech_tokens(first, 0.0) == 4
+    scheduler.stats.recent_step_s = 0.500  # capped by the setting
+    assert scheduler._speech_tokens(playing, 0.5) == 4

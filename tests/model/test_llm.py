@@ -83,6 +83,34 @@ def test_mixed_batch_of_three_sessions_equals_each_alone(runtime) -> None:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("per_row_keys", [1, 10**9], ids=["per-row", "gathered"])
+def test_long_caches_read_per_row_equal_each_alone(runtime, monkeypatch, per_row_keys) -> None:
+    """Rows over long caches attend to views of their own slots (no gather); both paths equal each alone."""
+    import app.model.llm.transformer as transformer
+
+    monkeypatch.setattr(transformer, "PER_ROW_KEYS", per_row_keys)
+    embed = runtime.embed
+    plans = {
+        "long": [embed(_prompt(40, 12)), embed([5]), embed(_prompt(4, 13))],
+        "short": [embed(_prompt(3, 14)), embed(_prompt(6, 15)), embed([8])],
+        "decode": [embed(_prompt(25, 16)), embed([9]), embed([10])],
+    }
+
+    def alone(steps: list[torch.Tensor]) -> list[torch.Tensor]:
+        cache = runtime.new_cache(num_slots=1, max_len=64)
+        slot = cache.allocate()
+        return [runtime.forward_rows([LLMRow(slot, s, want_logits=True)], cache).logits[0] for s in steps]
+
+    expected = {name: alone(steps) for name, steps in plans.items()}
+    cache = runtime.new_cache(num_slots=3, max_len=64)
+    slots = {name: cache.allocate() for name in plans}
+    for step in range(3):
+        rows = [LLMRow(slots[n], plans[n][step], want_logits=True) for n in plans]
+        out = runtime.forward_rows(rows, cache)
+        for i, name in enumerate(plans):
+            torch.testing.assert_close(out.logits[i], expected[name][step], atol=1e-5, rtol=0)
+
+
 def test_forked_cache_continues_exactly_like_the_original(runtime) -> None:
     cache = runtime.new_cache(num_slots=3, max_len=64)
     slot = cache.allocate()

@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Cached attention over at least this many keys reads each row's slot in place, row by row, rather than
+# gathering all rows into one padded batch (measured on the embedded model, CPU: see benchmarks/RESULTS.md).
+PER_ROW_KEYS = 256
+
 
 @dataclass(frozen=True)
 class LayerDims:
@@ -55,11 +59,19 @@ class RotaryEmbedding(nn.Module):
         # models be built on the meta device and loaded without any buffer to restore.
         self.head_dim = head_dim
         self.theta = theta
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}  # per device, made on first use
+
+    def inverse_frequencies(self, device: torch.device) -> torch.Tensor:
+        """1 / theta^(2i / head_dim), computed once per device (every forward needs it)."""
+        inv_freq = self._inv_freq.get(device)
+        if inv_freq is None:
+            exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+            inv_freq = self._inv_freq[device] = 1.0 / (self.theta ** (exponents / self.head_dim))
+        return inv_freq
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for integer positions of any shape, with a trailing head_dim axis."""
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=positions.device)
-        inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))
+        inv_freq = self.inverse_frequencies(positions.device)
         freqs = positions.to(torch.float32)[..., None] * inv_freq
         angles = torch.cat([freqs, freqs], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -88,6 +100,9 @@ class BatchLayout:
     num_new: list[int]
     valid: torch.Tensor  # (B, T) True for real tokens
     mask: torch.Tensor  # (B, 1, T, K) True where a query may attend to a key
+    bias: (
+        torch.Tensor
+    )  # the same as an additive mask (0 or -inf) in the compute dtype, made once for all layers
     cos: torch.Tensor  # (B, T, head_dim)
     sin: torch.Tensor
     slots: torch.Tensor | None  # (B,)
@@ -96,6 +111,8 @@ class BatchLayout:
     write_cols: torch.Tensor  # (N,) position in the padded row
     write_slots: torch.Tensor | None  # (N,) cache slot of every real token
     write_positions: torch.Tensor | None  # (N,) cache index of every real token
+    slot_list: list[int] | None = None  # `slots` and the past lengths as host ints, for per-row attention
+    past: list[int] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -169,10 +186,14 @@ def build_layout(
         slot_t = torch.tensor(slots, device=device)
         write_slots = slot_t[write_rows]
         write_positions = past_t[write_rows] + write_cols
+    mask = mask[:, None]
+    # SDPA turns a boolean mask into this in every call; once per forward serves every layer.
+    bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
     return BatchLayout(
         num_new=list(num_new),
         valid=valid,
-        mask=mask[:, None],
+        mask=mask,
+        bias=bias,
         cos=cos,
         sin=sin,
         slots=slot_t,
@@ -181,6 +202,8 @@ def build_layout(
         write_cols=write_cols,
         write_slots=write_slots,
         write_positions=write_positions,
+        slot_list=list(slots) if slots is not None else None,
+        past=list(past),
     )
 
 
@@ -216,16 +239,44 @@ class Attention(nn.Module):
             key_buffer, value_buffer = cache
             key_buffer[layout.write_slots, layout.write_positions] = k[layout.write_rows, layout.write_cols]
             value_buffer[layout.write_slots, layout.write_positions] = v[layout.write_rows, layout.write_cols]
+            if batch > 1 and layout.key_len >= PER_ROW_KEYS:
+                out = self._attend_per_row(q, key_buffer, value_buffer, layout)
+                return self.o_proj(out.reshape(batch, length, d.num_heads * d.head_dim))
             k = key_buffer[layout.slots, : layout.key_len]
             v = value_buffer[layout.slots, : layout.key_len]
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
             v.transpose(1, 2),
-            attn_mask=layout.mask,
+            attn_mask=layout.bias,
             enable_gqa=d.num_kv_heads != d.num_heads,
         )
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, d.num_heads * d.head_dim))
+
+    def _attend_per_row(
+        self, q: torch.Tensor, key_buffer: torch.Tensor, value_buffer: torch.Tensor, layout: BatchLayout
+    ) -> torch.Tensor:
+        """Each row against a view of its own slot, (B, T, heads, D) out; padded queries stay 0.
+
+        Gathering every row's keys into one padded batch copies B x key_len cached rows per layer,
+        which grows with the conversation; views of each slot copy nothing and skip the padding.
+        """
+        d = self.dims
+        out = q.new_zeros(q.shape)
+        for row, (slot, new) in enumerate(zip(layout.slot_list, layout.num_new, strict=True)):
+            total = layout.past[row] + new
+            keys = key_buffer[slot, :total].transpose(0, 1)[None]
+            values = value_buffer[slot, :total].transpose(0, 1)[None]
+            # One new token sees every key of its row; several need the row's mask (causal, blocks).
+            bias = None if new == 1 else layout.bias[row : row + 1, :, :new, :total]
+            out[row, :new] = F.scaled_dot_product_attention(
+                q[row : row + 1, :new].transpose(1, 2),
+                keys,
+                values,
+                attn_mask=bias,
+                enable_gqa=d.num_kv_heads != d.num_heads,
+            )[0].transpose(0, 1)
+        return out
 
 
 class SwiGLU(nn.Module):
