@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.engine.errors import EngineError, SessionClosedError
+from app.engine.errors import EngineError, SessionClosedError, TurnTooLongError
 from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause, ChunkDecision
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
@@ -703,7 +703,9 @@ class RealtimeSession:
             return
         if self._pending_text:
             text, self._pending_text = "\n".join(self._pending_text), []
-            await self._start_response(await engine.text_turn(sid, text, request.options), request)
+            stream = await self._typed_turn(text, request, event.event_id, "item.content")
+            if stream is not None:
+                await self._start_response(stream, request)
             return
         # No new user input: the assistant speaks (first, or again) from its instructions, as OpenAI's does.
         await self._start_response(await engine.respond(sid, request.options), request)
@@ -727,8 +729,26 @@ class RealtimeSession:
         if text is None:
             stream = await engine.respond(sid, request.options)
         else:
-            stream = await engine.text_turn(sid, text, request.options)
+            stream = await self._typed_turn(text, request, event.event_id, "response.input")
+            if stream is None:
+                return
         await self._start_response(stream, request)
+
+    async def _typed_turn(
+        self, text: str, request: ResponseRequest, event_id: str | None, param: str
+    ) -> AnswerStream | None:
+        """The answer stream of a typed turn, or None (and an `error` naming `param`) when the text
+        cannot fit the conversation: the session goes on without it."""
+        try:
+            return await self.ref.engine.text_turn(self.ref.session_id, text, request.options)
+        except TurnTooLongError as error:
+            self._client_error(
+                "context_length_exceeded",
+                f"{error}: it was not answered; send a shorter one",
+                event_id,
+                param,
+            )
+            return None
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
         if self._streamer is None:
