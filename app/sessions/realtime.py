@@ -853,8 +853,12 @@ class RealtimeSession:
             message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
             "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
         )
-        # Both wait until the client reads again, or until ping/pong finds it gone and drops the connection.
-        await self._send_direct(ev.ErrorEvent(error=notice))
+        # The notice waits (bounded) for the client to read again; the close goes behind it at once, and
+        # the connection is dropped if the client takes neither (FREEZE_OMNI_WS_CLOSE_TIMEOUT_S).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._send_direct(ev.ErrorEvent(error=notice)), self.settings.max_outbound_seconds
+            )
         await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
 
     async def _watchdog(self) -> None:
