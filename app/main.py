@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "torch uses %d CPU thread(s) (FREEZE_OMNI_TORCH_THREADS=%d)", threads, settings.torch_threads
         )
         state.start_loading()
+        state.memory.start()
         try:
             yield
         finally:

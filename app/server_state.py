@@ -21,6 +21,7 @@ from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.key_limits import KeySessionLimiter
+from app.memory_upkeep import MemoryUpkeep
 from app.metrics import Metrics
 from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
@@ -50,11 +51,13 @@ class ServerState:
     fatal_error: str | None = None  # set when an engine loop died: this process can no longer serve
     on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
     key_sessions: KeySessionLimiter = field(init=False)
+    memory: MemoryUpkeep = field(init=False)
     _load_task: asyncio.Task | None = None
     _watch_task: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
+        self.memory = MemoryUpkeep(self.settings.malloc_trim_interval_s, self.settings.trace_python_memory)
 
     @property
     def ready(self) -> bool:
@@ -152,6 +155,7 @@ class ServerState:
             log.info("drained %d session(s) in %.2f s", len(sessions), time.monotonic() - started)
 
     async def stop(self) -> None:
+        await self.memory.stop()
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.drain()

@@ -51,6 +51,7 @@ async def metrics(server: Server) -> PlainTextResponse:
         "websocket_sessions": float(len(server.sessions)),
         "session_tasks": float(sum(getattr(c, "live_tasks", 0) for c in server.sessions)),
         **process_gauges(),
+        **server.memory.gauges(),
     }
     rows: dict[str, tuple[int, int]] = {}
     if server.pool is not None:
