@@ -13,6 +13,10 @@ would hold the close, the connection and its file descriptor forever. Here a clo
 go out at once is queued behind the (bounded) buffer without waiting, and a peer that has not
 answered it (or a keep-alive timeout) within the timeout is disconnected: TCP abort, buffer dropped.
 
+A message sent with `LAST_WORD` set (the notice before a close, see `routes.realtime`) does not wait
+either: it and the close frame queue behind what is buffered, so a client that reads again finds
+them in order.
+
 This subclasses uvicorn's default WebSocket protocol (the websockets sans-I/O one); with a uvicorn
 that lacks it the server keeps uvicorn's own choice and says so in the log.
 """
@@ -24,6 +28,7 @@ import logging
 import socket
 
 log = logging.getLogger(__name__)
+LAST_WORD = "freeze_omni.last_word"  # key of an ASGI websocket.send event: queue it without waiting
 
 
 def bounded_websocket_protocol(
@@ -49,12 +54,25 @@ def bounded_websocket_protocol(
             if isinstance(transport, asyncio.WriteTransport):
                 transport.set_write_buffer_limits(high=send_buffer_bytes)
 
+        write_paused = False
+
+        def pause_writing(self) -> None:
+            self.write_paused = True
+            super().pause_writing()
+
+        def resume_writing(self) -> None:
+            self.write_paused = False
+            super().resume_writing()
+
         async def send(self, message) -> None:  # noqa: ANN001 - an ASGI send event
             closing = message["type"] == "websocket.close" and self.handshake_complete and not self.close_sent
-            if closing and not self.disconnected:
-                # A close is one small frame: it goes behind what is buffered even if the client reads nothing.
+            forced = closing or (message["type"] == "websocket.send" and message.get(LAST_WORD, False))
+            if forced and self.handshake_complete and not self.disconnected:
+                # One small message: it goes behind what is buffered even if the client reads nothing.
                 self.writable.set()
             await super().send(message)
+            if forced and self.write_paused and not self.disconnected:
+                self.writable.clear()
             if closing and self.close_timer is not None:
                 self.close_timer.cancel()
                 self.close_timer = self.loop.call_later(close_timeout_s, self._disconnect)

@@ -38,6 +38,7 @@ from app.server_state import ServerState
 from app.sessions.close_codes import CloseCode
 from app.sessions.events import ErrorDetail, ErrorEvent, ServerEvent
 from app.sessions.realtime import RealtimeSession
+from app.socket_buffers import LAST_WORD
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -56,7 +57,9 @@ class _Socket:
         self.closed = False
         self._sending = asyncio.Lock()  # the session's sender and a drain notice may send at once
 
-    async def send(self, event: ServerEvent | bytes, extension: dict[str, Any] | None = None) -> None:
+    async def send(
+        self, event: ServerEvent | bytes, extension: dict[str, Any] | None = None, last_word: bool = False
+    ) -> None:
         if self.closed:
             return
         if isinstance(event, bytes):  # a binary audio frame (app.sessions.binary_frames)
@@ -70,15 +73,23 @@ class _Socket:
             if extension is not None:
                 payload[EXTENSION_FIELD] = extension
             message = {"type": "websocket.send", "text": json.dumps(payload, separators=(",", ":"))}
+        if last_word:
+            message[LAST_WORD] = True
         try:
             async with self._sending:
                 await self.websocket.send(message)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, notice: ServerEvent | None = None) -> None:
+        """Close with `code`; `notice` (an error saying why) goes just before the close frame, and
+        neither waits for a client that reads nothing (see `app.socket_buffers`)."""
         if self.closed:
             return
+        if notice is not None:
+            await self.send(notice, last_word=True)
+            if self.closed:
+                return
         self.closed = True
         try:
             if self.websocket.application_state != WebSocketState.DISCONNECTED:

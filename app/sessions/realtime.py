@@ -93,7 +93,7 @@ class RealtimeSession:
         pool: EnginePool,
         settings: SessionSettings,
         send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
+        close: Callable[..., Awaitable[None]],  # (code, reason, notice=None): see routes.realtime._Socket
         metrics: Metrics,
     ) -> None:
         self.pool = pool
@@ -853,13 +853,11 @@ class RealtimeSession:
             message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
             "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
         )
-        # The notice waits (bounded) for the client to read again; the close goes behind it at once, and
-        # the connection is dropped if the client takes neither (FREEZE_OMNI_WS_CLOSE_TIMEOUT_S).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._send_direct(ev.ErrorEvent(error=notice)), self.settings.max_outbound_seconds
-            )
-        await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
+        # The notice and the close queue behind what the client has not taken, without waiting for it;
+        # a client that takes neither is disconnected (FREEZE_OMNI_WS_CLOSE_TIMEOUT_S).
+        await self._close_socket(
+            CloseCode.CLIENT_TOO_SLOW, "client too slow", notice=ev.ErrorEvent(error=notice)
+        )
 
     async def _watchdog(self) -> None:
         while True:
