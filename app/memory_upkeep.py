@@ -7,7 +7,8 @@ up although nothing holds it. `malloc_trim(0)` returns the free pages of every a
 each arena's lock in turn, briefly) and counts what it gave back, so /metrics tells memory the
 allocator held from memory something still uses. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
 `tracemalloc` (slower: every Python allocation is recorded) and reports the bytes Python objects
-hold: if those stay flat while resident memory grows, the growth is not a Python-level leak.
+hold (and every 2 minutes logs the allocation sites that grew most): if those stay flat while resident
+memory grows, the growth is not a Python-level leak.
 
 Without glibc (musl, macOS) trimming is off and says so in the log.
 """
@@ -50,11 +51,13 @@ class MemoryUpkeep:
         self.last_released_bytes = 0.0
         self._malloc_trim = _glibc_malloc_trim() if trim_interval_s > 0 else None
         self._task: asyncio.Task | None = None
+        self._report: asyncio.Task | None = None
 
     def start(self) -> None:
         if self.trace_python and not tracemalloc.is_tracing():
             tracemalloc.start()
             log.info("tracing Python memory (FREEZE_OMNI_TRACE_PYTHON_MEMORY): allocations are slower")
+            self._report = asyncio.create_task(self._report_growth_periodically(120.0), name="memory-report")
         if self.trim_interval_s > 0:
             if self._malloc_trim is None:
                 log.warning("no glibc malloc_trim here: FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S has no effect")
@@ -62,10 +65,11 @@ class MemoryUpkeep:
             self._task = asyncio.create_task(self._trim_periodically(), name="malloc-trim")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._report):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.trace_python and tracemalloc.is_tracing():
             tracemalloc.stop()
 
@@ -85,6 +89,21 @@ class MemoryUpkeep:
         while True:
             await asyncio.sleep(self.trim_interval_s)
             await asyncio.to_thread(self.trim)
+
+    async def _report_growth_periodically(self, every_s: float) -> None:
+        """While tracing: log the Python allocation sites that grew most since the first report."""
+        first: tracemalloc.Snapshot | None = None
+        while True:
+            await asyncio.sleep(every_s)
+            snapshot = await asyncio.to_thread(tracemalloc.take_snapshot)
+            if first is None:
+                first = snapshot
+                continue
+            top = snapshot.compare_to(first, "lineno")[:8]
+            log.warning(
+                "Python memory growth since the first snapshot (tracemalloc), top sites:\n%s",
+                "\n".join(f"  {stat}" for stat in top),
+            )
 
     def gauges(self) -> dict[str, float]:
         """/metrics figures: trims made and what they gave back; Python-held bytes when traced."""
