@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,9 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.start_loading()
         state.memory.start()
+        loop_watch = asyncio.create_task(state.loop_watch.run(), name="loop-watch")
         try:
             yield
         finally:
+            loop_watch.cancel()
             await state.stop()
 
     app = FastAPI(

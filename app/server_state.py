@@ -21,6 +21,7 @@ from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.key_limits import KeySessionLimiter
+from app.loop_watch import LoopWatch
 from app.memory_upkeep import MemoryUpkeep
 from app.metrics import Metrics
 from app.model import load_freeze_omni
@@ -52,6 +53,7 @@ class ServerState:
     on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
     key_sessions: KeySessionLimiter = field(init=False)
     memory: MemoryUpkeep = field(init=False)
+    loop_watch: LoopWatch = field(default_factory=LoopWatch)
     _load_task: asyncio.Task | None = None
     _watch_task: asyncio.Task | None = None
 

@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -144,6 +145,9 @@ class Tally:
     # client could not keep its side (answer pings, read a close, send within the idle timeout).
     client_stalled: Counter = field(default_factory=Counter)
     stalled_examples: list[str] = field(default_factory=list)
+    # Other endings off the path, judged at the end against the server's own stalls (its log):
+    # (behaviour, what, detail, wall-clock start, wall-clock end)
+    off_path: list[tuple[str, str, str, float, float]] = field(default_factory=list)
 
 
 class LoopLag:
@@ -357,6 +361,7 @@ class Soak:
         tally = self.tally
         tally.sessions[behaviour] += 1
         started = time.monotonic()
+        started_wall = time.time()
         try:
             code = await asyncio.wait_for(getattr(self, f"_{behaviour}")(rng), timeout=120)
         except ConnectionRefusedError:
@@ -367,14 +372,15 @@ class Soak:
             what = type(error).__name__
             if isinstance(error, ConnectionClosed):
                 what = f"closed {error.rcvd.code if error.rcvd else 'without a close frame'}"
-            self.off_path(behaviour, what, repr(error), started)
+            self.off_path(behaviour, what, repr(error), started, started_wall)
             return
         tally.closes[f"{behaviour}:{code}"] += 1
         if code != EXPECTED_CLOSE[behaviour]:
-            self.off_path(behaviour, f"close {code}", f"close {code}", started)
+            self.off_path(behaviour, f"close {code}", f"close {code}", started, started_wall)
 
-    def off_path(self, behaviour: str, what: str, detail: str, started: float) -> None:
-        """Count an ending its behaviour does not document: during a stall of this client, or unexplained."""
+    def off_path(self, behaviour: str, what: str, detail: str, started: float, started_wall: float) -> None:
+        """Note an ending its behaviour does not document: during a stall of this client, or to be judged
+        against the server's stalls at the end (see `judge_off_path`)."""
         tally = self.tally
         stall = self.lag.worst_between(started, time.monotonic())
         if stall > 0:
@@ -382,9 +388,8 @@ class Soak:
             if len(tally.stalled_examples) < 10:
                 tally.stalled_examples.append(f"{behaviour} (client stalled {stall:.1f} s): {detail}"[:500])
             return
-        tally.unexpected[f"{behaviour}: {what}"] += 1
-        if len(tally.examples) < 20:
-            tally.examples.append(f"{behaviour}: {detail}"[:500])
+        tally.unexpected[f"{behaviour}: {what}"] += 1  # until judged
+        tally.off_path.append((behaviour, what, detail, started_wall, time.time()))
 
     # -- behaviours: each returns the close code the client saw (None: no close frame) --------------------
     async def _text(self, rng: random.Random) -> int | None:
@@ -630,7 +635,7 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
             extra += "" if trimmed is None else f", malloc_trim gave back {trimmed} MB so far"
             print(
                 f"  {timeline[-1][0]:>6} s: {sum(runner.tally.sessions.values())} sessions, "
-                f"server RSS {rss} MB{extra}, unexplained {dict(runner.tally.unexpected)}",
+                f"server RSS {rss} MB{extra}, off the path (not yet judged) {dict(runner.tally.unexpected)}",
                 flush=True,
             )
 
@@ -654,6 +659,7 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "closes": dict(sorted(tally.closes.items())),
         "unexpected": dict(tally.unexpected),
         "unexpected_examples": tally.examples,
+        "off_path": tally.off_path,
         "client_stalled": dict(tally.client_stalled),
         "client_stalled_examples": tally.stalled_examples,
         "client_stalls_over_2s": len([1 for at, _ in runner.lag.stalls if at >= started]),
@@ -668,6 +674,43 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "leaks": figures,
         "resident_mb_timeline": timeline,
     }
+
+
+SERVER_STALL = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING app\.loop_watch: event loop stalled for ([\d.]+) s",
+    re.MULTILINE,
+)
+
+
+def judge_off_path(result: dict[str, Any], off_path: list[tuple], server_log: str) -> None:
+    """Endings off the documented path that overlap a stall of the server's event loop of at least
+    `LoopLag.STALL_S` (the server could not keep its side) are counted apart; the rest are unexplained."""
+    stalls = [
+        (time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000, float(m[3]))
+        for m in SERVER_STALL.finditer(server_log)
+    ]
+    result["server_stalls_over_2s"] = sum(1 for _, late in stalls if late >= LoopLag.STALL_S)
+    result["server_worst_stall_s"] = max((late for _, late in stalls), default=0.0)
+    unexplained: Counter = Counter()
+    server_stalled: Counter = Counter()
+    examples, stalled_examples = [], []
+    for behaviour, what, detail, start, end in off_path:
+        worst = max(
+            (late for at, late in stalls if late >= LoopLag.STALL_S and at >= start and at - late <= end),
+            default=0.0,
+        )
+        if worst > 0:
+            server_stalled[f"{behaviour}: {what}"] += 1
+            if len(stalled_examples) < 10:
+                stalled_examples.append(f"{behaviour} (server stalled {worst:.1f} s): {detail}"[:500])
+        else:
+            unexplained[f"{behaviour}: {what}"] += 1
+            if len(examples) < 20:
+                examples.append(f"{behaviour}: {detail}"[:500])
+    result["unexpected"] = dict(unexplained)
+    result["unexpected_examples"] = examples
+    result["server_stalled"] = dict(server_stalled)
+    result["server_stalled_examples"] = stalled_examples
 
 
 def report(result: dict[str, Any]) -> None:
@@ -688,6 +731,14 @@ def report(result: dict[str, Any]) -> None:
         f"{sum(stalled.values())} {stalled}"
     )
     for example in result["client_stalled_examples"][:5]:
+        print(f"  e.g. {example}")
+    server_stalled = result.get("server_stalled", {})
+    print(
+        f"off the documented path while the server's event loop was stalled (>= {LoopLag.STALL_S:g} s; "
+        f"{result.get('server_stalls_over_2s', 0)} stalls, worst {result.get('server_worst_stall_s', 0):.1f} s): "
+        f"{sum(server_stalled.values())} {server_stalled}"
+    )
+    for example in result.get("server_stalled_examples", [])[:5]:
         print(f"  e.g. {example}")
     print("after the last close, against the start (after warm-up):")
     print(f"  {'figure':<36}{'start':>12}{'end':>12}{'growth':>12}")
@@ -737,6 +788,7 @@ def main() -> None:
                 args.server_log.write_text(result_log)
         result["server_exit_code"] = server.returncode
         result["server_log_tracebacks"] = result_log.count("Traceback")
+        judge_off_path(result, result.pop("off_path"), result_log)
     report(result)
     print(
         f"server exit code {result['server_exit_code']}, tracebacks in its log: {result['server_log_tracebacks']}"

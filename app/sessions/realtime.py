@@ -119,6 +119,7 @@ class RealtimeSession:
         self._feed: asyncio.Queue[_FeedItem] = asyncio.Queue()
         self._closed = False
         self._ending = False  # the session is being ended: late messages are dropped
+        self._handling = 0  # client messages being handled right now
         # listen turn (our side)
         self._turn = 0
         self._listening = False  # audio goes to the engine
@@ -207,6 +208,15 @@ class RealtimeSession:
         if self._closed or self._ending:
             return  # a message that was on its way when the session ended
         self.last_activity = time.monotonic()
+        # reliab: a message still being handled (waiting on a busy engine) is activity: no idle close.
+        self._handling += 1
+        try:
+            await self._handle_message(raw)
+        finally:
+            self._handling -= 1
+            self.last_activity = time.monotonic()
+
+    async def _handle_message(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
             await self._append_audio(raw, event_id=None)
             return
@@ -877,7 +887,7 @@ class RealtimeSession:
                 await self._close_socket(CloseCode.NORMAL, "session expired")
                 return
             idle = time.monotonic() - self.last_activity
-            if idle > self.settings.idle_timeout_s and self._streamer is None:
+            if idle > self.settings.idle_timeout_s and self._streamer is None and not self._handling:
                 self._client_error(
                     "idle_timeout",
                     f"no client event for {self.settings.idle_timeout_s:g} s: closing the session",
