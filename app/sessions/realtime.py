@@ -814,6 +814,7 @@ class RealtimeSession:
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
     ) -> None:
         """The response is over on the wire (its final events are queued)."""
+        self.last_activity = time.monotonic()  # reliab: the client's idle time starts after the answer
         self.metrics.count_response(status.value)
         if done is not None and "first_audio_latency_s" in done.stats:
             self.metrics.first_audio_s.append(done.stats["first_audio_latency_s"])

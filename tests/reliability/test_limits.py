@@ -14,7 +14,14 @@ import pytest
 import websockets
 
 from tests.conftest import LiveServer
-from tests.routes.conftest import RealtimeClient, answers_text, realtime_client, run, text_turn
+from tests.routes.conftest import (
+    SHORT_ANSWER_TOKENS,
+    RealtimeClient,
+    answers_text,
+    realtime_client,
+    run,
+    text_turn,
+)
 
 KEY = "secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -129,4 +136,22 @@ def test_a_request_waiting_on_a_busy_engine_is_not_idleness(start_server: Callab
 
     done, types = run(main())
     assert done["response"]["status"] == "completed"
+    assert "error" not in types
+
+
+def test_idleness_counts_from_the_end_of_the_answer(start_server: Callable[..., LiveServer]) -> None:
+    """An answer that plays longer than the idle timeout: a client that takes half the idle timeout to
+    reply after `response.done` is answered; the time the answer took is not the client's idleness."""
+    idle_s = 1.0
+    server = start_server(idle_timeout_s=idle_s, max_answer_tokens=SHORT_ANSWER_TOKENS, top_k=1)
+
+    async def main() -> tuple[list[dict], list[str]]:
+        async with realtime_client(server.ws_url) as client:
+            first = await text_turn(client, "Tell me a story.")  # about 3 s of speech
+            await asyncio.sleep(idle_s / 2)  # the user thinks
+            dones = [first, await text_turn(client, "And another.")]
+            return dones, client.types()
+
+    dones, types = run(main())
+    assert all(done["response"]["status"] == "completed" for done in dones)
     assert "error" not in types
