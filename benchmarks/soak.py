@@ -198,13 +198,15 @@ class Session:
     async def wait_for(
         self, event_type: str, timeout: float = 120.0, quiet: float | None = None
     ) -> dict[str, Any]:
-        """The next event of `event_type`, within `timeout`; with `quiet`, an answer still arriving (any
-        event within `quiet` s) is waited for up to `timeout`: late under load is not stuck."""
+        """The next event of `event_type`, within `timeout`; with `quiet`, once the answer has begun (a
+        delta arrived), `quiet` s without any event is stuck: an answer still arriving, or not begun yet
+        on a loaded server, is waited for up to `timeout` (late is not stuck)."""
         started = time.monotonic()
         deadline = started + timeout
+        begun = False
         while True:
             left = deadline - time.monotonic()
-            if quiet is not None:
+            if quiet is not None and begun:
                 left = min(left, quiet)
             if left <= 0:
                 raise Unexpected(f"no {event_type} within {timeout:g} s; last events: {self.types[-8:]}")
@@ -216,6 +218,7 @@ class Session:
                     f"no {event_type} after {waited:.0f} s (nothing for {left:.0f} s); "
                     f"last events: {self.types[-8:]}"
                 ) from None
+            begun = begun or event["type"].endswith(".delta")
             if event["type"] == event_type:
                 return event
 
