@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     max_sessions_per_key: int = Field(0, ge=0, description="live sessions one API key may hold; 0: no limit")
     ws_ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping every this many seconds")
     ws_ping_timeout_s: float = Field(20.0, gt=0, description="no pong within this closes the connection")
+    malloc_trim_interval_s: float = Field(
+        0.0, ge=0, description="return the allocator's free memory to the system this often (glibc); 0: never"
+    )
+    trace_python_memory: bool = Field(
+        False, description="trace Python allocations (tracemalloc) and report them in /metrics; slower"
+    )
+    ws_close_timeout_s: float = Field(
+        5.0, gt=0, description="a peer that has not answered our close frame within this is disconnected"
+    )
     audio_ahead_s: float = Field(0.5, ge=0, description="how far answer audio is sent ahead of real time")
     audio_delta_ms: int = Field(100, ge=10, description="duration of one output audio delta")
     ws_send_buffer_bytes: int = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,9 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "torch uses %d CPU thread(s) (FREEZE_OMNI_TORCH_THREADS=%d)", threads, settings.torch_threads
         )
         state.start_loading()
+        state.memory.start()
+        loop_watch = asyncio.create_task(state.loop_watch.run(), name="loop-watch")
         try:
             yield
         finally:
+            loop_watch.cancel()
             await state.stop()
 
     app = FastAPI(

@@ -21,6 +21,8 @@ from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.pool import EnginePool
 from app.key_limits import KeySessionLimiter
+from app.loop_watch import LoopWatch
+from app.memory_upkeep import MemoryUpkeep
 from app.metrics import Metrics
 from app.model import load_freeze_omni
 from app.sessions.close_codes import CloseCode
@@ -52,12 +54,15 @@ class ServerState:
     on_fatal: Callable[[], None] | None = None  # asks the process to exit (set by app.serving)
     key_sessions: KeySessionLimiter = field(init=False)
     resumable: ResumeRegistry = field(init=False)  # resume tokens; sessions parked for a resume
+    memory: MemoryUpkeep = field(init=False)
+    loop_watch: LoopWatch = field(default_factory=LoopWatch)
     _load_task: asyncio.Task | None = None
     _watch_task: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
         self.resumable = ResumeRegistry(self.settings.resume_grace_s)
+        self.memory = MemoryUpkeep(self.settings.malloc_trim_interval_s, self.settings.trace_python_memory)
 
     @property
     def ready(self) -> bool:
@@ -155,6 +160,7 @@ class ServerState:
             log.info("drained %d session(s) in %.2f s", len(sessions), time.monotonic() - started)
 
     async def stop(self) -> None:
+        await self.memory.stop()
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.drain()

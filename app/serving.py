@@ -47,7 +47,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_max_size=2 * settings.max_message_bytes,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        ws=bounded_websocket_protocol(settings.ws_send_buffer_bytes),
+        ws=bounded_websocket_protocol(settings.ws_send_buffer_bytes, settings.ws_close_timeout_s),
         # Pings keep idle connections alive through proxies (60 s idle timeouts are common) and find
         # peers that vanished without a close.
         ws_ping_interval=settings.ws_ping_interval_s,

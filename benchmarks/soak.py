@@ -14,16 +14,30 @@ behaviour, end it, open the next. The behaviours, by weight (`--mix`):
 - `drop`: a TCP drop mid-answer, without a close frame (a phone that lost its network);
 - `resume`: the same drop, then a reconnect within the grace time with the session's resume token and
   the count of messages received: the answer must finish on the new connection;
-- `slow_reader`: a client with a tiny receive buffer that stops reading mid-answer;
+- `slow_reader`: a client with a tiny receive buffer that stops reading mid-answer and goes on sending
+  (large assistant items the server echoes, so its outbound fills whatever the answer's pace), then
+  reads again and finds `client_too_slow` and close 4000;
+- `stuck`: the same, but it never reads again: the server must drop the TCP connection itself once
+  its close handshake times out (`FREEZE_OMNI_WS_CLOSE_TIMEOUT_S`);
 - `idle`: a session that sends nothing until the server's idle timeout;
 - `bad_input`: malformed JSON and an unknown event (each an `error`; the session goes on), then
   oversized messages (closed with 1009).
 
+Microphones never go digitally silent: spoken users and barge-ins stream a noise floor after their
+speech until their answer is done, as a real client does.
+
 Every session's end is checked against the close its behaviour documents: client close 1000 after the
-last answer (on the resumed connection for `resume`), 1000 after `idle_timeout`, 4000 after
-`client_too_slow`, 1009 for an oversized message, none for a drop; 1013 (server full) is counted apart. Anything else is "unexpected". At the end, once
-every session is gone, the server's /metrics are read against the start (after a warm-up): resident
-memory, open file descriptors, asyncio tasks, tasks of live sessions, KV-cache slots in use.
+last answer (on the resumed connection for `resume`), 1000 after `idle_timeout`, 4000 after `client_too_slow`, 1009 for an oversized message,
+none for a drop, a TCP disconnect for a client that never reads; 1013 (server full) is counted apart.
+The server keeps its default admission (`FREEZE_OMNI_ADMISSION_MAX_LOAD`): on a busy machine it refuses
+sessions that would push it past real time (1013), as it would in production; pass
+`--server-env FREEZE_OMNI_ADMISSION_MAX_LOAD=0` to admit up to `--sessions` regardless.
+Each ending is reported by category (`endings`); anything a behaviour does not document is
+"unexplained", with the events the client saw. At the end, once every session is gone, the server's
+/metrics are read against the start (after a warm-up): resident memory, open file descriptors,
+asyncio tasks, tasks of live sessions, KV-cache slots in use, and where the server reports them, the
+bytes Python objects hold (`FREEZE_OMNI_TRACE_PYTHON_MEMORY`) and what `malloc_trim` gave back
+(`FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S`); `--server-env` passes such settings to the server.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -59,7 +74,9 @@ sys.path.insert(0, str(ROOT))
 
 WIRE_RATE = 24000
 APPEND_S = 0.1
-DEFAULT_MIX = "text=40,audio=10,spoken=10,barge_in=8,drop=10,resume=6,slow_reader=6,idle=6,bad_input=10"
+DEFAULT_MIX = (
+    "text=36,audio=10,spoken=10,barge_in=8,drop=10,resume=6,slow_reader=5,stuck=2,idle=6,bad_input=10"
+)
 SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour ends within seconds
     "FREEZE_OMNI_MAX_ANSWER_TOKENS": "24",
     "FREEZE_OMNI_LLM_MAX_LEN": "1024",
@@ -68,12 +85,15 @@ SERVER_SETTINGS = {  # a soak-sized server: short timeouts so every behaviour en
     "FREEZE_OMNI_WS_SEND_BUFFER_BYTES": "16384",
     "FREEZE_OMNI_WS_PING_INTERVAL_S": "5",
     "FREEZE_OMNI_WS_PING_TIMEOUT_S": "20",
+    "FREEZE_OMNI_WS_CLOSE_TIMEOUT_S": "10",
     "FREEZE_OMNI_MAX_MESSAGE_BYTES": "65536",
     # A dropping client never resumes here: its session waits briefly for it, then frees its place.
     "FREEZE_OMNI_RESUME_GRACE_S": "3",
     "FREEZE_OMNI_LOG_LEVEL": "warning",
 }
-EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drops the connection)
+# behaviour -> the close it documents (None: the client drops the connection; "disconnected": the server
+# drops it, with no close frame the client could read)
+EXPECTED_CLOSE: dict[str, int | str | None] = {
     "text": 1000,
     "audio": 1000,
     "spoken": 1000,
@@ -81,6 +101,7 @@ EXPECTED_CLOSE = {  # behaviour -> the close it documents (None: the client drop
     "drop": None,
     "resume": 1000,
     "slow_reader": 4000,
+    "stuck": "disconnected",
     "idle": 1000,
     "bad_input": 1009,
 }
@@ -129,6 +150,36 @@ class Tally:
     unexpected: Counter = field(default_factory=Counter)  # behaviour:what -> count
     responses: Counter = field(default_factory=Counter)  # response.done status -> count
     examples: list[str] = field(default_factory=list)
+    # Endings off the documented path while the soak's own process was stalled (see `LoopLag`): the
+    # client could not keep its side (answer pings, read a close, send within the idle timeout).
+    client_stalled: Counter = field(default_factory=Counter)
+    stalled_examples: list[str] = field(default_factory=list)
+    # Other endings off the path, judged at the end against the server's own stalls (its log):
+    # (behaviour, what, detail, wall-clock start, wall-clock end)
+    off_path: list[tuple[str, str, str, float, float]] = field(default_factory=list)
+
+
+class LoopLag:
+    """How late this process's event loop ran: a machine too busy for the soak's own client shows here."""
+
+    STALL_S = 2.0  # a wake-up this late counts as a stall of the client
+
+    def __init__(self) -> None:
+        self.stalls: list[tuple[float, float]] = []  # (when it ended, seconds late)
+        self.worst_s = 0.0
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.1)
+            late = time.monotonic() - before - 0.1
+            self.worst_s = max(self.worst_s, late)
+            if late >= self.STALL_S:
+                self.stalls.append((time.monotonic(), late))
+
+    def worst_between(self, start: float, end: float) -> float:
+        """The longest stall that overlapped [start, end] (0 if none)."""
+        return max((late for at, late in self.stalls if at >= start and at - late <= end), default=0.0)
 
 
 class Session:
@@ -152,16 +203,30 @@ class Session:
             self.tally.responses[event["response"]["status"]] += 1
         return event
 
-    async def wait_for(self, event_type: str, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(
+        self, event_type: str, timeout: float = 120.0, quiet: float | None = None
+    ) -> dict[str, Any]:
+        """The next event of `event_type`, within `timeout`; with `quiet`, once the answer has begun (a
+        delta arrived), `quiet` s without any event is stuck: an answer still arriving, or not begun yet
+        on a loaded server, is waited for up to `timeout` (late is not stuck)."""
+        started = time.monotonic()
+        deadline = started + timeout
+        begun = False
         while True:
             left = deadline - time.monotonic()
+            if quiet is not None and begun:
+                left = min(left, quiet)
             if left <= 0:
-                raise Unexpected(f"no {event_type} within {timeout:g} s")
+                raise Unexpected(f"no {event_type} within {timeout:g} s; last events: {self.types[-8:]}")
             try:
                 event = await self.next(left)
             except TimeoutError:
-                raise Unexpected(f"no {event_type} within {timeout:g} s") from None
+                waited = time.monotonic() - started
+                raise Unexpected(
+                    f"no {event_type} after {waited:.0f} s (nothing for {left:.0f} s); "
+                    f"last events: {self.types[-8:]}"
+                ) from None
+            begun = begun or event["type"].endswith(".delta")
             if event["type"] == event_type:
                 return event
 
@@ -180,7 +245,7 @@ class Session:
         item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
         await self.send({"type": "conversation.item.create", "item": item})
         await self.send({"type": "response.create"})
-        return await self.wait_for("response.done")
+        return await self.wait_for("response.done", timeout=240, quiet=30)
 
     async def stream(self, samples: np.ndarray) -> None:
         """Send audio in 100 ms appends at real-time pace."""
@@ -196,12 +261,103 @@ class Session:
         return self.ws.close_code
 
 
+class RawClient:
+    """A WebSocket client that reads only when told to: websockets' sans-I/O protocol over a socket
+    with a tiny receive buffer (the kernel takes little before the server's sends block)."""
+
+    FLOOD_ITEM = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "x" * 8000}],
+    }
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, url: str, tally: Tally):
+        self.reader = reader
+        self.writer = writer
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.tally = tally
+        self.types: list[str] = []
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, url: str, tally: Tally) -> RawClient:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2048)
+        client = cls(reader, writer, url, tally)
+        client.protocol.send_request(client.protocol.connect())
+        await client.flush()
+        while "session.created" not in client.types:
+            if not await client.receive(30):
+                if client.close_code == 1013:
+                    client.writer.close()
+                    raise ConnectionRefusedError("server full")
+                raise Unexpected(f"closed before session.created ({client.close_code})")
+        return client
+
+    async def flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), 10)
+
+    async def receive(self, timeout: float) -> bool:
+        """Read what arrives within `timeout`; False once the connection has ended."""
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                message = json.loads(event.data)
+                self.types.append(message["type"])
+                if message["type"] == "error":
+                    self.tally.errors[message["error"].get("code") or "none"] += 1
+            elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                self.close_code = Close.parse(event.data).code
+        if data:
+            await self.flush()
+        return bool(data)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        self.protocol.send_text(json.dumps(event).encode())
+        await self.flush()
+
+    async def start_answer_then_flood(self, seconds: float) -> bool:
+        """Ask for a spoken answer, wait for its first audio, then read nothing for `seconds` while
+        sending items the server echoes. True if the server dropped the connection meanwhile."""
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Tell me a story."}],
+        }
+        await self.send({"type": "conversation.item.create", "item": item})
+        await self.send({"type": "response.create"})
+        while "response.output_audio.delta" not in self.types:
+            if not await self.receive(30):
+                raise Unexpected("closed before the answer began")
+        stop_at = time.monotonic() + seconds
+        try:
+            while time.monotonic() < stop_at:
+                await self.send({"type": "conversation.item.create", "item": self.FLOOD_ITEM})
+                await asyncio.sleep(0.25)
+                if self.writer.transport.is_closing():
+                    return True
+        except (ConnectionError, TimeoutError):
+            return True  # reset by the server (a send that no longer goes out times out)
+        return False
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace, url: str, question: np.ndarray) -> None:
         self.args = args
         self.url = url
         self.question = question
         self.tally = Tally()
+        self.lag = LoopLag()
         mix = dict(part.split("=") for part in args.mix.split(","))
         self.behaviours = list(mix)
         self.weights = [float(w) for w in mix.values()]
@@ -227,8 +383,10 @@ class Soak:
     async def play(self, behaviour: str, rng: random.Random) -> None:
         tally = self.tally
         tally.sessions[behaviour] += 1
+        started = time.monotonic()
+        started_wall = time.time()
         try:
-            code = await asyncio.wait_for(getattr(self, f"_{behaviour}")(rng), timeout=120)
+            code = await asyncio.wait_for(getattr(self, f"_{behaviour}")(rng), timeout=300)
         except ConnectionRefusedError:
             tally.closes[f"{behaviour}:1013"] += 1
             await asyncio.sleep(1.0)
@@ -237,13 +395,24 @@ class Soak:
             what = type(error).__name__
             if isinstance(error, ConnectionClosed):
                 what = f"closed {error.rcvd.code if error.rcvd else 'without a close frame'}"
-            tally.unexpected[f"{behaviour}: {what}"] += 1
-            if len(tally.examples) < 20:
-                tally.examples.append(f"{behaviour}: {error!r}"[:300])
+            self.off_path(behaviour, what, repr(error), started, started_wall)
             return
         tally.closes[f"{behaviour}:{code}"] += 1
         if code != EXPECTED_CLOSE[behaviour]:
-            tally.unexpected[f"{behaviour}: close {code}"] += 1
+            self.off_path(behaviour, f"close {code}", f"close {code}", started, started_wall)
+
+    def off_path(self, behaviour: str, what: str, detail: str, started: float, started_wall: float) -> None:
+        """Note an ending its behaviour does not document: during a stall of this client, or to be judged
+        against the server's stalls at the end (see `judge_off_path`)."""
+        tally = self.tally
+        stall = self.lag.worst_between(started, time.monotonic())
+        if stall > 0:
+            tally.client_stalled[f"{behaviour}: {what}"] += 1
+            if len(tally.stalled_examples) < 10:
+                tally.stalled_examples.append(f"{behaviour} (client stalled {stall:.1f} s): {detail}"[:500])
+            return
+        tally.unexpected[f"{behaviour}: {what}"] += 1  # until judged
+        tally.off_path.append((behaviour, what, detail, started_wall, time.time()))
 
     # -- behaviours: each returns the close code the client saw (None: no close frame) --------------------
     async def _text(self, rng: random.Random) -> int | None:
@@ -263,11 +432,11 @@ class Soak:
         audio = np.concatenate(
             [noise(0.5, np_rng), self.question + noise(len(self.question) / WIRE_RATE, np_rng)]
         )
-        sender = asyncio.create_task(session.stream(np.concatenate([audio, noise(4.0, np_rng)])))
+        sender = asyncio.create_task(session.stream(np.concatenate([audio, noise(20.0, np_rng)])))
         try:
             # The random state head may answer, ignore or wait for the VAD: an answer is likely, not sure.
             with contextlib.suppress(Unexpected):
-                await session.wait_for("response.done", timeout=20)
+                await session.wait_for("response.done", timeout=30)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -286,9 +455,10 @@ class Soak:
         await session.wait_for("response.output_audio.delta")
         np_rng = np.random.default_rng(rng.randint(0, 2**31))
         speech = self.question + noise(len(self.question) / WIRE_RATE, np_rng)
-        sender = asyncio.create_task(session.stream(np.concatenate([speech, noise(3.0, np_rng)])))
+        # A microphone stays on after the interruption: noise until the answer is done (cancelled or not).
+        sender = asyncio.create_task(session.stream(np.concatenate([speech, noise(60.0, np_rng)])))
         try:
-            await session.wait_for("response.done", timeout=30)
+            await session.wait_for("response.done", timeout=240, quiet=30)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -322,84 +492,42 @@ class Soak:
         await back.wait_for("response.done", timeout=60)
         return await back.close()
 
-    async def _slow_reader(self, rng: random.Random) -> int | None:
+    async def _slow_reader(self, rng: random.Random) -> int | str | None:
         """A client whose reader hangs while its sender goes on: it reads nothing at all from its socket
-        (websockets' sans-I/O protocol over a socket with a tiny receive buffer), keeps asking for
-        answers, then reads again and must find `client_too_slow` and close 4000."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (self.args.host, self.args.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=2048)
-        protocol = ClientProtocol(parse_uri(self.url), max_size=None)
-        protocol.send_request(protocol.connect())
-        types: list[str] = []
-        close_code: int | None = None
-        refused_before = self.tally.errors["capacity_exceeded"]
-
-        async def flush() -> None:
-            for data in protocol.data_to_send():
-                if data:
-                    writer.write(data)
-            await writer.drain()
-
-        async def receive(timeout: float) -> bool:
-            """Read what arrives within `timeout`; False once the connection has ended."""
-            nonlocal close_code
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for event in protocol.events_received():
-                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                    message = json.loads(event.data)
-                    types.append(message["type"])
-                    if message["type"] == "error":
-                        self.tally.errors[message["error"].get("code") or "none"] += 1
-                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
-                    close_code = Close.parse(event.data).code
-            await flush()
-            return bool(data)
-
-        async def send(event: dict[str, Any]) -> None:
-            protocol.send_text(json.dumps(event).encode())
-            await flush()
-
+        while an answer plays and it keeps sending items the server echoes (so the server's outbound
+        fills whatever the answer's pace), then reads again and must find `client_too_slow` and 4000."""
+        client = await RawClient.open(self.args.host, self.args.port, self.url, self.tally)
         try:
-            await flush()
-            while "session.created" not in types:
-                if self.tally.errors["capacity_exceeded"] > refused_before:
-                    raise ConnectionRefusedError("server full")  # sessions waiting for a resume hold places
-                if not await receive(30):
-                    raise Unexpected("closed before session.created")
-            item = {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a story."}],
-            }
-            await send({"type": "conversation.item.create", "item": item})
-            await send({"type": "response.create"})
-            while "response.output_audio.delta" not in types:
-                if not await receive(30):
-                    raise Unexpected("closed before the answer began")
-            # Read nothing; keep asking. Back before ping/pong gives up on us (it would close 1011).
-            stop_at = time.monotonic() + float(SERVER_SETTINGS["FREEZE_OMNI_MAX_OUTBOUND_SECONDS"]) + 8.0
-            while time.monotonic() < stop_at:
-                await send({"type": "conversation.item.create", "item": item})
-                await send({"type": "response.create"})
-                await asyncio.sleep(0.5)
+            await client.start_answer_then_flood(
+                float(SERVER_SETTINGS["FREEZE_OMNI_MAX_OUTBOUND_SECONDS"]) + 6.0
+            )
+            # Read again, before the server's close handshake times out.
             deadline = time.monotonic() + 30
-            while close_code is None and time.monotonic() < deadline:
-                if not await receive(max(0.01, deadline - time.monotonic())):
+            while client.close_code is None and time.monotonic() < deadline:
+                if not await client.receive(max(0.01, deadline - time.monotonic())):
                     break
         except TimeoutError:
-            raise Unexpected("no close within 30 s") from None
+            raise Unexpected(f"no close within 30 s; events seen: {client.types[-6:]}") from None
         finally:
-            writer.close()
-        if close_code == 4000 and "error" not in types:
+            client.writer.close()
+        if client.close_code == 4000 and "error" not in client.types:
             raise Unexpected("closed 4000 without the client_too_slow error")
-        return close_code
+        return client.close_code
+
+    async def _stuck(self, rng: random.Random) -> int | str | None:
+        """Like `slow_reader`, but it never reads again: the server must drop the connection itself."""
+        client = await RawClient.open(self.args.host, self.args.port, self.url, self.tally)
+        limit = (
+            float(SERVER_SETTINGS["FREEZE_OMNI_MAX_OUTBOUND_SECONDS"])
+            + float(SERVER_SETTINGS["FREEZE_OMNI_WS_CLOSE_TIMEOUT_S"])
+            + 30.0
+        )
+        try:
+            if await client.start_answer_then_flood(limit):
+                return "disconnected"
+        finally:
+            client.writer.close()
+        raise Unexpected(f"the server still held a client that reads nothing after {limit:g} s")
 
     async def _idle(self, rng: random.Random) -> int | None:
         session = await self.connect()
@@ -421,14 +549,26 @@ class Soak:
 
 # -- the server and its figures ------------------------------------------------------------------------------
 def metrics(base: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    for attempt in range(3):  # a saturated server may answer late
+        try:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+                text = response.read().decode()
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
     figures = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             figures[name] = float(value)
     return figures
+
+
+def megabytes(figures: dict[str, float], name: str) -> float | None:
+    value = figures.get(f"freeze_omni_{name}")
+    return None if value is None else round(value / 2**20, 1)
 
 
 def ready(base: str) -> dict[str, Any] | None:
@@ -448,6 +588,7 @@ def start_server(args: argparse.Namespace, workdir: Path) -> subprocess.Popen:
         **SERVER_SETTINGS,
         "PYTHONPATH": str(ROOT),
         "FREEZE_OMNI_MAX_SESSIONS": str(args.sessions + 8),
+        **dict(pair.split("=", 1) for pair in args.server_env),
     }
     command = [
         sys.executable, "-m", "app.cli", "serve", "--host", args.host, "--port", str(args.port),
@@ -473,11 +614,17 @@ LEAK_FIGURES = {
     "engine_sessions": "engine sessions",
     "llm_cache_slots_in_use": "LLM cache slots in use",
     "decoder_cache_slots_in_use": "speech decoder cache slots in use",
+    "python_traced_bytes": "Python-held memory, tracemalloc (MB)",
+    "malloc_trim_released_bytes": "given back by malloc_trim (MB)",
 }
 
 
-async def settle(base: str, timeout: float) -> dict[str, float]:
-    """Wait until the server holds no session (drops are found by ping/pong), then read /metrics."""
+async def settle(
+    base: str, timeout: float, closing_s: float, open_fds: float | None = None
+) -> dict[str, float]:
+    """Wait until the server holds no session (drops are found by ping/pong), then until its open file
+    descriptors are back to `open_fds`, at most `closing_s` more (connections it has let go of may still
+    be in their close handshake), then read /metrics."""
     deadline = time.monotonic() + timeout
     while True:
         figures = metrics(base)
@@ -489,45 +636,61 @@ async def settle(base: str, timeout: float) -> dict[str, float]:
         if time.monotonic() > deadline:
             return figures
         await asyncio.sleep(0.5)
-    # Connections the server has let go of may still be closing (uvicorn's close handshake timeout).
-    await asyncio.sleep(min(12.0, max(0.0, deadline - time.monotonic())))
+    closed_by = min(time.monotonic() + closing_s, deadline)
+    while time.monotonic() < closed_by:
+        if open_fds is not None and figures.get("freeze_omni_process_open_fds", 0) <= open_fds:
+            break
+        await asyncio.sleep(0.5)
+        figures = metrics(base)
     return metrics(base)
 
 
 async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
     url = f"ws://{args.host}:{args.port}/v1/realtime"
     runner = Soak(args, url, spoken_question())
+    lag_monitor = asyncio.create_task(runner.lag.run())
     # Warm-up: the same load for `--warm-up` seconds, so the start figures include what the first uses
     # of every batch shape allocate (allocator pools, kernel caches); what grows after it is what leaks.
-    warm_deadline = time.monotonic() + args.warm_up
-    await asyncio.gather(*(runner.user(-1 - i, warm_deadline) for i in range(args.sessions)))
-    start = await settle(base, 60)
+    closing_s = float(SERVER_SETTINGS["FREEZE_OMNI_WS_CLOSE_TIMEOUT_S"]) + 1.0
+    if args.warm_up > 0:
+        warm_deadline = time.monotonic() + args.warm_up
+        await asyncio.gather(*(runner.user(-1 - i, warm_deadline) for i in range(args.sessions)))
+    start = await settle(base, 60, closing_s if args.warm_up > 0 else 0.0)
     warm_tally, runner.tally = runner.tally, Tally()
     started = time.monotonic()
     deadline = started + args.duration
-    timeline: list[tuple[float, float]] = []  # (seconds into the soak, resident MB)
+    timeline: list[tuple[float, float, float | None, float | None]] = []  # (s, RSS MB, Python MB, trimmed MB)
 
     async def sample() -> None:
         while time.monotonic() < deadline:
             await asyncio.sleep(min(args.sample_every, max(0.0, deadline - time.monotonic())))
-            rss = (await asyncio.to_thread(metrics, base)).get("freeze_omni_process_resident_bytes", 0.0)
-            timeline.append((round(time.monotonic() - started), round(rss / 2**20, 1)))
+            now = await asyncio.to_thread(metrics, base)
+
+            rss, python, trimmed = (
+                megabytes(now, "process_resident_bytes"),
+                megabytes(now, "python_traced_bytes"),
+                megabytes(now, "malloc_trim_released_bytes"),
+            )
+            timeline.append((round(time.monotonic() - started), rss, python, trimmed))
+            extra = "" if python is None else f", Python-held {python} MB"
+            extra += "" if trimmed is None else f", malloc_trim gave back {trimmed} MB so far"
             print(
                 f"  {timeline[-1][0]:>6} s: {sum(runner.tally.sessions.values())} sessions, "
-                f"server RSS {timeline[-1][1]} MB, unexpected {dict(runner.tally.unexpected)}",
+                f"server RSS {rss} MB{extra}, off the path (not yet judged) {dict(runner.tally.unexpected)}",
                 flush=True,
             )
 
     await asyncio.gather(sample(), *(runner.user(i, deadline) for i in range(args.sessions)))
     elapsed = time.monotonic() - started
-    end = await settle(base, 60)
+    end = await settle(base, 60, closing_s, start.get("freeze_omni_process_open_fds"))
+    lag_monitor.cancel()
     tally = runner.tally
     figures = {}
     for key, label in LEAK_FIGURES.items():
         before, after = start.get(f"freeze_omni_{key}"), end.get(f"freeze_omni_{key}")
         if before is None or after is None:
             continue
-        scale = 1 / 2**20 if key == "process_resident_bytes" else 1
+        scale = 1 / 2**20 if key.endswith("_bytes") else 1
         figures[label] = {"start": before * scale, "end": after * scale, "growth": (after - before) * scale}
     return {
         "sessions_concurrent": args.sessions,
@@ -537,25 +700,86 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "closes": dict(sorted(tally.closes.items())),
         "unexpected": dict(tally.unexpected),
         "unexpected_examples": tally.examples,
+        "off_path": tally.off_path,
+        "client_stalled": dict(tally.client_stalled),
+        "client_stalled_examples": tally.stalled_examples,
+        "client_stalls_over_2s": len([1 for at, _ in runner.lag.stalls if at >= started]),
+        "client_worst_stall_s": round(
+            max((late for at, late in runner.lag.stalls if at >= started), default=0.0), 1
+        ),
         "client_errors_by_code": dict(tally.errors),
         "responses_by_status": dict(tally.responses),
         "server_errors_by_code": {k: v for k, v in end.items() if k.startswith("freeze_omni_errors_total")},
         "warm_up_unexpected": dict(warm_tally.unexpected),
+        "server_env": args.server_env,
         "leaks": figures,
         "resident_mb_timeline": timeline,
     }
 
 
+SERVER_STALL = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING app\.loop_watch: event loop stalled for ([\d.]+) s",
+    re.MULTILINE,
+)
+
+
+def judge_off_path(result: dict[str, Any], off_path: list[tuple], server_log: str) -> None:
+    """Endings off the documented path that overlap a stall of the server's event loop of at least
+    `LoopLag.STALL_S` (the server could not keep its side) are counted apart; the rest are unexplained."""
+    stalls = [
+        (time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000, float(m[3]))
+        for m in SERVER_STALL.finditer(server_log)
+    ]
+    result["server_stalls_over_2s"] = sum(1 for _, late in stalls if late >= LoopLag.STALL_S)
+    result["server_worst_stall_s"] = max((late for _, late in stalls), default=0.0)
+    unexplained: Counter = Counter()
+    server_stalled: Counter = Counter()
+    examples, stalled_examples = [], []
+    for behaviour, what, detail, start, end in off_path:
+        worst = max(
+            (late for at, late in stalls if late >= LoopLag.STALL_S and at >= start and at - late <= end),
+            default=0.0,
+        )
+        if worst > 0:
+            server_stalled[f"{behaviour}: {what}"] += 1
+            if len(stalled_examples) < 10:
+                stalled_examples.append(f"{behaviour} (server stalled {worst:.1f} s): {detail}"[:500])
+        else:
+            unexplained[f"{behaviour}: {what}"] += 1
+            if unexplained[f"{behaviour}: {what}"] <= 3:  # a few of each kind
+                examples.append(f"{behaviour}: {detail}"[:500])
+    result["unexpected"] = dict(unexplained)
+    result["unexpected_examples"] = examples
+    result["server_stalled"] = dict(server_stalled)
+    result["server_stalled_examples"] = stalled_examples
+
+
 def report(result: dict[str, Any]) -> None:
     print(f"\nsoak: {result['sessions_concurrent']} concurrent users for {result['duration_s']} s")
     print(f"sessions served: {result['sessions_served']}  {result['sessions_by_behaviour']}")
-    print("closes (behaviour:code):")
+    print("endings (behaviour:close code; None: the client dropped; disconnected: the server dropped):")
     for key, count in result["closes"].items():
         print(f"  {key:<24} {count}")
     print(f"responses: {result['responses_by_status']}")
     print(f"errors received, by code: {dict(sorted(result['client_errors_by_code'].items()))}")
-    print(f"unexpected endings: {sum(result['unexpected'].values())} {result['unexpected']}")
-    for example in result["unexpected_examples"][:5]:
+    print(f"unexplained endings: {sum(result['unexpected'].values())} {result['unexpected']}")
+    for example in result["unexpected_examples"][:30]:
+        print(f"  e.g. {example}")
+    stalled = result["client_stalled"]
+    print(
+        f"off the documented path while the soak's own client was stalled (>= {LoopLag.STALL_S:g} s; "
+        f"{result['client_stalls_over_2s']} stalls, worst {result['client_worst_stall_s']} s): "
+        f"{sum(stalled.values())} {stalled}"
+    )
+    for example in result["client_stalled_examples"][:5]:
+        print(f"  e.g. {example}")
+    server_stalled = result.get("server_stalled", {})
+    print(
+        f"off the documented path while the server's event loop was stalled (>= {LoopLag.STALL_S:g} s; "
+        f"{result.get('server_stalls_over_2s', 0)} stalls, worst {result.get('server_worst_stall_s', 0):.1f} s): "
+        f"{sum(server_stalled.values())} {server_stalled}"
+    )
+    for example in result.get("server_stalled_examples", [])[:5]:
         print(f"  e.g. {example}")
     print("after the last close, against the start (after warm-up):")
     print(f"  {'figure':<36}{'start':>12}{'end':>12}{'growth':>12}")
@@ -576,6 +800,14 @@ def main() -> None:
     parser.add_argument("--warm-up", type=float, default=60, help="seconds of load before the start figures")
     parser.add_argument("--sample-every", type=float, default=60, help="seconds between progress lines")
     parser.add_argument("--server-log", type=Path, help="keep the server's log here")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the server (repeatable), e.g. FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S=60, "
+        "FREEZE_OMNI_TRACE_PYTHON_MEMORY=true, MALLOC_ARENA_MAX=2",
+    )
     args = parser.parse_args()
     if args.port == 0:
         with socket.socket() as sock:
@@ -597,6 +829,7 @@ def main() -> None:
                 args.server_log.write_text(result_log)
         result["server_exit_code"] = server.returncode
         result["server_log_tracebacks"] = result_log.count("Traceback")
+        judge_off_path(result, result.pop("off_path"), result_log)
     report(result)
     print(
         f"server exit code {result['server_exit_code']}, tracebacks in its log: {result['server_log_tracebacks']}"

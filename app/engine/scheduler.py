@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from app.engine.errors import CapacityError, SessionClosedError
+from app.engine.errors import CapacityError, SessionClosedError, TurnTooLongError
 from app.engine.events import (
     AnswerDone,
     AnswerEvent,
@@ -187,20 +187,22 @@ class Scheduler:
         else:
             session.role_changed = True
 
-    def _rebuild_if_needed(self, session: SessionState) -> None:
-        """Re-read the conversation under a new role, or drop the oldest turns to make room."""
+    def _rebuild_if_needed(self, session: SessionState, turn_room: int = 0) -> None:
+        """Re-read the conversation under a new role, or drop the oldest turns to make room (for a
+        maximal turn and answer, or `turn_room` tokens if more)."""
         settings = self.settings
         used = self.slots.length(session.main_slot) + (
             session.prefill.shape[0] if session.prefill is not None else 0
         )
-        fits = used + settings.turn_reserve <= settings.llm_max_len
+        room = max(settings.turn_reserve, turn_room)
+        fits = used + room <= settings.llm_max_len
         if not session.role_changed and not session.history_cut and fits:
             return
         system = system_prefill_embeds(self.model, session.role)
         history = session.history
         dropped = 0
         # Keep at most half the room history may use, so that re-reads stay rare.
-        budget = (settings.llm_max_len - settings.turn_reserve - system.shape[0]) // 2
+        budget = (settings.llm_max_len - room - system.shape[0]) // 2
         while history and sum(e.length for e in history) > budget:
             oldest = history[0].exchange
             history = [e for e in history if e.exchange != oldest]
@@ -365,14 +367,25 @@ class Scheduler:
         """Answer typed text, or (`text` None) answer with no new user input."""
         if text is not None and not text.strip():
             raise ValueError("a text turn needs some text")
+        user = text_turn_embeds(self.model, text) if text is not None else None
+        turn_room = 0
+        if user is not None:
+            # Checked before anything changes, so a refused turn leaves the session as it was.
+            turn_room = user.shape[0] + self._answer_start.shape[0] + self.settings.max_answer_tokens
+            system_len = system_prefill_embeds(self.model, session.role).shape[0]
+            if system_len + turn_room > self.settings.llm_max_len:
+                fixed = turn_room - user.shape[0] + len(self.model.prompt_tokens.turn_opening)
+                raise TurnTooLongError(
+                    user.shape[0] - len(self.model.prompt_tokens.turn_opening),
+                    self.settings.llm_max_len - system_len - fixed,
+                )
         self.cancel_answer(session, "replaced by a new text turn", CancelCause.REPLACED)
         self.drop_listen(session)
         exchange = session.next_exchange()
-        self._rebuild_if_needed(session)
+        self._rebuild_if_needed(session, turn_room)
         options = options or session.answer_defaults
-        if text is None:
+        if user is None:
             return self._start_answer(session, self._answer_start, exchange, options)
-        user = text_turn_embeds(self.model, text)
         user_tokens = user.shape[0] - len(self.model.prompt_tokens.turn_opening)
         start = torch.cat([user, self._answer_start])
         return self._start_answer(session, start, exchange, options, input_text_tokens=user_tokens)

@@ -52,6 +52,8 @@ async def metrics(server: Server) -> PlainTextResponse:
         "websocket_sessions_parked": float(server.resumable.parked),
         "session_tasks": float(sum(getattr(c, "live_tasks", 0) for c in server.sessions)),
         **process_gauges(),
+        **server.memory.gauges(),
+        **server.loop_watch.gauges(),
     }
     rows: dict[str, tuple[int, int]] = {}
     if server.pool is not None:

@@ -75,6 +75,7 @@ class _Socket:
             return False
 
     async def close(self, code: int, reason: str) -> None:
+        """Close with `code`, without waiting for a client that reads nothing (see `app.socket_buffers`)."""
         if self.closed:
             return
         self.closed = True

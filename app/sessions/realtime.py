@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from app.engine.errors import EngineError, SessionClosedError
+from app.engine.errors import EngineError, SessionClosedError, TurnTooLongError
 from app.engine.events import AnswerDone, AnswerStatus, AnswerStream, CancelCause
 from app.engine.pool import EnginePool, SessionRef
 from app.metrics import Metrics
@@ -53,7 +53,7 @@ class RealtimeSession:
         pool: EnginePool,
         settings: SessionSettings,
         send: Callable[[ev.ServerEvent | bytes], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
+        close: Callable[..., Awaitable[None]],  # (code, reason, notice=None): see routes.realtime._Socket
         metrics: Metrics,
     ) -> None:
         self.pool = pool
@@ -78,6 +78,7 @@ class RealtimeSession:
         self._outbound_task: asyncio.Task | None = None
         self._closed = False
         self._ending = False  # the session is being ended: late messages are dropped
+        self._handling = 0  # client messages being handled right now
         self.turns = TurnTaking(self._turn_settings())  # every turn-taking decision
         self.feed = EngineFeed(
             settings.max_pending_audio_seconds,
@@ -165,6 +166,15 @@ class RealtimeSession:
         if self._closed or self._ending:
             return  # a message that was on its way when the session ended
         self.last_activity = time.monotonic()
+        # reliab: a message still being handled (waiting on a busy engine) is activity: no idle close.
+        self._handling += 1
+        try:
+            await self._handle_message(raw)
+        finally:
+            self._handling -= 1
+            self.last_activity = time.monotonic()
+
+    async def _handle_message(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
             await self._append_audio(raw, event_id=None)
             return
@@ -474,7 +484,9 @@ class RealtimeSession:
             return  # the user's turn is answered once all of it has been heard
         if self._pending_text:
             text, self._pending_text = "\n".join(self._pending_text), []
-            await self._start_response(await engine.text_turn(sid, text, request.options), request)
+            stream = await self._typed_turn(text, request, event.event_id, "item.content")
+            if stream is not None:
+                await self._start_response(stream, request)
             return
         # No new user input: the assistant speaks (first, or again) from its instructions, as OpenAI's does.
         await self._start_response(await engine.respond(sid, request.options), request)
@@ -498,8 +510,26 @@ class RealtimeSession:
         if text is None:
             stream = await engine.respond(sid, request.options)
         else:
-            stream = await engine.text_turn(sid, text, request.options)
+            stream = await self._typed_turn(text, request, event.event_id, "response.input")
+            if stream is None:
+                return
         await self._start_response(stream, request)
+
+    async def _typed_turn(
+        self, text: str, request: ResponseRequest, event_id: str | None, param: str
+    ) -> AnswerStream | None:
+        """The answer stream of a typed turn, or None (and an `error` naming `param`) when the text
+        cannot fit the conversation: the session goes on without it."""
+        try:
+            return await self.ref.engine.text_turn(self.ref.session_id, text, request.options)
+        except TurnTooLongError as error:
+            self._client_error(
+                "context_length_exceeded",
+                f"{error}: it was not answered; send a shorter one",
+                event_id,
+                param,
+            )
+            return None
 
     async def _response_cancel(self, event: ev.ClientEventBase) -> None:
         if self.responses.current is None:
@@ -525,6 +555,7 @@ class RealtimeSession:
         self, streamer: ResponseStreamer, status: AnswerStatus, done: AnswerDone | None
     ) -> None:
         """The response is over on the wire (its final events are queued)."""
+        self.last_activity = time.monotonic()  # the client's idle time starts after the answer
         self.turns.handle(tt.ResponseFinished(streamer.response_id))
         if status == AnswerStatus.FAILED:
             reason = done.reason if done is not None else "the answer failed"
@@ -566,9 +597,11 @@ class RealtimeSession:
             message=f"the client read nothing for {self.settings.max_outbound_seconds:g} s of audio "
             "(FREEZE_OMNI_MAX_OUTBOUND_SECONDS); closing the session",
         )
-        # Both wait until the client reads again, or until ping/pong finds it gone and drops the connection.
-        await self._send_direct(ev.ErrorEvent(error=notice))
-        await self._close_socket(CloseCode.CLIENT_TOO_SLOW, "client too slow")
+        # The notice and the close queue behind what the client has not taken, without waiting for it;
+        # a client that takes neither is disconnected (FREEZE_OMNI_WS_CLOSE_TIMEOUT_S).
+        await self._close_socket(
+            CloseCode.CLIENT_TOO_SLOW, "client too slow", notice=ev.ErrorEvent(error=notice)
+        )
 
     async def _watchdog(self) -> None:
         while True:
@@ -588,7 +621,7 @@ class RealtimeSession:
                 await self._close_socket(CloseCode.NORMAL, "session expired")
                 return
             idle = time.monotonic() - self.last_activity
-            if idle > self.settings.idle_timeout_s and self.responses.current is None:
+            if idle > self.settings.idle_timeout_s and self.responses.current is None and not self._handling:
                 self._client_error(
                     "idle_timeout",
                     f"no client event for {self.settings.idle_timeout_s:g} s: closing the session",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from app.sessions.events import ServerEvent, SessionCreated
 from app.sessions.outbound import Outbound, ReplayedMessage
 from app.sessions.sent_log import ReplayGapError, SentLog
+from app.socket_buffers import LAST_WORD
 
 EXTENSION_FIELD = "freeze_omni"  # the extension object on session.created (and on shutdown errors)
 
@@ -121,14 +122,22 @@ class SessionLink:
         finally:
             self._writers.pop(task, None)
 
-    async def close(self, code: int, reason: str) -> None:
-        """The session ends itself (idle, expired, failed, slow client): close the connection, if any."""
+    async def close(self, code: int, reason: str, notice: ServerEvent | None = None) -> None:
+        """The session ends itself (idle, expired, failed, slow client): close the connection, if any.
+        `notice` (an error saying why) goes just before the close frame; neither waits for a client that
+        reads nothing (`LAST_WORD`, see `app.socket_buffers`)."""
         self.ended = True
         connection = self.connection
         if self.on_close is not None:
             self.on_close(code, reason)
-        if connection is not None:
-            await connection.close(code, reason)
+        if connection is None:
+            return
+        message = self.render(notice) if notice is not None else None
+        if message is not None:
+            message[LAST_WORD] = True
+            if not await self._write(connection, message):
+                return  # the peer is gone: there is nothing left to close
+        await connection.close(code, reason)
 
     @property
     def attached(self) -> bool:

@@ -12,7 +12,7 @@ from app.sessions.events import InputAudioBufferCleared
 from app.sessions.outbound import Outbound
 from app.sessions.recent_ids import RecentIds
 from tests.conftest import LiveServer
-from tests.routes.conftest import realtime_client, run
+from tests.routes.conftest import realtime_client, run, send_text_turn
 
 LLM_MAX_LEN = 1024  # typed text waiting for a response: at most 8 characters per token, 8192
 
@@ -75,3 +75,40 @@ def test_typed_text_waiting_for_a_response_is_bounded(short_context_server: Live
     assert error["error"]["event_id"] == "item-2"
     assert len(added) == 2
     assert updated["session"]["instructions"] == "Be brief."
+
+
+def test_a_typed_turn_longer_than_the_conversation_is_an_error_and_the_session_goes_on(
+    short_context_server: LiveServer,
+) -> None:
+    """Text under the pending-text bound but over what one turn may hold (in tokens): a plain `error`
+    naming the param, no failed response, no close; a normal turn after it is answered, and a bystander
+    session's turn at the same time is answered too."""
+    long_text = "word " * 1500  # 7500 characters: about 1500 tokens, more than 1024
+
+    async def victim() -> tuple[dict, list[str], dict]:
+        async with realtime_client(short_context_server.ws_url) as client:
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": long_text}]}
+            await client.send({"type": "conversation.item.create", "item": item})
+            await client.send({"type": "response.create", "event_id": "too-long"})
+            error = await client.wait_for("error")
+            await send_text_turn(client, "Hello.")
+            done = await client.wait_for("response.done")
+            return error, client.types(), done
+
+    async def bystander() -> dict:
+        async with realtime_client(short_context_server.ws_url) as client:
+            await send_text_turn(client, "What is two plus two?")
+            return await client.wait_for("response.done")
+
+    async def main() -> tuple[tuple[dict, list[str], dict], dict]:
+        return await asyncio.gather(victim(), bystander())
+
+    (error, types, done), bystander_done = run(main())
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["code"] == "context_length_exceeded"
+    assert error["error"]["param"] == "item.content"
+    assert error["error"]["event_id"] == "too-long"
+    assert "at most" in error["error"]["message"]
+    assert types.count("response.created") == 1  # only the normal turn's
+    assert done["response"]["status"] == "completed"
+    assert bystander_done["response"]["status"] == "completed"

@@ -14,7 +14,14 @@ import pytest
 import websockets
 
 from tests.conftest import LiveServer
-from tests.routes.conftest import RealtimeClient, answers_text, realtime_client, run
+from tests.routes.conftest import (
+    SHORT_ANSWER_TOKENS,
+    RealtimeClient,
+    answers_text,
+    realtime_client,
+    run,
+    text_turn,
+)
 
 KEY = "secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -108,3 +115,45 @@ def test_one_key_holds_at_most_its_limit(limited_server: LiveServer) -> None:
     assert refusal["error"]["code"] == "key_session_limit"
     assert code == 1013
     assert base64.b64decode(delta["delta"])
+
+
+def test_a_request_waiting_on_a_busy_engine_is_not_idleness(start_server: Callable[..., LiveServer]) -> None:
+    """An overloaded engine takes longer than the idle timeout to take a typed turn: the session must
+    wait for it, not close the client for idleness while its request is in hand."""
+    idle_s = 1.0
+    server = start_server(idle_timeout_s=idle_s, max_answer_tokens=4)
+    engine = server.state.pool.engines[0]
+    real_text_turn = engine.text_turn
+
+    async def busy_text_turn(*args, **kwargs):  # the engine's own call, after a busy spell
+        await asyncio.sleep(2.5 * idle_s)
+        return await real_text_turn(*args, **kwargs)
+
+    engine.text_turn = busy_text_turn
+
+    async def main() -> tuple[dict, list[str]]:
+        async with realtime_client(server.ws_url) as client:
+            done = await text_turn(client, "Hello.")
+            return done, client.types()
+
+    done, types = run(main())
+    assert done["response"]["status"] == "completed"
+    assert "error" not in types
+
+
+def test_idleness_counts_from_the_end_of_the_answer(start_server: Callable[..., LiveServer]) -> None:
+    """An answer that plays longer than the idle timeout: a client that takes half the idle timeout to
+    reply after `response.done` is answered; the time the answer took is not the client's idleness."""
+    idle_s = 1.0
+    server = start_server(idle_timeout_s=idle_s, max_answer_tokens=SHORT_ANSWER_TOKENS, top_k=1)
+
+    async def main() -> tuple[list[dict], list[str]]:
+        async with realtime_client(server.ws_url) as client:
+            first = await text_turn(client, "Tell me a story.")  # about 3 s of speech
+            await asyncio.sleep(idle_s / 2)  # the user thinks
+            dones = [first, await text_turn(client, "And another.")]
+            return dones, client.types()
+
+    dones, types = run(main())
+    assert all(done["response"]["status"] == "completed" for done in dones)
+    assert "error" not in types

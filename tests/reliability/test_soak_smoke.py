@@ -23,7 +23,8 @@ def test_soak_smoke(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     command = [
         sys.executable, str(ROOT / "benchmarks" / "soak.py"),
-        "--sessions", "8", "--duration", "60", "--warm-up", "15", "--json", str(out),
+        "--sessions", "8", "--duration", "60", "--warm-up", "0", "--json", str(out),
+        "--server-env", "FREEZE_OMNI_ADMISSION_MAX_LOAD=0",  # every session admitted: 8 users are few
     ]  # fmt: skip
     done = subprocess.run(
         command, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400
@@ -45,6 +46,7 @@ def test_soak_smoke(tmp_path: Path) -> None:
         assert leaks[label]["end"] == 0, (label, leaks[label])
     assert leaks["asyncio tasks"]["growth"] <= 0, leaks["asyncio tasks"]
     assert leaks["open file descriptors"]["growth"] <= 0, leaks["open file descriptors"]
-    # A short run's allocator is still warming up: the 50 MB bound is the 30-minute soak's.
-    assert leaks["resident memory (MB)"]["growth"] < 100, leaks["resident memory (MB)"]
+    # No warm-up here (the suite's time): the growth includes the first uses of every batch shape, so this
+    # only catches a gross leak; the 50 MB bound is the 30-minute soak's, after its warm-up.
+    assert leaks["resident memory (MB)"]["growth"] < 200, leaks["resident memory (MB)"]
     assert result["server_log_tracebacks"] == 0

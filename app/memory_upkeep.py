@@ -1,0 +1,117 @@
+"""Memory a long-running server gives back, and the figures that tell a leak from an allocator.
+
+glibc's malloc keeps memory freed by the program in its arenas (one per thread that allocated, up to
+8 per core) and returns it to the system only now and then: after a load peak, resident memory stays
+up although nothing holds it. `malloc_trim(0)` returns the free pages of every arena. With
+`FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S` the server calls it periodically (in a worker thread: it takes
+each arena's lock in turn, briefly) and counts what it gave back, so /metrics tells memory the
+allocator held from memory something still uses. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
+`tracemalloc` (slower: every Python allocation is recorded) and reports the bytes Python objects
+hold (and every 2 minutes logs the allocation sites that grew most): if those stay flat while resident
+memory grows, the growth is not a Python-level leak.
+
+Without glibc (musl, macOS) trimming is off and says so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import tracemalloc
+
+from app.process_stats import resident_bytes
+
+log = logging.getLogger(__name__)
+
+
+def _glibc_malloc_trim():  # noqa: ANN202 - a ctypes function or None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+class MemoryUpkeep:
+    """Periodic `malloc_trim`, optional `tracemalloc`, and their gauges."""
+
+    def __init__(self, trim_interval_s: float, trace_python: bool) -> None:
+        self.trim_interval_s = trim_interval_s
+        self.trace_python = trace_python
+        self.trims = 0
+        self.released_bytes_total = 0.0
+        self.last_released_bytes = 0.0
+        self._malloc_trim = _glibc_malloc_trim() if trim_interval_s > 0 else None
+        self._task: asyncio.Task | None = None
+        self._report: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.trace_python and not tracemalloc.is_tracing():
+            tracemalloc.start()
+            log.info("tracing Python memory (FREEZE_OMNI_TRACE_PYTHON_MEMORY): allocations are slower")
+            self._report = asyncio.create_task(self._report_growth_periodically(120.0), name="memory-report")
+        if self.trim_interval_s > 0:
+            if self._malloc_trim is None:
+                log.warning("no glibc malloc_trim here: FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S has no effect")
+                return
+            self._task = asyncio.create_task(self._trim_periodically(), name="malloc-trim")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._report):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.trace_python and tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+    def trim(self) -> float:
+        """Give free heap pages back to the system now; returns the resident bytes that went."""
+        if self._malloc_trim is None:
+            return 0.0
+        before = resident_bytes() or 0.0
+        self._malloc_trim(0)
+        released = max(0.0, before - (resident_bytes() or before))
+        self.trims += 1
+        self.last_released_bytes = released
+        self.released_bytes_total += released
+        return released
+
+    async def _trim_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.trim_interval_s)
+            await asyncio.to_thread(self.trim)
+
+    async def _report_growth_periodically(self, every_s: float) -> None:
+        """While tracing: log the Python allocation sites that grew most since the first report."""
+        first: tracemalloc.Snapshot | None = None
+        while True:
+            await asyncio.sleep(every_s)
+            snapshot = await asyncio.to_thread(tracemalloc.take_snapshot)
+            if first is None:
+                first = snapshot
+                continue
+            top = snapshot.compare_to(first, "lineno")[:8]
+            log.warning(
+                "Python memory growth since the first snapshot (tracemalloc), top sites:\n%s",
+                "\n".join(f"  {stat}" for stat in top),
+            )
+
+    def gauges(self) -> dict[str, float]:
+        """/metrics figures: trims made and what they gave back; Python-held bytes when traced."""
+        gauges: dict[str, float] = {}
+        if self._malloc_trim is not None:
+            gauges["malloc_trims"] = float(self.trims)
+            gauges["malloc_trim_released_bytes"] = self.released_bytes_total
+            gauges["malloc_trim_last_released_bytes"] = self.last_released_bytes
+        if self.trace_python and tracemalloc.is_tracing():
+            gauges["python_traced_bytes"] = float(tracemalloc.get_traced_memory()[0])
+        return gauges
