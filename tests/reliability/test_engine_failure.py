@@ -54,6 +54,9 @@ class ReadinessLog:
 
     def __enter__(self) -> ReadinessLog:
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.seen and time.monotonic() < deadline:  # the first answer, before the test acts
+            time.sleep(0.005)
         return self
 
     def __exit__(self, *exc: object) -> None:
