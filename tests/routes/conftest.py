@@ -370,20 +370,32 @@ def noise_floor(seconds: float, dbfs: float = -60.0, seed: int = 0, rate: int = 
 
 @dataclass
 class Utterance:
-    """Speech handed to a `Microphone`: when its first loud append left, and when it was all sent."""
+    """Speech handed to a `Microphone`: when its first loud append left, and when it was all sent;
+    where it lies on the session's audio clock (`start_ms`, `end_ms`)."""
 
     samples: np.ndarray
     onset_sent_at: float | None = None
+    start_ms: float | None = None
+    end_ms: float | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Microphone:
     """Streams a noise floor to the server at real-time pace in 100 ms appends, with speech mixed in on
-    demand (`say`), until `stop`. Records when speech onsets left the client."""
+    demand (`say`), until `stop`. Records when speech onsets left the client. `floor_under_speech=False`
+    sends speech as it comes instead (its runs of exact zeros kept, as noise gates and echo cancellers
+    make them), the floor only between utterances."""
 
-    def __init__(self, client: RealtimeClient, floor_dbfs: float = -60.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        client: RealtimeClient,
+        floor_dbfs: float = -60.0,
+        seed: int = 0,
+        floor_under_speech: bool = True,
+    ) -> None:
         self.client = client
         self.floor_dbfs = floor_dbfs
+        self.floor_under_speech = floor_under_speech
         self._rng_seed = seed
         self._queue: list[Utterance] = []
         self._stop = asyncio.Event()
@@ -416,15 +428,21 @@ class Microphone:
             seed += 1
             if self._queue:
                 utterance = self._queue[0]
+                if position == 0:
+                    utterance.start_ms = 1000 * sent / WIRE_RATE
                 speech = utterance.samples[position : position + step]
-                piece[: len(speech)] += speech
+                if self.floor_under_speech:
+                    piece[: len(speech)] += speech
+                else:
+                    piece = speech.copy()
                 if utterance.onset_sent_at is None and np.abs(speech).max(initial=0.0) > 0.02:
                     utterance.onset_sent_at = time.perf_counter()
                 position += step
                 if position >= len(utterance.samples):
                     self._queue.pop(0)
                     position = 0
+                    utterance.end_ms = 1000 * (sent + len(piece)) / WIRE_RATE
                     utterance.finished.set()
             await self.client.append(pcm16(piece))
-            sent += step
+            sent += len(piece)
             await asyncio.sleep(max(0.0, started + sent / WIRE_RATE - time.perf_counter()))

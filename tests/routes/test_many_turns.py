@@ -15,21 +15,18 @@ takes about as long as its question: the test judges turn taking, not speech syn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveServer
 from tests.routes.conftest import (
-    APPEND_MS,
     WIRE_RATE,
+    Microphone,
     RealtimeClient,
+    Utterance,
     force_state,
-    noise_floor,
     pcm16,
     realtime_client,
 )
@@ -49,63 +46,6 @@ QUESTIONS = [
 HEAD_ANSWERS_AFTER_S = 0.3  # of floor after a question, before the head is set to "answer"
 FLOOR_AFTER_ANSWER_S = 0.4  # of floor after each response, before the next question
 FLOOR_AT_END_S = 3.0  # a phantom turn shows within this after the last answer
-
-
-@dataclass
-class Spoken:
-    """A question handed to the microphone, and where it lies on the session's audio clock."""
-
-    samples: np.ndarray
-    start_ms: float | None = None
-    end_ms: float | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class RealMicrophone:
-    """Streams a floor at real-time pace in 100 ms appends; a question replaces the floor, exact zeros
-    and all, while it is spoken (`say`)."""
-
-    def __init__(self, client: RealtimeClient, seed: int = 0) -> None:
-        self.client = client
-        self._seed = seed
-        self._queue: list[Spoken] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    def say(self, samples: np.ndarray) -> Spoken:
-        spoken = Spoken(samples)
-        self._queue.append(spoken)
-        return spoken
-
-    async def __aenter__(self) -> RealMicrophone:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self._task
-
-    async def _run(self) -> None:
-        step = WIRE_RATE * APPEND_MS // 1000
-        started = time.perf_counter()
-        sent = 0
-        while not self._stop.is_set():
-            if self._queue:
-                spoken = self._queue.pop(0)
-                spoken.start_ms = 1000 * sent / WIRE_RATE
-                piece = spoken.samples
-                spoken.end_ms = 1000 * (sent + len(piece)) / WIRE_RATE
-            else:
-                spoken, piece = None, noise_floor(step / WIRE_RATE, FLOOR_DBFS, self._seed)
-                self._seed += 1
-            for offset in range(0, len(piece), step):
-                await self.client.append(pcm16(piece[offset : offset + step]))
-                sent += len(piece[offset : offset + step])
-                await asyncio.sleep(max(0.0, started + sent / WIRE_RATE - time.perf_counter()))
-            if spoken is not None:
-                spoken.finished.set()
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +71,11 @@ def count(client: RealtimeClient, event_type: str) -> int:
     return len(client.events(event_type))
 
 
-async def converse(server: LiveServer, questions: list[np.ndarray]) -> tuple[RealtimeClient, list[Spoken]]:
-    asked: list[Spoken] = []
+async def converse(server: LiveServer, questions: list[np.ndarray]) -> tuple[RealtimeClient, list[Utterance]]:
+    asked: list[Utterance] = []
     async with realtime_client(server.ws_url) as client:
         await client.send({"type": "session.update", "session": {"output_modalities": ["text"]}})
-        async with RealMicrophone(client) as microphone:
+        async with Microphone(client, FLOOR_DBFS, floor_under_speech=False) as microphone:
             for turn in range(TURNS):
                 spoken = microphone.say(questions[turn % len(questions)])
                 asked.append(spoken)
