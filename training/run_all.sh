@@ -43,6 +43,29 @@ cat training/runs/*/figures.json training/runs/measure.json
 base=training/runs/shipped_v1
 rm -rf "$base" && cp -r models/trained "$base"
 rm -rf training/runs/state  # the fine-tuned audio stage below is the one to export
+
+# The shipped fine-tune: the listening side only, against the committed LLM (frozen, unchanged), so
+# the export keeps the committed LLM, speech decoder and codec.
+rm -rf training/runs/llm/hf && mkdir -p training/runs/llm && cp -r "$base/Qwen2-tiny" training/runs/llm/hf
+mkdir -p training/runs/decoder
+"$PY" - "$base" <<'PY'
+import sys, torch
+from app.model.checkpoint_io.layout import load_freeze_omni
+model = load_freeze_omni(f"{sys.argv[1]}/checkpoints", f"{sys.argv[1]}/Qwen2-tiny")
+torch.save({k: v.float() for k, v in model.decoder.state_dict().items()}, "training/runs/decoder/decoder.pt")
+PY
+stage train_audio --init-from "$base" --augmented --augment-share 0.35 --live-cut 0.5 --ood 0 \
+    --lr 2e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 32
+stage train_audio --resume --augmented --augment-share 0.5 --live-cut 0.5 --ood 0 \
+    --lr 1.5e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 18
+stage export --out training/runs/shipped_v2 --codec-from "$base"
+cp "$base/domain.json" training/runs/shipped_v2/  # it knows no SORRY answer
+cp "$base/checkpoints/codec/final.pt" training/runs/shipped_v2/checkpoints/codec/  # the same bytes
+stage heldout_eval --model training/runs/shipped_v2 --out training/runs/heldout_shipped_v2.json
+[ "${CANDIDATE:-0}" = 1 ] || exit 0
+
+# The SORRY candidate (not shipped: see training/README.md).
+rm -rf training/runs/audio training/runs/llm training/runs/decoder
 stage train_llm --init-from "$base" --steps 100 --lr 5e-4 --batch 16
 stage codec_invert "Sorry," "I only know a few questions." "Ask me what I can do." --model "$base"
 stage train_audio --init-from "$base" --augmented --augment-share 0.35 --live-cut 0.5 --ood 0.1 \
