@@ -166,7 +166,7 @@ class RealtimeSession:
         if self._closed or self._ending:
             return  # a message that was on its way when the session ended
         self.last_activity = time.monotonic()
-        # reliab: a message still being handled (waiting on a busy engine) is activity: no idle close.
+        # A message still being handled (waiting on a busy engine) is activity: no idle close.
         self._handling += 1
         try:
             await self._handle_message(raw)
