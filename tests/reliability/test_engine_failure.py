@@ -37,20 +37,30 @@ class ReadinessLog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.seen: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
         with httpx.Client(timeout=2) as client:
             while not self._stop.is_set():
-                try:
-                    response = client.get(self.url)
-                    answer = (response.status_code, response.json().get("status", ""))
-                except (httpx.HTTPError, ValueError):
-                    answer = (0, "unreachable")
-                if not self.seen or self.seen[-1] != answer:
-                    self.seen.append(answer)
+                self._record(client)
                 time.sleep(0.01)
+
+    def ask(self) -> None:
+        """One more look, from the caller's thread."""
+        with httpx.Client(timeout=2) as client:
+            self._record(client)
+
+    def _record(self, client: httpx.Client) -> None:
+        try:
+            response = client.get(self.url)
+            answer = (response.status_code, response.json().get("status", ""))
+        except (httpx.HTTPError, ValueError):
+            answer = (0, "unreachable")
+        with self._lock:
+            if not self.seen or self.seen[-1] != answer:
+                self.seen.append(answer)
 
     def __enter__(self) -> ReadinessLog:
         self._thread.start()
@@ -105,6 +115,9 @@ def test_dead_engine_loop_fails_readiness_closes_1011_and_exits_nonzero(
                 async with realtime_client(f"ws://127.0.0.1:{port}/v1/realtime") as client:
                     await send_text_turn(client, "Hello.")
                     error = await client.wait_for("error", timeout=60)
+                    # Asked at once too: the poller's thread may not run in the short time between the
+                    # failure and the exit on a loaded machine.
+                    readiness.ask()
                     closed = await client.wait_closed(timeout=30)
                     return error, closed.rcvd.code
 
