@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,6 +139,15 @@ def live_server_on(paths, **overrides) -> LiveServer:
     }
     values.update(overrides)
     return LiveServer(Settings(**values)).start()
+
+
+def freeze_omni_command() -> str:
+    """The `freeze-omni` console script of this environment (beside its python, else on PATH)."""
+    beside_python = Path(sys.executable).with_name("freeze-omni")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("freeze-omni")
+    if found is None:
+        pytest.fail("the freeze-omni console script is not installed: pip install -e . in the venv")
+    return found
 
 
 def free_port() -> int:

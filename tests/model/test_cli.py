@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,7 @@ import pytest
 from app.model.checkpoint_io.layout import FreezeOmni
 from app.model.pipeline import InferOptions, OfflinePipeline
 from app.model.wav import read_wav, read_wav_bytes, resample, wav_bytes
-
-
-def _command() -> str:
-    beside_python = Path(sys.executable).with_name("freeze-omni")
-    found = str(beside_python) if beside_python.is_file() else shutil.which("freeze-omni")
-    if found is None:
-        pytest.fail("the freeze-omni console script is not installed: pip install -e . in the venv")
-    return found
+from tests.conftest import freeze_omni_command
 
 
 def _start(args: list[str], home: Path) -> subprocess.Popen[str]:
@@ -36,7 +28,7 @@ def _start(args: list[str], home: Path) -> subprocess.Popen[str]:
     # thread each, so the runs started side by side do not fight over the cores.
     env = {**os.environ, "FREEZE_OMNI_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [freeze_omni_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
 
 

@@ -5,9 +5,7 @@ with the fault injected through the test-only hook `FREEZE_OMNI_TEST_FAIL_ENGINE
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,19 +14,11 @@ import httpx
 import pytest
 
 from app.engine.fault_injection import FAIL_AFTER_STEPS_ENV
-from tests.conftest import free_port
+from tests.conftest import free_port, freeze_omni_command
 from tests.routes.conftest import realtime_client, run, send_text_turn
 
 ROOT = Path(__file__).resolve().parents[2]
 FAIL_AFTER_STEPS = 15
-
-
-def freeze_omni_command() -> str:
-    beside_python = Path(sys.executable).with_name("freeze-omni")
-    found = str(beside_python) if beside_python.is_file() else shutil.which("freeze-omni")
-    if found is None:
-        pytest.fail("the freeze-omni console script is not installed: pip install -e . in the venv")
-    return found
 
 
 class ReadinessLog:
