@@ -7,6 +7,11 @@ time (here the "microphone" is a WAV file, then silence while the answer plays),
 VAD decide when the user has finished, and plays the answer (here: saves it as a WAV). Per turn it
 prints the latency (end of the question to the first answer packet) and the bytes sent and received.
 
+When the network blips (the connection ends without a close frame) it takes its session back, as the
+server's README describes ("Resume after a network blip"): it reconnects with the session's resume
+token and the count of messages it received, and the server sends again exactly what was lost. What
+the microphone said while the network was away is lost, as on a phone call.
+
     pip install websockets av numpy
     python examples/mobile_client.py question.wav --out answer.wav
     python examples/mobile_client.py q1.wav q2.wav --url ws://host:8000/v1/realtime --api-key KEY --bitrate 16000
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import time
 import wave
@@ -35,6 +41,8 @@ RATE = 24000  # what we encode at (libopus takes 8/12/16/24/48 kHz)
 PACKET_S = 0.020
 PACKET_SAMPLES = int(RATE * PACKET_S)
 DECODE_RATE = 48000  # Opus decoders produce 48 kHz
+RESUME_FIRST_S = 0.25  # after a drop: dial again at once, then 0.25 s, 0.5 s ... 4 s apart
+RESUME_MAX_S = 4.0
 
 
 @dataclass
@@ -47,23 +55,91 @@ class Turn:
     answer_text: str = ""
     answer_s: float = 0.0
     status: str = ""
+    response_id: str = ""
     latency_s: float | None = None  # end of the question's audio -> first answer packet
     bytes_sent: int = 0  # Opus packets and JSON events we sent during the turn
     bytes_received: int = 0  # frames and JSON events we received during the turn
     packets_received: int = 0
+    resumes: int = 0  # times the connection dropped during the turn and the session was taken back
 
 
-@dataclass
 class Link:
-    """What crosses the socket, counted in both directions."""
+    """One session over one connection or, after network blips, several: what crosses, counted both
+    ways, and what it takes to resume (the token and the count of messages received)."""
 
-    ws: websockets.ClientConnection
-    sent: int = 0
-    received: int = 0
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.session_key = "mobile-" + secrets.token_hex(8)
+        self.url, self.headers = url, headers
+        self.ws: websockets.ClientConnection | None = None
+        self.sent = 0  # bytes
+        self.received = 0  # bytes
+        self.messages = 0  # messages received, the server's way of counting: all but each session.created
+        self.resume_token: str | None = None
+        self.grace_s = 0.0
+        self.resumes = 0
+
+    def _url(self, resume: bool) -> str:
+        query = f"session={self.session_key}"
+        if resume:
+            query += f"&resume={self.resume_token}&received={self.messages}"
+        return f"{self.url}{'&' if '?' in self.url else '?'}{query}"
+
+    async def dial(self, resume: bool = False) -> dict:
+        """Connect; returns the connection's `session.created`."""
+        self.ws = await websockets.connect(
+            self._url(resume), additional_headers=self.headers, max_size=None, proxy=None, open_timeout=10
+        )
+        created = json.loads(await self.ws.recv())
+        if created["type"] != "session.created":
+            raise SystemExit(f"the server refused the session: {created}")
+        extension = created.get("freeze_omni", {})
+        self.resume_token, self.grace_s = extension.get("resume_token"), extension.get("resume_grace_s", 0.0)
+        if resume and extension.get("resumed"):
+            self.resumes += 1
+            self.messages = extension["received"]
+        elif resume:
+            raise SystemExit("the server could not take the session back (its grace time ran out?)")
+        return created
+
+    async def resume(self) -> None:
+        """The connection dropped: dial again with the token until the server's grace time is over."""
+        if not self.resume_token:
+            raise SystemExit("the connection dropped, and the server offers no resume")
+        print("the connection dropped; taking the session back", file=sys.stderr)
+        deadline, delay = time.perf_counter() + self.grace_s, 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.dial(resume=True)
+                return
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):  # still away
+                delay = min(RESUME_MAX_S, max(RESUME_FIRST_S, 2 * delay))
+                if time.perf_counter() + delay >= deadline:
+                    raise SystemExit(
+                        "the network stayed down longer than the server keeps a session"
+                    ) from None
 
     async def send(self, message: str | bytes) -> None:
+        """Send; while the network is away (a resume under way) the message is lost, like live audio."""
+        try:
+            await self.ws.send(message)
+        except websockets.ConnectionClosed:
+            return
         self.sent += len(message.encode() if isinstance(message, str) else message)
-        await self.ws.send(message)
+
+    async def messages_in(self):
+        """Every message of the session, across drops and resumes."""
+        while True:
+            try:
+                async for message in self.ws:
+                    self.messages += 1
+                    self.received += len(message)
+                    yield message
+                return  # closed with a close frame: the session is over
+            except websockets.ConnectionClosedError as closed:
+                if closed.rcvd is not None:
+                    raise  # the server closed it, with a code: not a blip
+                await self.resume()
 
 
 # -- audio ------------------------------------------------------------------------------------------------
@@ -153,8 +229,7 @@ class Conversation:
             await self.send_audio(self.silence)
 
     async def receive(self) -> None:
-        async for message in self.link.ws:
-            self.link.received += len(message)
+        async for message in self.link.messages_in():
             if isinstance(message, bytes):
                 number, packet = message[0], message[2:]
                 owners = [rid for n, rid in enumerate(self.responses) if n % 256 == number]
@@ -174,7 +249,7 @@ class Conversation:
     async def turn(self, path: Path, out: Path, timeout_s: float) -> Turn:
         samples = read_wav_as_24k(path)
         turn = Turn(question=str(path), question_s=len(samples) / RATE)
-        sent, received = self.link.sent, self.link.received
+        sent, received, resumes = self.link.sent, self.link.received, self.link.resumes
         await self.send_audio(samples)
         question_end = time.perf_counter()
         finished: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -189,7 +264,7 @@ class Conversation:
         audio = decode(packets)
         write_wav(out, audio, DECODE_RATE)
         first = self.first_packet_at.get(response["id"])
-        turn.answer_file, turn.status = str(out), response["status"]
+        turn.answer_file, turn.status, turn.response_id = str(out), response["status"], response["id"]
         turn.answer_text = "".join(
             part.get("transcript") or "" for item in response.get("output", []) for part in item["content"]
         )
@@ -197,21 +272,21 @@ class Conversation:
         turn.latency_s = None if first is None else first - question_end
         turn.bytes_sent, turn.bytes_received = self.link.sent - sent, self.link.received - received
         turn.packets_received = len(packets)
+        turn.resumes = self.link.resumes - resumes
         return turn
 
 
 async def converse(args: argparse.Namespace) -> list[Turn]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    async with websockets.connect(args.url, additional_headers=headers, max_size=None, proxy=None) as ws:
-        link = Link(ws)
-        created = json.loads(await ws.recv())
-        if created["type"] != "session.created":
-            raise SystemExit(f"the server refused the session: {created}")
+    link = Link(args.url, headers)
+    await link.dial()
+    try:
         opus = {"type": "audio/x-opus"}
         update = {"type": "realtime", "audio": {"input": {"format": opus}, "output": {"format": opus}}}
         update["audio"]["output"]["format"] = {**opus, "bitrate": args.bitrate}
         await link.send(json.dumps({"type": "session.update", "session": update}))
-        updated = json.loads(await ws.recv())
+        updated = json.loads(await link.ws.recv())
+        link.messages += 1
         if updated["type"] != "session.updated":
             raise SystemExit(f"the server did not take Opus: {updated}")
         conversation = Conversation(link, args.bitrate)
@@ -227,6 +302,8 @@ async def converse(args: argparse.Namespace) -> list[Turn]:
         finally:
             receiver.cancel()
         return turns
+    finally:
+        await link.ws.close()
 
 
 def describe(turn: Turn, number: int) -> str:
@@ -235,6 +312,7 @@ def describe(turn: Turn, number: int) -> str:
         f"turn {number}: {turn.question} ({turn.question_s:.1f} s) -> {turn.status} {turn.answer_text!r}, "
         f"{turn.answer_s:.2f} s of audio in {turn.answer_file}; latency {latency}; "
         f"sent {turn.bytes_sent} B, received {turn.bytes_received} B ({turn.packets_received} packets)"
+        + (f"; the connection dropped and was resumed {turn.resumes} time(s)" if turn.resumes else "")
     )
 
 

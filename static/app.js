@@ -21,6 +21,8 @@ const INPUT_RATE = 24000; // what we tell the server we send (the worklet resamp
 const RETRY_FIRST_MS = 500; // busy server (1013): 0.5 s, 1 s, 2 s ... 8 s, as the OpenAI SDK does
 const RETRY_MAX_MS = 8000;
 const RETRY_TRIES = 8;
+const RESUME_FIRST_MS = 250; // a dropped connection: dial again at once, then 0.5 s, 1 s ... 4 s apart
+const RESUME_MAX_MS = 4000;
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -47,11 +49,17 @@ window.__firstAudioLatenciesMs = [];
 window.__lastStopLatencyMs = null; // speech_started (pause) or cancelling response.done -> output silent
 window.__lastStopCallMs = null; // the same event -> every source stopped
 window.__lastStop = null; // {sources: how many were stopped, wasSounding: audio was heard then}
+window.__resumes = 0; // sessions taken back after a dropped connection
+window.__answerBytes = {}; // pcm16 answer audio received, bytes by response id
+window.__responsesDone = []; // {id, status} of each response.done
 
 const page = {
   wanted: false, // the user wants a connection (we retry while this holds)
   retries: 0,
   retryTimer: null,
+  resuming: false, // the connection dropped; we are taking the same session back
+  resumeTries: 0,
+  lostConversation: false, // the network stayed down past the server's grace time: say so once connected
   apiKey: sessionStorage.getItem("apiKey") || "",
   idleClosed: false,
   micProblem: null, // why there is no microphone, if there is none
@@ -167,8 +175,11 @@ async function connect() {
 
 function disconnect() {
   page.wanted = false;
+  page.resuming = false;
   clearTimeout(page.retryTimer);
   client.close();
+  client.forgetSession();
+  forgetConversation();
   stopMicrophone();
   stopPlayback();
   setConnected(false);
@@ -315,6 +326,32 @@ function onOpen() {
 
 function onClose({ code, opened }) {
   page.sessionReady = false;
+  if (page.wanted && client.canResume) return resumeSoon();
+  const wasResuming = page.resuming;
+  page.resuming = false;
+  client.forgetSession();
+  forgetConversation();
+  refreshState();
+  if (!page.wanted) return; // we closed it ourselves
+  if (wasResuming) {
+    // The server's grace time ran out while the network was away: the old conversation is gone.
+    page.lostConversation = true;
+    return connect();
+  }
+  if (code === 1013) return retryLater();
+  if (!opened) return explainRefusal();
+  if (code === 1008) {
+    forgetKey();
+    return askForKey(describeClose(code, { opened }));
+  }
+  page.wanted = false;
+  stopMicrophone();
+  setConnected(false);
+  notify(describeClose(code, { opened, idle: page.idleClosed }), code === 1000 ? "info" : "error");
+}
+
+/** What belonged to a session that is over: its answer in progress, its audio, its turn state. */
+function forgetConversation() {
   page.response?.decoder?.close();
   page.opusEncoder?.close();
   Object.assign(page, { opusEncoder: null, wireFormat: null, outputOpus: false, responseIds: [] });
@@ -329,18 +366,21 @@ function onClose({ code, opened }) {
     response: null,
     queuedText: null,
   });
-  refreshState();
-  if (!page.wanted) return; // we closed it ourselves
-  if (code === 1013) return retryLater();
-  if (!opened) return explainRefusal();
-  if (code === 1008) {
-    forgetKey();
-    return askForKey(describeClose(code, { opened }));
+}
+
+/** The connection dropped without a close frame (a network blip): the server keeps the session for
+ * its grace time, and the answer goes on there. Dial again with the resume token, keeping what plays
+ * and what is on screen; the server sends again exactly what the drop lost. */
+function resumeSoon() {
+  if (!page.resuming) {
+    page.resuming = true;
+    page.resumeTries = 0;
+    setConnected(false);
+    notify("The connection dropped. Reconnecting to the same conversation…", "error");
   }
-  page.wanted = false;
-  stopMicrophone();
-  setConnected(false);
-  notify(describeClose(code, { opened, idle: page.idleClosed }), code === 1000 ? "info" : "error");
+  const delayMs = page.resumeTries === 0 ? 0 : Math.min(RESUME_MAX_MS, RESUME_FIRST_MS * 2 ** (page.resumeTries - 1));
+  page.resumeTries += 1;
+  page.retryTimer = setTimeout(() => page.wanted && client.connect(page.apiKey, { resume: true }), delayMs);
 }
 
 // A refused handshake looks the same to a page whatever the reason (the browser hides the HTTP
@@ -385,15 +425,32 @@ function onEvent(event, receivedAt) {
 }
 
 const HANDLERS = {
-  "session.created": () => {
+  "session.created": ({ freeze_omni: extension }) => {
     page.retries = 0;
+    if (page.resuming && extension?.resumed) {
+      // The same session, with its settings: what the drop lost follows this event.
+      page.resuming = false;
+      page.sessionReady = true;
+      window.__resumes += 1;
+      notify("Reconnected: the conversation goes on.");
+      return;
+    }
+    if (page.resuming) {
+      // Not taken back (its grace time ran out, or the server restarted): this is a new conversation.
+      page.resuming = false;
+      page.lostConversation = true;
+      forgetConversation();
+    }
     page.responseIds = [];
     const { input, output } = audioFormats(page.audioChoice.format);
     const session = { type: "realtime", audio: { input: { format: input }, output: { format: output } } };
     if (ui.instructions.value.trim()) session.instructions = ui.instructions.value;
     client.send({ type: "session.update", session });
     page.sessionReady = true; // appends sent from now on follow the format declared above
-    if (page.micProblem) notify(`Connected. ${page.micProblem}`, "error");
+    if (page.lostConversation) {
+      page.lostConversation = false;
+      notify("Connected again, but the conversation could not be taken back: this is a new one.", "error");
+    } else if (page.micProblem) notify(`Connected. ${page.micProblem}`, "error");
     else notify("Connected. Speak, or type a message.");
   },
   "session.updated": ({ session }) => {
@@ -466,9 +523,12 @@ const HANDLERS = {
     const response = liveResponse(response_id);
     if (!response) return;
     response.itemId = item_id;
-    scheduleAnswerAudio(response, decodePcm16(delta), page.outputRate);
+    const samples = decodePcm16(delta);
+    window.__answerBytes[response_id] = (window.__answerBytes[response_id] ?? 0) + 2 * samples.length;
+    scheduleAnswerAudio(response, samples, page.outputRate);
   },
   "response.done": ({ response }, receivedAt) => {
+    window.__responsesDone.push({ id: response.id, status: response.status });
     const current = page.response;
     page.response = null;
     if (current?.decoder) {

@@ -15,11 +15,16 @@ export function newSessionKey() {
 const pageSessionKey = newSessionKey();
 
 /** The Realtime URL of the server that served this page: wss: behind TLS, relative to the page's
- * folder so that a reverse proxy may serve us under a sub-path, with this page's session key. */
-export function realtimeUrl(loc = window.location, sessionKey = pageSessionKey) {
+ * folder so that a reverse proxy may serve us under a sub-path, with this page's session key; with
+ * `resume` ({token, received}), the URL that takes a dropped session back. */
+export function realtimeUrl(loc = window.location, sessionKey = pageSessionKey, resume = null) {
   const url = new URL("v1/realtime", loc.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.searchParams.set("session", sessionKey);
+  if (resume) {
+    url.searchParams.set("resume", resume.token);
+    url.searchParams.set("received", String(resume.received));
+  }
   return url.href;
 }
 
@@ -34,22 +39,33 @@ export async function serverStatus() {
   }
 }
 
-/** One connection. Callbacks: onOpen(), onEvent(event, receivedAt), onBinary(bytes, receivedAt),
- * onClose({code, reason, opened}); `receivedAt` is the message's arrival on the `performance.now()`
- * clock. `bytesSent` and `bytesReceived` count what crossed the socket (payloads). */
+/** One session, over one connection or, after network blips, several. Callbacks: onOpen(),
+ * onEvent(event, receivedAt), onBinary(bytes, receivedAt), onClose({code, reason, opened});
+ * `receivedAt` is the message's arrival on the `performance.now()` clock. `bytesSent` and
+ * `bytesReceived` count what crossed the socket (payloads).
+ *
+ * Resuming: every `session.created` brings a single-use resume token. The client counts the messages
+ * it received (all but each connection's `session.created`, as the server counts them), so that a
+ * reconnect with `resume` gets exactly what the drop lost, nothing twice. */
 export class RealtimeClient {
   constructor({ onOpen, onEvent, onBinary = () => {}, onClose }) {
     Object.assign(this, { onOpen, onEvent, onBinary, onClose });
     this.socket = null;
     this.bytesSent = 0;
     this.bytesReceived = 0;
+    this.received = 0; // messages of this session received, the server's way of counting
+    this.resumeToken = null;
+    this.resumeGraceS = 0;
+    this.droppedAt = null; // performance.now() when the last connection dropped without a close frame
   }
 
-  /** Dial; throws only for a key the browser refuses to put in a subprotocol. */
-  connect(apiKey) {
+  /** Dial a new session, or with `resume` take back the last one; throws only for a key the browser
+   * refuses to put in a subprotocol. */
+  connect(apiKey, { resume = false } = {}) {
     const protocols = ["realtime"];
     if (apiKey) protocols.push(`openai-insecure-api-key.${apiKey}`);
-    const socket = new WebSocket(realtimeUrl(), protocols); // SyntaxError for odd characters
+    const back = resume && this.canResume ? { token: this.resumeToken, received: this.received } : null;
+    const socket = new WebSocket(realtimeUrl(window.location, pageSessionKey, back), protocols); // SyntaxError for odd characters
     socket.binaryType = "arraybuffer"; // Opus answer frames
     let opened = false;
     socket.onopen = () => {
@@ -59,6 +75,7 @@ export class RealtimeClient {
     socket.onmessage = (message) => {
       if (message.data instanceof ArrayBuffer) {
         this.bytesReceived += message.data.byteLength;
+        this.received += 1;
         this.onBinary(new Uint8Array(message.data), message.timeStamp);
         return;
       }
@@ -67,15 +84,40 @@ export class RealtimeClient {
       try {
         event = JSON.parse(message.data);
       } catch {
+        this.received += 1;
         return; // not ours to handle: the server's text frames are JSON
       }
+      if (event.type === "session.created") this.tookSession(event);
+      else this.received += 1;
       this.onEvent(event, message.timeStamp);
     };
     socket.onclose = (close) => {
       if (this.socket === socket) this.socket = null;
+      // 1006: the connection ended without a close frame, the mark of a network blip. A dial that
+      // never opened changes nothing: the session dropped earlier is still waiting on the server.
+      if (opened) this.droppedAt = close.code === 1006 ? performance.now() : null;
       this.onClose({ code: close.code, reason: close.reason, opened });
     };
     this.socket = socket;
+  }
+
+  /** A `session.created`: a fresh session counts from zero; a resumed one from where the server goes on. */
+  tookSession({ freeze_omni: extension = {} }) {
+    this.received = extension.resumed ? extension.received : 0;
+    this.resumeToken = extension.resume_token ?? null;
+    this.resumeGraceS = extension.resume_grace_s ?? 0;
+  }
+
+  /** Whether the session that just dropped can still be taken back (the server keeps it for its grace time). */
+  get canResume() {
+    if (this.resumeToken === null || this.droppedAt === null) return false;
+    return performance.now() - this.droppedAt < this.resumeGraceS * 1000;
+  }
+
+  /** The session is over for good (a close with a code, or the user left): nothing to resume. */
+  forgetSession() {
+    this.resumeToken = null;
+    this.droppedAt = null;
   }
 
   get isOpen() {
@@ -132,6 +174,7 @@ const ERROR_MESSAGES = {
   internal_error: "The server hit an internal error.",
   input_audio_overflow: "The server cannot keep up with the microphone; some audio was dropped.",
   conversation_already_has_active_response: "Wait for the answer to finish before sending another.",
+  session_not_found: "The conversation could not be taken back after the connection dropped; a new one has started.",
 };
 
 /** A human sentence for an `error` event. */

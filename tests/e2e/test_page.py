@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from tests.e2e.browser import FAKE_MIC_RATE, chromium_with_mic, wait_connected
+from tests.network_blip import BlipProxy
+from tests.routes.resume_client import LONG_PROMPTS
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SILENCE_AFTER_QUESTION_S = 2.5
@@ -332,3 +334,88 @@ def test_the_page_falls_back_to_pcm16(start_server, browser, script: str, path: 
     assert frames["sentAppends"] > 0 and frames["sentBinary"] == 0, frames
     assert frames["receivedDeltas"] > 0 and frames["receivedBinary"] == 0, frames
     context.close()
+
+
+# -- a network blip -----------------------------------------------------------------------------------------
+def test_the_page_takes_its_conversation_back_after_a_network_blip(start_server, page, monkeypatch) -> None:
+    """The connection drops mid-answer (an RST, no close frame) and the network stays away for a second:
+    the page dials again with its resume token and the count of what it received, the answer goes on
+    from exactly where the drop cut it (every byte the engine made arrives once), and the conversation
+    goes on afterwards."""
+    from tests.routes.resume_client import record_made_audio
+
+    made = record_made_audio(monkeypatch)
+    server = start_server(max_answer_tokens=16, top_k=1)  # answers of about four seconds
+    with BlipProxy(server.settings.port) as proxy:
+        page.goto(proxy.base_url + "/?audio=pcm16")
+        page.set_checked("#mic", False)  # typed turns only: the fake microphone would barge in
+        page.click("#connect")
+        wait_connected(page)
+        response_id = long_answer_started(page, LONG_PROMPTS)
+        answers_before = len(page.evaluate("window.__responsesDone"))
+        assert proxy.blip(down_s=1.0) >= 1
+        page.wait_for_function(
+            "document.querySelector('#notice').textContent.includes('dropped')", timeout=5_000
+        )
+        page.wait_for_function("window.__resumes === 1", timeout=20_000)
+        page.wait_for_function(f"window.__responsesDone.length === {answers_before + 1}", timeout=30_000)
+        notice_after = page.inner_text("#notice")
+
+        # The conversation goes on over the new connection.
+        page.fill("#text", "And then?")
+        page.press("#text", "Enter")
+        page.wait_for_function(f"window.__responsesDone.length === {answers_before + 2}", timeout=30_000)
+        done = page.evaluate("window.__responsesDone")[answers_before:]
+        received = page.evaluate("window.__answerBytes")
+
+    assert proxy.refused >= 1, "the page dialled while the network was down, and dialled again"
+    assert done[0] == {"id": response_id, "status": "completed"}, done
+    assert done[1]["status"] == "completed", done
+    assert received[response_id] == len(made.wire_bytes(response_id)), "audio lost or doubled"
+    assert "goes on" in notice_after, notice_after
+    assert server.state.metrics.sessions_resumed == 1
+    assert page.locator(".assistant").count() == answers_before + 2  # the resumed answer kept its bubble
+
+
+def test_after_a_blip_longer_than_the_grace_time_the_page_starts_a_new_conversation_and_says_so(
+    start_server, page
+) -> None:
+    server = start_server(max_answer_tokens=16, top_k=1, resume_grace_s=1.0)
+    with BlipProxy(server.settings.port) as proxy:
+        page.goto(proxy.base_url + "/?audio=pcm16")
+        page.set_checked("#mic", False)
+        page.click("#connect")
+        wait_connected(page)
+        long_answer_started(page, LONG_PROMPTS)
+        proxy.blip(down_s=1.6)
+        page.wait_for_function(
+            "document.querySelector('#notice').textContent.includes('new one')", timeout=20_000
+        )
+        answers_before = len(page.evaluate("window.__responsesDone"))
+        page.fill("#text", "Hello!")
+        page.press("#text", "Enter")
+        page.wait_for_function(f"window.__responsesDone.length === {answers_before + 1}", timeout=30_000)
+        assert page.evaluate("window.__resumes") == 0
+        assert page.evaluate("window.__responsesDone").pop()["status"] == "completed"
+    assert server.state.metrics.sessions_resumed == 0
+
+
+def long_answer_started(page, prompts: tuple[str, ...]) -> str:
+    """Type prompts until an answer is still going after 0.4 s of its audio arrived; its response id.
+    (The tiny model's answer length varies with the prompt, as in the resume tests.)"""
+    for number, prompt in enumerate(prompts, start=1):
+        page.fill("#text", prompt)
+        page.press("#text", "Enter")
+        page.wait_for_function(
+            f"window.__responsesDone.length === {number} || "
+            "Object.values(window.__answerBytes).some(bytes => bytes >= 0.4 * 48000)",
+            timeout=30_000,
+        )
+        going = page.evaluate(
+            "Object.keys(window.__answerBytes).filter(id => window.__answerBytes[id] >= 0.4 * 48000"
+            " && !window.__responsesDone.some(done => done.id === id))"
+        )
+        if going:
+            return going[0]
+        page.wait_for_function(f"window.__responsesDone.length === {number}", timeout=30_000)
+    raise AssertionError(f"no answer to {prompts} lasted 0.4 s")

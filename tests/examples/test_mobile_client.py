@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LiveServer
+from tests.network_blip import BlipProxy
 from tests.routes.conftest import SHORT_ANSWER_TOKENS, forced_state
+from tests.routes.resume_client import record_made_audio
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +67,41 @@ def test_the_mobile_client_talks_opus_and_reports_each_turn(
         assert 0.5 * speech_bytes < turn["bytes_sent"] < 3 * speech_bytes + 10_000, turn
         assert turn["bytes_received"] > turn["packets_received"] * 3, turn
     assert "server error" not in result.stderr
+
+
+def test_the_mobile_client_takes_its_session_back_after_a_network_blip(
+    start_server: Callable[..., LiveServer], spoken_wav: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The network drops mid-answer (an RST, no close frame) and stays away for half a second: the client
+    resumes its session, its answer arrives whole (as long as the audio the engine made, no gap, nothing
+    twice), and its next turn is answered on the same session."""
+    made = record_made_audio(monkeypatch)
+    server = start_server(max_answer_tokens=SHORT_ANSWER_TOKENS, top_k=1)
+    with BlipProxy(server.settings.port) as proxy, forced_state(server, "listen"):
+        url = server.ws_url.replace(f":{server.settings.port}/", f":{proxy.port}/")
+        command = [
+            sys.executable,
+            str(ROOT / "examples" / "mobile_client.py"),
+            str(spoken_wav),
+            str(spoken_wav),
+        ]
+        command += ["--url", url, "--out", str(tmp_path / "answer.wav"), "--json"]
+        client = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+        deadline = time.monotonic() + 60
+        while not any(sum(len(p) for p in pieces) >= 0.6 * 24000 for pieces in made.pieces.values()):
+            assert time.monotonic() < deadline and client.poll() is None, "no answer began"
+            time.sleep(0.02)
+        assert proxy.blip(down_s=0.5) == 1
+        stdout, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stderr
+    turns = json.loads(stdout)
+    assert [turn["status"] for turn in turns] == ["completed", "completed"], turns
+    assert [turn["resumes"] for turn in turns] == [1, 0], turns
+    assert proxy.refused >= 1  # it dialled while the network was away, and again
+    assert server.state.metrics.sessions_resumed == 1
+    first = turns[0]
+    made_s = sum(len(p) for p in made.pieces[first["response_id"]]) / 24000
+    assert abs(first["answer_s"] - made_s) <= 0.04, (first["answer_s"], made_s)  # 20 ms packets
+    assert "dropped" in stderr
