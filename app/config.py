@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    codec_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the codec's dtype; auto: bf16 on CUDA and CPUs with native bf16, else fp32"
+    )
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op CPU threads; 0: torch's default (one per core)"
     )
