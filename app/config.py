@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     speech_tokens_per_step: int = Field(
         4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
     )
+    first_text_tokens_per_step: int = Field(
+        3, ge=1, le=16, description="text tokens per engine step for a spoken answer owing its first segment"
+    )
     codec_thread: bool = Field(
         False, description="the codec decodes on its own thread, overlapping the engine's next steps"
     )
@@ -197,6 +200,7 @@ class Settings(BaseSettings):
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
+            first_text_tokens_per_step=self.first_text_tokens_per_step,
             codec_thread=self.codec_thread,
             codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,

@@ -18,8 +18,12 @@ time). Every answer generates text each step. Speech decoding is skipped for an 
 runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
 barge-in has little audio to throw away. Below that, an answer gets as many codec tokens in a step as
 keep it at the pace of playback (recent step cadence / 25 ms, up to `speech_tokens_per_step`), one
-more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead. Several tokens in one step change when tokens are made, never which: each comes
-from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
+more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead.
+When even the most tokens cannot keep that pace (an overloaded step), the tokens go to the answers
+owing first audio or about to run dry, and answers with audio for the next steps wait. A spoken answer
+owing its first speech segment gets `first_text_tokens_per_step` text tokens (LLM rounds) a step.
+Several tokens in one step change when tokens are made, never which: each comes from the session's own
+decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
 
 Turn taking, as in the published server but without its copies:
 - a listen turn on a quiet session writes into the session's main cache slot; if the state head
@@ -79,6 +83,8 @@ from app.model import (
 log = logging.getLogger(__name__)
 # Longer gaps between speech steps are idle time (answers held back), not the pace of a busy engine.
 MAX_CADENCE_S = 0.2
+# In an overloaded step, an answer with this many steps' cadence of audio ahead gets no codec tokens.
+OVERLOAD_HOLD_STEPS = 2.0
 
 
 @dataclass
@@ -115,6 +121,7 @@ class StepPlan:
     speech: list[SessionState] = field(default_factory=list)
     codec: list[SessionState] = field(default_factory=list)
     speech_tokens: dict[str, int] = field(default_factory=dict)  # session id -> codec tokens this step
+    text_tokens: dict[str, int] = field(default_factory=dict)  # session id -> text tokens (LLM rounds)
 
     @property
     def empty(self) -> bool:
@@ -554,6 +561,7 @@ class Scheduler:
                 answer.phase == AnswerPhase.TEXT and answer.last_token is not None
             ):
                 plan.answer.append(session)
+                plan.text_tokens[session.session_id] = self._text_tokens(answer)
             has_speech_work = answer.segment is not None or bool(answer.pending_segments)
             ahead = answer.audio_ahead_s(now, OUTPUT_RATE)
             if has_speech_work and ahead <= self.settings.max_audio_ahead_s:
@@ -562,9 +570,24 @@ class Scheduler:
             plan.codec.append(session)
         # Answers owing their first audio go first, then the least ahead of their playback.
         speaking.sort(key=lambda pair: (pair[1].answer.first_audio_at is not None, pair[0]))
-        plan.speech = [s for _, s in speaking]
-        plan.speech_tokens = {s.session_id: self._speech_tokens(s.answer, ahead) for ahead, s in speaking}
+        tokens = {s.session_id: self._speech_tokens(s.answer, ahead) for ahead, s in speaking}
+        plan.speech = [s for _, s in speaking if tokens[s.session_id] > 0]
+        plan.speech_tokens = {session_id: count for session_id, count in tokens.items() if count > 0}
         return plan
+
+    def _text_tokens(self, answer: AnswerState) -> int:
+        """Text tokens (LLM rounds) this answer gets in the next step: `first_text_tokens_per_step` while
+        a spoken answer owes its first speech segment, else one.
+
+        First audio waits for the first segment's text (a punctuation mark, several tokens) before the
+        speech decoder can start; one text token a step made every step's length count several times
+        in first audio, the more so the slower the steps. The extra rounds carry only these rows: the
+        answers already speaking keep one text token a step, which keeps well ahead of their speech.
+        """
+        owes_first_segment = answer.speak and (
+            answer.segment is None and not answer.pending_segments and not answer.codec_ids
+        )
+        return max(1, self.settings.first_text_tokens_per_step) if owes_first_segment else 1
 
     def _speech_tokens(self, answer: AnswerState, ahead: float) -> int:
         """Codec tokens this answer gets in the next step.
@@ -578,8 +601,28 @@ class Scheduler:
         made steps long and the next answers' first text, and so their first audio, later.
         """
         most = self.settings.speech_tokens_per_step
-        if answer.first_audio_at is not None and ahead >= self.settings.max_audio_ahead_s / 2:
+        cadence = self.stats.recent_step_s
+        pace = math.ceil(cadence / self.token_period_s - 1e-9)
+        playing = answer.first_audio_at is not None
+        if pace > most:
+            return self._overloaded_speech_tokens(playing, ahead, cadence)
+        if playing and ahead >= self.settings.max_audio_ahead_s / 2:
             return 1
-        pace = math.ceil(self.stats.recent_step_s / self.token_period_s - 1e-9)
-        urgent = answer.first_audio_at is None or ahead < 0
+        urgent = not playing or ahead < 0
         return max(1, min(most, pace + (1 if urgent else 0)))
+
+    def _overloaded_speech_tokens(self, playing: bool, ahead: float, cadence: float) -> int:
+        """Codec tokens in an overloaded step: one whose cadence even the most tokens a step cannot keep
+        every answer at the pace of playback.
+
+        Then the tokens are scarce, and spreading them (the most to every answer) made each step longer
+        still and everyone's first audio later (N=16, no admission: p50 3.7 -> 6.7 s). Instead: the
+        answers owing their first audio or about to run dry (less than one step's cadence of audio ahead)
+        get the most; one with audio for the next `OVERLOAD_HOLD_STEPS` steps gets none this step (it
+        cannot run dry before it is planned again); the others one, so they keep moving.
+        """
+        if not playing or ahead < cadence:
+            return self.settings.speech_tokens_per_step
+        if ahead >= OVERLOAD_HOLD_STEPS * cadence:
+            return 0
+        return 1
