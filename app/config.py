@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     speech_tokens_per_step: int = Field(
         4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
     )
+    overload_priority: bool = Field(
+        True, description="an overloaded step gives codec tokens to first audio and answers about to run dry"
+    )
     first_text_tokens_per_step: int = Field(
         3, ge=1, le=16, description="text tokens per engine step for a spoken answer owing its first segment"
     )
@@ -201,6 +204,7 @@ class Settings(BaseSettings):
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
             first_text_tokens_per_step=self.first_text_tokens_per_step,
+            overload_priority=self.overload_priority,
             codec_thread=self.codec_thread,
             codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,

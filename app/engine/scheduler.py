@@ -604,7 +604,7 @@ class Scheduler:
         cadence = self.stats.recent_step_s
         pace = math.ceil(cadence / self.token_period_s - 1e-9)
         playing = answer.first_audio_at is not None
-        if pace > most:
+        if pace > most and self.settings.overload_priority:
             return self._overloaded_speech_tokens(playing, ahead, cadence)
         if playing and ahead >= self.settings.max_audio_ahead_s / 2:
             return 1

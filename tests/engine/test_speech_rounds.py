@@ -107,6 +107,13 @@ def test_an_overloaded_step_gives_the_tokens_to_first_audio_and_answers_about_to
     scheduler.stats.recent_step_s = 0.050
     plan = scheduler.plan(now=10.0, sessions=sessions)
     assert plan.speech_tokens == {"far": 1, "held": 2, "between": 2, "dry": 2, "behind": 3, "first": 3}
+    # The spreading rule, kept for comparison: every answer short of its look-ahead gets the most.
+    spreading = Engine(
+        tiny_model, greedy_settings(speech_tokens_per_step=4, max_audio_ahead_s=2.0, overload_priority=False)
+    ).scheduler
+    spreading.stats.recent_step_s = 0.200
+    plan = spreading.plan(now=10.0, sessions=sessions)
+    assert plan.speech_tokens == {"far": 1, "held": 4, "between": 4, "dry": 4, "behind": 4, "first": 4}
 
 
 def test_answers_owing_their_first_segment_get_several_text_tokens(tiny_model) -> None:
