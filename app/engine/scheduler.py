@@ -19,8 +19,9 @@ runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it i
 barge-in has little audio to throw away. Below that, an answer gets as many codec tokens in a step as
 keep it at the pace of playback (recent step cadence / 25 ms, up to `speech_tokens_per_step`), one
 more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead.
-When even the most tokens cannot keep that pace (an overloaded step), the tokens go to the answers
-owing first audio or about to run dry, and answers with audio for the next steps wait. A spoken answer
+An answer also gets enough tokens to finish its next codec window (audio comes a window at a time)
+before its audio runs out. When even the most tokens cannot keep that pace (an overloaded step), the
+tokens go to the answers owing first audio or about to run dry, and answers that can wait a few steps wait. A spoken answer
 owing its first speech segment gets `first_text_tokens_per_step` text tokens (LLM rounds) a step.
 Several tokens in one step change when tokens are made, never which: each comes from the session's own
 decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
@@ -83,8 +84,11 @@ from app.model import (
 log = logging.getLogger(__name__)
 # Longer gaps between speech steps are idle time (answers held back), not the pace of a busy engine.
 MAX_CADENCE_S = 0.2
-# In an overloaded step, an answer with this many steps' cadence of audio ahead gets no codec tokens.
+# In an overloaded step, an answer that could wait this many steps and still finish its next codec window
+# in time gets no codec tokens.
 OVERLOAD_HOLD_STEPS = 2.0
+# Audio an answer should still have when its next codec window is ready: the decode, the delivery.
+DRY_MARGIN_S = 0.1
 
 
 @dataclass
@@ -595,34 +599,52 @@ class Scheduler:
         One token is 25 ms of audio, so an answer keeps pace when it gets (recent step cadence / 25 ms)
         tokens a step. An answer still owing its first audio (its first codec window needs 30 tokens
         before anything plays) or already behind its playback gets one more than its pace; one near its
-        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. Never more than
-        `speech_tokens_per_step`. Each token is a decoder round that lengthens the step while the LLM
-        still writes one text token per step: giving every answer the most (the first version of this)
-        made steps long and the next answers' first text, and so their first audio, later.
+        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. But audio comes
+        out a codec window at a time (every 20 tokens in a reply's first segment, 40 later): an answer
+        also gets enough to finish its next window before the audio it has runs out (`_tokens_due`);
+        at the bare pace a 20-token window took exactly the half second of audio the previous one gave,
+        and the player ran dry. Never more than `speech_tokens_per_step`: each token is a decoder round
+        that lengthens the step while the LLM still writes one text token per step (giving every answer
+        the most, the first version of this, made every answer's first audio later).
         """
         most = self.settings.speech_tokens_per_step
-        cadence = self.stats.recent_step_s
-        pace = math.ceil(cadence / self.token_period_s - 1e-9)
+        recent = self.stats.recent_step_s
+        cadence = max(recent, self.token_period_s)
+        pace = math.ceil(recent / self.token_period_s - 1e-9)
         playing = answer.first_audio_at is not None
         if pace > most and self.settings.overload_priority:
-            return self._overloaded_speech_tokens(playing, ahead, cadence)
+            return self._overloaded_speech_tokens(answer, ahead, cadence)
         if playing and ahead >= self.settings.max_audio_ahead_s / 2:
-            return 1
-        urgent = not playing or ahead < 0
-        return max(1, min(most, pace + (1 if urgent else 0)))
+            base = 1
+        else:
+            base = pace + (1 if not playing or ahead < 0 else 0)
+        due = self._tokens_due(answer, ahead, cadence) if playing else 0
+        return max(1, min(most, max(base, due)))
 
-    def _overloaded_speech_tokens(self, playing: bool, ahead: float, cadence: float) -> int:
+    def _tokens_due(self, answer: AnswerState, ahead: float, cadence: float) -> int:
+        """Tokens a step that finish the answer's next codec window before its audio runs out (less a
+        margin for the decode and the delivery): all it needs if that is within a step."""
+        need = answer.chunker.tokens_to_next_window()
+        steps_left = (ahead - DRY_MARGIN_S) / cadence
+        return need if steps_left < 1 else math.ceil(need / steps_left)
+
+    def _overloaded_speech_tokens(self, answer: AnswerState, ahead: float, cadence: float) -> int:
         """Codec tokens in an overloaded step: one whose cadence even the most tokens a step cannot keep
         every answer at the pace of playback.
 
         Then the tokens are scarce, and spreading them (the most to every answer) made each step longer
-        still and everyone's first audio later (N=16, no admission: p50 3.7 -> 6.7 s). Instead: the
-        answers owing their first audio or about to run dry (less than one step's cadence of audio ahead)
-        get the most; one with audio for the next `OVERLOAD_HOLD_STEPS` steps gets none this step (it
-        cannot run dry before it is planned again); the others one, so they keep moving.
+        still and everyone's first audio later (N=16, no admission: p50 3.7 -> 6.7 s). Instead: answers
+        owing their first audio, or which must start now to finish their next codec window at the most a
+        step before their audio runs out, get the most; one that could still wait `OVERLOAD_HOLD_STEPS`
+        steps gets none this step; the others one, so they keep moving.
         """
-        if not playing or ahead < cadence:
-            return self.settings.speech_tokens_per_step
-        if ahead >= OVERLOAD_HOLD_STEPS * cadence:
+        most = self.settings.speech_tokens_per_step
+        if answer.first_audio_at is None:
+            return most
+        steps_left = (ahead - DRY_MARGIN_S) / cadence
+        spare_steps = steps_left - answer.chunker.tokens_to_next_window() / most
+        if spare_steps < 1:
+            return most
+        if spare_steps >= OVERLOAD_HOLD_STEPS:
             return 0
         return 1

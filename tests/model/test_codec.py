@@ -352,6 +352,24 @@ def test_segments_switch_chunk_size_and_threshold() -> None:
     assert [w.keep for w in windows] == [None, 40 * SPT, 40 * SPT, None]
 
 
+def test_tokens_to_next_window_count_down_to_each_window() -> None:
+    chunker = CodecChunker(ServerConfig(), SPT)
+    counts = []
+    for token in range(150):
+        counts.append(chunker.tokens_to_next_window())
+        chunker.push(token)
+        if chunker.ready_windows():
+            counts.append("window")
+    # The first window: 20 + 10 tokens; then, in the reply's first segment, each 20 new tokens
+    # (10 + 20 + 10, 20 kept as context): a window every half second of audio.
+    assert counts[0] == 30 and counts[29] == 1 and counts[30] == "window"
+    assert counts[31] == 20 and counts[31 + 19] == 1 and counts[31 + 20] == "window"
+    assert counts.count("window") == 1 + (150 - 30) // 20
+    chunker.end_segment()
+    chunker.ready_windows()
+    assert chunker.tokens_to_next_window() == 50  # a later segment: C = 40 + 10, nothing decoded before
+
+
 def test_feed_out_of_order_and_reset_drop_stale_audio() -> None:
     chunker = CodecChunker(ServerConfig(), SPT)
     chunker.extend(range(50))
