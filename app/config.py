@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     speech_tokens_per_step: int = Field(
         4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
     )
+    speech_window_deadline: bool = Field(
+        True,
+        description="an answer gets the codec tokens to finish its next window before its audio runs out",
+    )
     overload_priority: bool = Field(
         True, description="an overloaded step gives codec tokens to first audio and answers about to run dry"
     )
@@ -205,6 +209,7 @@ class Settings(BaseSettings):
             speech_tokens_per_step=self.speech_tokens_per_step,
             first_text_tokens_per_step=self.first_text_tokens_per_step,
             overload_priority=self.overload_priority,
+            window_deadline=self.speech_window_deadline,
             codec_thread=self.codec_thread,
             codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,

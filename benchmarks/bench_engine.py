@@ -97,7 +97,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     "codec-bf16": {"codec_dtype": "bfloat16"},
     # This session's step against the one before it: fp32 codec, one text token a step, tokens spread.
     "new": {},
-    "old": {"codec_dtype": "float32", "first_text_tokens_per_step": 1, "overload_priority": False},
+    "old": {
+        "codec_dtype": "float32",
+        "first_text_tokens_per_step": 1,
+        "overload_priority": False,
+        "window_deadline": False,
+    },
     "text-1": {"first_text_tokens_per_step": 1},  # the defaults but one text token a step
 }
 # Keys of VARIANTS that change the model, not the engine's settings.

@@ -618,7 +618,7 @@ class Scheduler:
             base = 1
         else:
             base = pace + (1 if not playing or ahead < 0 else 0)
-        due = self._tokens_due(answer, ahead, cadence) if playing else 0
+        due = self._tokens_due(answer, ahead, cadence) if playing and self.settings.window_deadline else 0
         return max(1, min(most, max(base, due)))
 
     def _tokens_due(self, answer: AnswerState, ahead: float, cadence: float) -> int:

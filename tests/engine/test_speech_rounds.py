@@ -86,6 +86,9 @@ def test_an_answer_gets_the_tokens_to_finish_its_next_window_before_its_audio_ru
     assert [scheduler._speech_tokens(answer(20), ahead) for ahead in (0.5, 0.3, 0.15)] == [2, 3, 4]
     assert scheduler._speech_tokens(answer(2), 0.5) == 1  # nearly there: the pace is enough
     assert scheduler._speech_tokens(answer(40), 1.5) == 1  # 1.4 s for 40 tokens: one a step
+    bare_pace = Engine(tiny_model, greedy_settings(speech_tokens_per_step=4, window_deadline=False)).scheduler
+    bare_pace.stats.recent_step_s = 0.025
+    assert [bare_pace._speech_tokens(answer(20), ahead) for ahead in (0.5, 0.3, 0.15)] == [1, 1, 1]
 
 
 def _speaking(session_id: str, ahead: float | None, need: int = 1):
