@@ -104,6 +104,7 @@ VARIANTS: dict[str, dict[str, object]] = {
         "window_deadline": False,
     },
     "text-1": {"first_text_tokens_per_step": 1},  # the defaults but one text token a step
+    "no-deadline": {"window_deadline": False},  # the defaults but the bare pace (no codec-window deadline)
 }
 # Keys of VARIANTS that change the model, not the engine's settings.
 MODEL_KEYS = ("codec_dtype",)
