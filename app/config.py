@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         True,
         description="an answer gets the codec tokens to finish its next window before its audio runs out",
     )
+    first_text_max_llm_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="extra text rounds only while one LLM forward is at most this share of a step",
+    )
     overload_priority: bool = Field(
         True, description="an overloaded step gives codec tokens to first audio and answers about to run dry"
     )
@@ -208,6 +214,7 @@ class Settings(BaseSettings):
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
             first_text_tokens_per_step=self.first_text_tokens_per_step,
+            first_text_max_llm_share=self.first_text_max_llm_share,
             overload_priority=self.overload_priority,
             window_deadline=self.speech_window_deadline,
             codec_thread=self.codec_thread,

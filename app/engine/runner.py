@@ -60,6 +60,7 @@ class StepOutcome:
     seconds: float = 0.0
     codec_seconds: float = 0.0  # wall time of the codec decodes delivered in this step (on their lane)
     codec_audio_seconds: float = 0.0  # answer audio those decodes give (overlaps not counted)
+    llm_forward_seconds: float = 0.0  # wall time of the step's first LLM round (0: no LLM work)
 
 
 def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
@@ -231,7 +232,10 @@ class StepRunner:
             else:
                 self._after_answer_step(session, hidden, logits, outcome)
 
+        began = time.perf_counter()
         rows = self._isolated(work, lambda item: item[0], prepare, forward, finish, outcome, failed)
+        if rows:
+            outcome.llm_forward_seconds = time.perf_counter() - began
         # More rounds for the answers given several text tokens (those owing their first speech segment),
         # while they still do: a segment ready in this step goes to this step's speech decoder.
         for round_index in range(1, max(plan.text_tokens.values(), default=1)):

@@ -105,11 +105,24 @@ class EngineStats:
     sessions_failed: int = 0
     recent_step_s: float = 0.0  # moving mean of the time from one speech step's start to the next's
     paced_steps: int = 0
+    recent_llm_share: float = 0.0  # moving mean of one LLM forward's share of a step that ran the LLM
+    llm_steps: int = 0
 
-    def record_step(self, seconds: float, cadence_s: float | None = None, weight: float = 0.1) -> None:
-        """A step took `seconds`; `cadence_s`: time since the previous step began, when both made speech."""
+    def record_step(
+        self,
+        seconds: float,
+        cadence_s: float | None = None,
+        weight: float = 0.1,
+        llm_forward_s: float = 0.0,
+    ) -> None:
+        """A step took `seconds`; `cadence_s`: time since the previous step began, when both made speech;
+        `llm_forward_s`: its first LLM round's time (0: it ran no LLM)."""
         self.steps += 1
         self.step_seconds += seconds
+        if llm_forward_s > 0 and seconds > 0:
+            self.llm_steps += 1
+            step = max(weight, 1.0 / self.llm_steps)
+            self.recent_llm_share += step * (min(llm_forward_s / seconds, 1.0) - self.recent_llm_share)
         if cadence_s is not None:
             self.paced_steps += 1
             step = max(weight, 1.0 / self.paced_steps)
@@ -587,11 +600,19 @@ class Scheduler:
         speech decoder can start; one text token a step made every step's length count several times
         in first audio, the more so the slower the steps. The extra rounds carry only these rows: the
         answers already speaking keep one text token a step, which keeps well ahead of their speech.
+        Only while an LLM forward is at most `first_text_max_llm_share` of a step (measured): three
+        rounds then cut the first segment's wait to about half for half a step more.
         """
         owes_first_segment = answer.speak and (
             answer.segment is None and not answer.pending_segments and not answer.codec_ids
         )
-        return max(1, self.settings.first_text_tokens_per_step) if owes_first_segment else 1
+        # An LLM forward that is most of a step (a big LLM, a small rest) makes each extra round nearly
+        # a step: the first segment comes little sooner and every other session waits for it.
+        most_share = self.settings.first_text_max_llm_share
+        affordable = most_share > 0 and self.stats.recent_llm_share <= most_share
+        if owes_first_segment and affordable:
+            return max(1, self.settings.first_text_tokens_per_step)
+        return 1
 
     def _speech_tokens(self, answer: AnswerState, ahead: float) -> int:
         """Codec tokens this answer gets in the next step.

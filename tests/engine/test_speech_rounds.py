@@ -176,6 +176,21 @@ def test_answers_owing_their_first_segment_get_several_text_tokens(tiny_model) -
     assert scheduler._text_tokens(answer(speak=False)) == 1  # text only: every token is sent at once
     single = Engine(tiny_model, greedy_settings(first_text_tokens_per_step=1)).scheduler
     assert single._text_tokens(answer()) == 1
+    # Only while an LLM forward is a small share of a step (measured; here injected).
+    scheduler.stats.record_step(0.040, llm_forward_s=0.004)  # a tenth of the step
+    assert scheduler.stats.recent_llm_share == pytest.approx(0.1)
+    assert scheduler._text_tokens(answer()) == 3
+    for _ in range(30):
+        scheduler.stats.record_step(0.040, llm_forward_s=0.030)  # three quarters: a big LLM
+    assert scheduler.stats.recent_llm_share > 0.7
+    assert scheduler._text_tokens(answer()) == 1
+    scheduler.stats.record_step(0.040)  # a step without the LLM changes nothing
+    assert scheduler._text_tokens(answer()) == 1
+    always = Engine(tiny_model, greedy_settings(first_text_max_llm_share=1.0)).scheduler
+    always.stats.recent_llm_share = 0.9
+    assert always._text_tokens(answer()) == 3
+    never = Engine(tiny_model, greedy_settings(first_text_max_llm_share=0.0)).scheduler
+    assert never._text_tokens(answer()) == 1
 
 
 @pytest.mark.parametrize("text_tokens", [1, 3])
@@ -184,7 +199,9 @@ def test_several_text_tokens_per_step_keep_the_offline_output(tiny_model, questi
     reference = OfflinePipeline(tiny_model).run(wav, InferOptions.greedy(max_new_tokens=MAX_TOKENS, seed=5))
 
     async def main():
-        engine = Engine(tiny_model, greedy_settings(first_text_tokens_per_step=text_tokens))
+        engine = Engine(
+            tiny_model, greedy_settings(first_text_tokens_per_step=text_tokens, first_text_max_llm_share=1.0)
+        )
         await engine.start()
         try:
             session_id = await engine.open_session(seed=5)
