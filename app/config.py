@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cpu"], description="one replica per device"
     )
     dtype: str = "auto"
+    codec_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the codec's dtype; auto: bf16 on CUDA and CPUs with native bf16, else fp32"
+    )
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op CPU threads; 0: torch's default (one per core)"
     )
@@ -92,6 +95,22 @@ class Settings(BaseSettings):
     engine_audio_ahead_s: float = Field(2.0, gt=0, description="speech decoding pauses this far ahead")
     speech_tokens_per_step: int = Field(
         4, ge=1, le=64, description="most codec tokens an answer gets per engine step (at the steps' pace)"
+    )
+    speech_window_deadline: bool = Field(
+        True,
+        description="an answer gets the codec tokens to finish its next window before its audio runs out",
+    )
+    first_text_max_llm_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="extra text rounds only while one LLM forward is at most this share of a step",
+    )
+    overload_priority: bool = Field(
+        True, description="an overloaded step gives codec tokens to first audio and answers about to run dry"
+    )
+    first_text_tokens_per_step: int = Field(
+        3, ge=1, le=16, description="text tokens per engine step for a spoken answer owing its first segment"
     )
     codec_thread: bool = Field(
         False, description="the codec decodes on its own thread, overlapping the engine's next steps"
@@ -194,6 +213,10 @@ class Settings(BaseSettings):
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),
             max_audio_ahead_s=self.engine_audio_ahead_s,
             speech_tokens_per_step=self.speech_tokens_per_step,
+            first_text_tokens_per_step=self.first_text_tokens_per_step,
+            first_text_max_llm_share=self.first_text_max_llm_share,
+            overload_priority=self.overload_priority,
+            window_deadline=self.speech_window_deadline,
             codec_thread=self.codec_thread,
             codec_max_windows=self.codec_max_windows,
             state_threshold=self.state_threshold,

@@ -98,6 +98,7 @@ class ServerState:
                     llm_path,
                     device=device,
                     dtype=settings.dtype,
+                    codec_dtype=settings.codec_dtype,
                     strict=settings.strict_load,
                 )
                 engines.append(Engine(model, settings.engine_settings(), name=f"replica-{index}-{device}"))

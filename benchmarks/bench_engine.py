@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import itertools
 import json
 import math
@@ -58,7 +59,12 @@ from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig  # noqa: E402
 from app.model.speech_in.cmvn import CmvnStats  # noqa: E402
 from app.model.speech_in.encoder import EncoderConfig  # noqa: E402
 from app.model.speech_in.frontend import fbank_whole  # noqa: E402
-from app.model.speech_out.codec import CodecConfig, CodecDecoder, init_unit_gain  # noqa: E402
+from app.model.speech_out.codec import (  # noqa: E402
+    CodecConfig,
+    CodecDecoder,
+    init_unit_gain,
+    resolve_codec_dtype,  # noqa: E402
+)
 from app.model.speech_out.codec_stream import ServerConfig  # noqa: E402
 from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig  # noqa: E402
 from app.model.wav import read_wav, resample  # noqa: E402
@@ -85,8 +91,23 @@ VARIANTS: dict[str, dict[str, object]] = {
     "in-step-4": {
         "codec_thread": False,
         "speech_tokens_per_step": 4,
-    },  # the codec in the step, up to 4 (the defaults)
+    },  # the codec in the step, up to 4
+    # The codec's dtype (a model setting, not the engine's): fp32 against bf16, the rest the defaults.
+    "codec-fp32": {"codec_dtype": "float32"},
+    "codec-bf16": {"codec_dtype": "bfloat16"},
+    # This session's step against the one before it: fp32 codec, one text token a step, tokens spread.
+    "new": {},
+    "old": {
+        "codec_dtype": "float32",
+        "first_text_tokens_per_step": 1,
+        "overload_priority": False,
+        "window_deadline": False,
+    },
+    "text-1": {"first_text_tokens_per_step": 1},  # the defaults but one text token a step
+    "no-deadline": {"window_deadline": False},  # the defaults but the bare pace (no codec-window deadline)
 }
+# Keys of VARIANTS that change the model, not the engine's settings.
+MODEL_KEYS = ("codec_dtype",)
 MODES = ("batched", "batch-1")  # the default comparison
 # Runner stages timed per run: (name shown, StepRunner method).
 STAGES = (("encoder", "_encode"), ("llm", "_llm"), ("decoder", "_speech"), ("codec", "_codec"))
@@ -499,8 +520,8 @@ def sweep(
         for mode in modes if position % 2 == 0 else modes[::-1]:
             if failures_in_a_row[mode] >= args.stop_after:
                 continue
-            settings = replace(base, max_sessions=count, **VARIANTS[mode])
-            run = asyncio.run(run_sessions(model, settings, questions, mode, args))
+            settings, variant_model = variant(model, base, mode, count)
+            run = asyncio.run(run_sessions(variant_model, settings, questions, mode, args))
             runs.append(run)
             print(_progress_line(run), flush=True)
             failures_in_a_row[mode] = 0 if run.real_time else failures_in_a_row[mode] + 1
@@ -515,8 +536,27 @@ def warm_up(
     """A short unmeasured run per mode, so first-call costs do not land on N=1."""
     quick = argparse.Namespace(**{**vars(args), "duration": 4.0, "stagger": 0.1})
     for mode in args.modes:
-        settings = replace(base, max_sessions=2, **VARIANTS[mode])
-        asyncio.run(run_sessions(model, settings, questions, "warm-up", quick))
+        settings, variant_model = variant(model, base, mode, 2)
+        asyncio.run(run_sessions(variant_model, settings, questions, "warm-up", quick))
+
+
+_codecs: dict[tuple[int, torch.dtype], torch.nn.Module] = {}
+
+
+def variant(
+    model: FreezeOmni, base: EngineSettings, mode: str, count: int
+) -> tuple[EngineSettings, FreezeOmni]:
+    """The engine settings and the model of one mode: a `codec_dtype` key gives the model a copy of its
+    codec in that dtype (made once), the other keys override the engine's settings."""
+    overrides = dict(VARIANTS[mode])
+    model_keys = {key: overrides.pop(key) for key in MODEL_KEYS if key in overrides}
+    if "codec_dtype" in model_keys:
+        dtype = resolve_codec_dtype(model_keys["codec_dtype"], model.device)
+        key = (id(model), dtype)
+        if key not in _codecs:
+            _codecs[key] = copy.deepcopy(model.codec).to(dtype)
+        model = replace(model, codec=_codecs[key])
+    return replace(base, max_sessions=count, **overrides), model
 
 
 # -- random Qwen2-7B-shaped weights --------------------------------------------------------------
@@ -767,6 +807,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16, fp16")
     parser.add_argument(
+        "--codec-dtype",
+        default="auto",
+        help="the codec's dtype, as the server's FREEZE_OMNI_CODEC_DTYPE: auto (bf16 on CUDA and CPUs with "
+        "native bf16, else fp32), float32, bfloat16; modes codec-fp32 / codec-bf16 compare the two",
+    )
+    parser.add_argument(
         "--random-7b", action="store_true", help="Qwen2-7B-shaped random weights, no checkpoint"
     )
     parser.add_argument("--shrink", type=int, default=1, help="with --random-7b: divide every width by this")
@@ -859,6 +905,9 @@ def main(argv: list[str] | None = None) -> None:
             args.model_path, args.llm_path = str(paths.model_path), str(paths.llm_path)
         model = load_freeze_omni(args.model_path, args.llm_path, device=device, dtype=dtype)
         what = f"{args.model_path} + {args.llm_path}"
+    codec_dtype = resolve_codec_dtype(args.codec_dtype, device)
+    model = replace(model, codec=model.codec.to(codec_dtype))
+    what += f", codec in {codec_dtype}"
     if device.type == "cpu":
         what += f", {torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}"
     params = sum(

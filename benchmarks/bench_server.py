@@ -998,7 +998,13 @@ def main(argv: list[str] | None = None) -> None:
         from app.model.checkpoint_io.layout import load_freeze_omni
 
         settings = Settings(**values)
-        model = load_freeze_omni(settings.model_path, settings.llm_path, device=args.device, dtype=args.dtype)
+        model = load_freeze_omni(
+            settings.model_path,
+            settings.llm_path,
+            device=args.device,
+            dtype=args.dtype,
+            codec_dtype=settings.codec_dtype,
+        )
         engine_factory = lambda: Engine(model, settings.engine_settings(), name="bench")  # noqa: E731
     lengths = [len(q) / (2 * WIRE_RATE) for q in questions_pcm]
     print(

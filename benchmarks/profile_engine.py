@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=25, help="functions listed by own time")
     parser.add_argument("--torch", action="store_true", help="also torch's operator profile")
     parser.add_argument("--speech-tokens", type=int, default=None, help="speech_tokens_per_step override")
+    parser.add_argument("--codec-dtype", default="auto", help="auto, float32 or bfloat16 (as the server's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bench_args = argparse.Namespace(
@@ -102,11 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     questions, source = spoken_questions(16)
     paths = ensure_default_model()
-    model = load_freeze_omni(str(paths.model_path), str(paths.llm_path), device=torch.device("cpu"))
+    model = load_freeze_omni(
+        str(paths.model_path), str(paths.llm_path), device=torch.device("cpu"), codec_dtype=args.codec_dtype
+    )
     base = engine_settings(bench_args, questions)
     if args.speech_tokens is not None:
         base = replace(base, speech_tokens_per_step=args.speech_tokens)
-    print(f"model {paths.model_path}; questions from {source}; 1 torch thread")
+    codec_dtype = next(model.codec.parameters()).dtype
+    print(f"model {paths.model_path}; questions from {source}; 1 torch thread; codec in {codec_dtype}")
     asyncio.run(run_sessions(model, replace(base, max_sessions=2), questions, "warm-up", bench_args))
     for count in (int(n) for n in args.sessions.split(",")):
         profiler = StepProfiler(args.torch)

@@ -308,7 +308,7 @@ class Engine:
             fault_injection.raise_if_due(self.stats.steps)  # TEST-ONLY hook; a no-op unless set
 
     def _apply(self, outcome: StepOutcome, cadence_s: float | None = None) -> None:
-        self.stats.record_step(outcome.seconds, cadence_s)
+        self.stats.record_step(outcome.seconds, cadence_s, llm_forward_s=outcome.llm_forward_seconds)
         for stage, rows in outcome.batch_sizes.items():
             if rows:
                 self.stats.rows[stage] = self.stats.rows.get(stage, 0) + rows

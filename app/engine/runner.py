@@ -5,7 +5,8 @@ engine loop does not touch them while a step runs) and returns what happened as 
 
 Stages, each one batched across sessions and split into forwards of at most `max_batch` rows:
 1. encoder + adapter over every planned 160 ms chunk;
-2. the LLM over mixed rows: listen rows, answer-opening rows and decode rows;
+2. the LLM over mixed rows: listen rows, answer-opening rows and decode rows; then more rounds of decode
+   rows for the answers the plan gives several text tokens (those owing their first speech segment);
 3. the speech decoder over new segments' conditioning rows and decode rows;
 4. the codec over every ready token window, through the codec lane (`codec_lane.py`): inside the step
    by default, or (`codec_thread`) on its own thread while the next steps run, its audio fed to the
@@ -59,6 +60,7 @@ class StepOutcome:
     seconds: float = 0.0
     codec_seconds: float = 0.0  # wall time of the codec decodes delivered in this step (on their lane)
     codec_audio_seconds: float = 0.0  # answer audio those decodes give (overlaps not counted)
+    llm_forward_seconds: float = 0.0  # wall time of the step's first LLM round (0: no LLM work)
 
 
 def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
@@ -230,9 +232,28 @@ class StepRunner:
             else:
                 self._after_answer_step(session, hidden, logits, outcome)
 
-        outcome.batch_sizes["llm"] = self._isolated(
-            work, lambda item: item[0], prepare, forward, finish, outcome, failed
-        )
+        began = time.perf_counter()
+        rows = self._isolated(work, lambda item: item[0], prepare, forward, finish, outcome, failed)
+        if rows:
+            outcome.llm_forward_seconds = time.perf_counter() - began
+        # More rounds for the answers given several text tokens (those owing their first speech segment),
+        # while they still do: a segment ready in this step goes to this step's speech decoder.
+        for round_index in range(1, max(plan.text_tokens.values(), default=1)):
+            more = [
+                (s, "answer")
+                for s in plan.answer
+                if plan.text_tokens.get(s.session_id, 1) > round_index
+                and s.session_id not in failed
+                and s.answer is not None
+                and s.answer.phase == AnswerPhase.TEXT
+                and s.answer.last_token is not None
+                and s.answer.segment is None
+                and not s.answer.pending_segments
+            ]
+            if not more:
+                break
+            rows += self._isolated(more, lambda item: item[0], prepare, forward, finish, outcome, failed)
+        outcome.batch_sizes["llm"] = rows
 
     def _after_listen(self, session: SessionState, hidden: torch.Tensor, outcome: StepOutcome) -> None:
         turn = session.listen

@@ -18,8 +18,13 @@ time). Every answer generates text each step. Speech decoding is skipped for an 
 runs more than `max_audio_ahead_s` ahead of playback, so compute goes where it is needed and a
 barge-in has little audio to throw away. Below that, an answer gets as many codec tokens in a step as
 keep it at the pace of playback (recent step cadence / 25 ms, up to `speech_tokens_per_step`), one
-more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead. Several tokens in one step change when tokens are made, never which: each comes
-from the session's own decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
+more if it is behind or still owes its first audio (those go first), and one if it is comfortably ahead.
+An answer also gets enough tokens to finish its next codec window (audio comes a window at a time)
+before its audio runs out. When even the most tokens cannot keep that pace (an overloaded step), the
+tokens go to the answers owing first audio or about to run dry, and answers that can wait a few steps wait. A spoken answer
+owing its first speech segment gets `first_text_tokens_per_step` text tokens (LLM rounds) a step.
+Several tokens in one step change when tokens are made, never which: each comes from the session's own
+decoder state and generator, in order. The runner splits each stage into forwards of `max_batch` rows.
 
 Turn taking, as in the published server but without its copies:
 - a listen turn on a quiet session writes into the session's main cache slot; if the state head
@@ -79,6 +84,11 @@ from app.model import (
 log = logging.getLogger(__name__)
 # Longer gaps between speech steps are idle time (answers held back), not the pace of a busy engine.
 MAX_CADENCE_S = 0.2
+# In an overloaded step, an answer that could wait this many steps and still finish its next codec window
+# in time gets no codec tokens.
+OVERLOAD_HOLD_STEPS = 2.0
+# Audio an answer should still have when its next codec window is ready: the decode, the delivery.
+DRY_MARGIN_S = 0.1
 
 
 @dataclass
@@ -95,11 +105,24 @@ class EngineStats:
     sessions_failed: int = 0
     recent_step_s: float = 0.0  # moving mean of the time from one speech step's start to the next's
     paced_steps: int = 0
+    recent_llm_share: float = 0.0  # moving mean of one LLM forward's share of a step that ran the LLM
+    llm_steps: int = 0
 
-    def record_step(self, seconds: float, cadence_s: float | None = None, weight: float = 0.1) -> None:
-        """A step took `seconds`; `cadence_s`: time since the previous step began, when both made speech."""
+    def record_step(
+        self,
+        seconds: float,
+        cadence_s: float | None = None,
+        weight: float = 0.1,
+        llm_forward_s: float = 0.0,
+    ) -> None:
+        """A step took `seconds`; `cadence_s`: time since the previous step began, when both made speech;
+        `llm_forward_s`: its first LLM round's time (0: it ran no LLM)."""
         self.steps += 1
         self.step_seconds += seconds
+        if llm_forward_s > 0 and seconds > 0:
+            self.llm_steps += 1
+            step = max(weight, 1.0 / self.llm_steps)
+            self.recent_llm_share += step * (min(llm_forward_s / seconds, 1.0) - self.recent_llm_share)
         if cadence_s is not None:
             self.paced_steps += 1
             step = max(weight, 1.0 / self.paced_steps)
@@ -115,6 +138,7 @@ class StepPlan:
     speech: list[SessionState] = field(default_factory=list)
     codec: list[SessionState] = field(default_factory=list)
     speech_tokens: dict[str, int] = field(default_factory=dict)  # session id -> codec tokens this step
+    text_tokens: dict[str, int] = field(default_factory=dict)  # session id -> text tokens (LLM rounds)
 
     @property
     def empty(self) -> bool:
@@ -554,6 +578,7 @@ class Scheduler:
                 answer.phase == AnswerPhase.TEXT and answer.last_token is not None
             ):
                 plan.answer.append(session)
+                plan.text_tokens[session.session_id] = self._text_tokens(answer)
             has_speech_work = answer.segment is not None or bool(answer.pending_segments)
             ahead = answer.audio_ahead_s(now, OUTPUT_RATE)
             if has_speech_work and ahead <= self.settings.max_audio_ahead_s:
@@ -562,9 +587,32 @@ class Scheduler:
             plan.codec.append(session)
         # Answers owing their first audio go first, then the least ahead of their playback.
         speaking.sort(key=lambda pair: (pair[1].answer.first_audio_at is not None, pair[0]))
-        plan.speech = [s for _, s in speaking]
-        plan.speech_tokens = {s.session_id: self._speech_tokens(s.answer, ahead) for ahead, s in speaking}
+        tokens = {s.session_id: self._speech_tokens(s.answer, ahead) for ahead, s in speaking}
+        plan.speech = [s for _, s in speaking if tokens[s.session_id] > 0]
+        plan.speech_tokens = {session_id: count for session_id, count in tokens.items() if count > 0}
         return plan
+
+    def _text_tokens(self, answer: AnswerState) -> int:
+        """Text tokens (LLM rounds) this answer gets in the next step: `first_text_tokens_per_step` while
+        a spoken answer owes its first speech segment, else one.
+
+        First audio waits for the first segment's text (a punctuation mark, several tokens) before the
+        speech decoder can start; one text token a step made every step's length count several times
+        in first audio, the more so the slower the steps. The extra rounds carry only these rows: the
+        answers already speaking keep one text token a step, which keeps well ahead of their speech.
+        Only while an LLM forward is at most `first_text_max_llm_share` of a step (measured): three
+        rounds then cut the first segment's wait to about half for half a step more.
+        """
+        owes_first_segment = answer.speak and (
+            answer.segment is None and not answer.pending_segments and not answer.codec_ids
+        )
+        # An LLM forward that is most of a step (a big LLM, a small rest) makes each extra round nearly
+        # a step: the first segment comes little sooner and every other session waits for it.
+        most_share = self.settings.first_text_max_llm_share
+        affordable = most_share > 0 and self.stats.recent_llm_share <= most_share
+        if owes_first_segment and affordable:
+            return max(1, self.settings.first_text_tokens_per_step)
+        return 1
 
     def _speech_tokens(self, answer: AnswerState, ahead: float) -> int:
         """Codec tokens this answer gets in the next step.
@@ -572,14 +620,52 @@ class Scheduler:
         One token is 25 ms of audio, so an answer keeps pace when it gets (recent step cadence / 25 ms)
         tokens a step. An answer still owing its first audio (its first codec window needs 30 tokens
         before anything plays) or already behind its playback gets one more than its pace; one near its
-        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. Never more than
-        `speech_tokens_per_step`. Each token is a decoder round that lengthens the step while the LLM
-        still writes one text token per step: giving every answer the most (the first version of this)
-        made steps long and the next answers' first text, and so their first audio, later.
+        playback gets its pace; one comfortably ahead (half the look-ahead) gets one. But audio comes
+        out a codec window at a time (every 20 tokens in a reply's first segment, 40 later): an answer
+        also gets enough to finish its next window before the audio it has runs out (`_tokens_due`);
+        at the bare pace a 20-token window took exactly the half second of audio the previous one gave,
+        and the player ran dry. Never more than `speech_tokens_per_step`: each token is a decoder round
+        that lengthens the step while the LLM still writes one text token per step (giving every answer
+        the most, the first version of this, made every answer's first audio later).
         """
         most = self.settings.speech_tokens_per_step
-        if answer.first_audio_at is not None and ahead >= self.settings.max_audio_ahead_s / 2:
-            return 1
-        pace = math.ceil(self.stats.recent_step_s / self.token_period_s - 1e-9)
-        urgent = answer.first_audio_at is None or ahead < 0
-        return max(1, min(most, pace + (1 if urgent else 0)))
+        recent = self.stats.recent_step_s
+        cadence = max(recent, self.token_period_s)
+        pace = math.ceil(recent / self.token_period_s - 1e-9)
+        playing = answer.first_audio_at is not None
+        if pace > most and self.settings.overload_priority:
+            return self._overloaded_speech_tokens(answer, ahead, cadence)
+        if playing and ahead >= self.settings.max_audio_ahead_s / 2:
+            base = 1
+        else:
+            base = pace + (1 if not playing or ahead < 0 else 0)
+        due = self._tokens_due(answer, ahead, cadence) if playing and self.settings.window_deadline else 0
+        return max(1, min(most, max(base, due)))
+
+    def _tokens_due(self, answer: AnswerState, ahead: float, cadence: float) -> int:
+        """Tokens a step that finish the answer's next codec window before its audio runs out (less a
+        margin for the decode and the delivery): all it needs if that is within a step."""
+        need = answer.chunker.tokens_to_next_window()
+        steps_left = (ahead - DRY_MARGIN_S) / cadence
+        return need if steps_left < 1 else math.ceil(need / steps_left)
+
+    def _overloaded_speech_tokens(self, answer: AnswerState, ahead: float, cadence: float) -> int:
+        """Codec tokens in an overloaded step: one whose cadence even the most tokens a step cannot keep
+        every answer at the pace of playback.
+
+        Then the tokens are scarce, and spreading them (the most to every answer) made each step longer
+        still and everyone's first audio later (N=16, no admission: p50 3.7 -> 6.7 s). Instead: answers
+        owing their first audio, or which must start now to finish their next codec window at the most a
+        step before their audio runs out, get the most; one that could still wait `OVERLOAD_HOLD_STEPS`
+        steps gets none this step; the others one, so they keep moving.
+        """
+        most = self.settings.speech_tokens_per_step
+        if answer.first_audio_at is None:
+            return most
+        steps_left = (ahead - DRY_MARGIN_S) / cadence
+        spare_steps = steps_left - answer.chunker.tokens_to_next_window() / most
+        if spare_steps < 1:
+            return most
+        if spare_steps >= OVERLOAD_HOLD_STEPS:
+            return 0
+        return 1

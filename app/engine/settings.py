@@ -20,6 +20,10 @@ class EngineSettings:
     max_batch: int = 64  # rows per forward and stage; 1 gives batch-1 serving
     max_audio_ahead_s: float = 2.0  # stop speech decoding for an answer this far ahead of playback
     speech_tokens_per_step: int = 4  # most codec tokens an answer gets in a step (at the pace of steps)
+    first_text_tokens_per_step: int = 3  # text tokens a step for answers owing their first segment
+    first_text_max_llm_share: float = 0.25  # ... while one LLM forward is at most this share of a step
+    window_deadline: bool = True  # an answer gets the tokens to finish its next codec window in time
+    overload_priority: bool = True  # overloaded steps: codec tokens to first audio / nearly dry answers
     codec_thread: bool = False  # True: the codec decodes on its own thread, overlapping the next steps
     codec_max_windows: int = 4  # windows per decode on that thread, the most urgent first; 0: all waiting
     admission_max_load: float = 0.9  # refuse a session whose admission predicts more load; 0: off

@@ -352,6 +352,24 @@ def test_segments_switch_chunk_size_and_threshold() -> None:
     assert [w.keep for w in windows] == [None, 40 * SPT, 40 * SPT, None]
 
 
+def test_tokens_to_next_window_count_down_to_each_window() -> None:
+    chunker = CodecChunker(ServerConfig(), SPT)
+    counts = []
+    for token in range(150):
+        counts.append(chunker.tokens_to_next_window())
+        chunker.push(token)
+        if chunker.ready_windows():
+            counts.append("window")
+    # The first window: 20 + 10 tokens; then, in the reply's first segment, each 20 new tokens
+    # (10 + 20 + 10, 20 kept as context): a window every half second of audio.
+    assert counts[0] == 30 and counts[29] == 1 and counts[30] == "window"
+    assert counts[31] == 20 and counts[31 + 19] == 1 and counts[31 + 20] == "window"
+    assert counts.count("window") == 1 + (150 - 30) // 20
+    chunker.end_segment()
+    chunker.ready_windows()
+    assert chunker.tokens_to_next_window() == 50  # a later segment: C = 40 + 10, nothing decoded before
+
+
 def test_feed_out_of_order_and_reset_drop_stale_audio() -> None:
     chunker = CodecChunker(ServerConfig(), SPT)
     chunker.extend(range(50))
@@ -514,3 +532,43 @@ def test_a_latent_width_that_differs_between_codebook_and_conv_pre_is_named(
     torch.save(checkpoint, tmp_path / "final.pt")
     with pytest.raises(CheckpointError, match=r"generator\.conv_pre\.weight.*\(32, 32, 7\).*\(32, 48, 7\)"):
         load_codec(tmp_path)
+
+
+# --- the codec's dtype --------------------------------------------------------------------------
+def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(reference**2) / np.mean((reference - other) ** 2)))
+
+
+def test_the_trained_codec_in_bf16_decodes_a_streamed_answer_close_to_fp32(tokens) -> None:
+    from app.model.checkpoint_io.defaults import TRAINED_MODEL_ROOT
+
+    codec_dir = TRAINED_MODEL_ROOT / "checkpoints" / "codec"
+    fp32 = load_codec(codec_dir)
+    bf16 = load_codec(codec_dir, dtype="bfloat16")
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    server = ServerConfig()
+    # The streamed path the engine takes (windows, seams), not only one generator call.
+    wave32 = np.concatenate(decode_stream(fp32, tokens, server))
+    wave16 = np.concatenate(decode_stream(bf16, tokens, server))
+    assert wave16.dtype == np.float32
+    assert len(wave16) == len(wave32) > 0
+    assert np.sqrt(np.mean(wave32**2)) > 0.01  # the answer is audible, so the comparison means something
+    assert _snr_db(wave32, wave16) > 30  # measured 41 dB on one window
+
+
+def test_codec_dtype_auto_follows_native_bf16_in_cpuinfo(tmp_path) -> None:
+    from app.model.speech_out.codec import cpu_has_native_bf16, resolve_codec_dtype
+
+    with_bf16 = tmp_path / "with"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512bw\n")
+    assert cpu_has_native_bf16(with_bf16)
+    assert not cpu_has_native_bf16(without)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_codec_dtype("auto", "cpu") == expected
+    assert resolve_codec_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_codec_dtype("float32", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="unknown codec dtype 'int8'"):
+        resolve_codec_dtype("int8", "cpu")

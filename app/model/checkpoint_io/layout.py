@@ -9,7 +9,9 @@
 Missing or mis-shaped tensors always fail with a precise message; content the model does not use
 (training state, EMA copies, a data-parallel prefix) is skipped and logged unless `strict` (see
 `weights.load_state_dict_checked`). CMVN, the configs and server.json are checked the same way in
-both modes. Device and dtype are options. The codec always runs in fp32, as the published model does.
+both modes. Device and dtype are options; the codec has a dtype of its own (`codec_dtype`: fp32 unless
+asked; the server asks for `auto`, bf16 where the hardware computes it natively, as the published code
+ran it under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens
 from app.model.llm.qwen2 import Qwen2Runtime, load_qwen2
 from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
 from app.model.speech_in.cmvn import CmvnStats
-from app.model.speech_out.codec import CodecDecoder, load_codec, save_codec
+from app.model.speech_out.codec import CodecDecoder, load_codec, resolve_codec_dtype, save_codec
 from app.model.speech_out.codec_stream import ServerConfig
 from app.model.speech_out.speech_decoder import SpeechDecoder, SpeechDecoderConfig
 
@@ -158,6 +160,7 @@ def load_freeze_omni(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "auto",
+    codec_dtype: str | torch.dtype = "float32",
     strict: bool = False,
 ) -> FreezeOmni:
     """Load every piece, logging what is loaded and how long it took.
@@ -183,9 +186,10 @@ def load_freeze_omni(
             f"LLM hidden size {llm.config.hidden_size} is not a multiple of the speech decoder's "
             f"{decoder.config.hidden_size}: the checkpoint and --llm-path do not belong together"
         )
-    with _timed(f"codec from {model_path / CODEC_DIR}"):
+    codec_dtype = resolve_codec_dtype(codec_dtype, device)
+    with _timed(f"codec from {model_path / CODEC_DIR} ({codec_dtype})"):
         codec_dir = _require(model_path / CODEC_DIR, "the codec folder is missing")
-        codec = load_codec(codec_dir, device=device, strict=strict)
+        codec = load_codec(codec_dir, device=device, strict=strict, dtype=codec_dtype)
     server = ServerConfig.from_file(_require(model_path / SERVER_JSON, "server.json is missing"))
 
     template = ChatTemplate.parse(audio.config.chat_template)

@@ -213,6 +213,17 @@ class CodecChunker:
         left = self.config.decoder_chunk_overlap_size if segment.decoded_once else 0
         self._queue(segment, left, keep=None, final=True)
 
+    def tokens_to_next_window(self) -> int:
+        """Tokens still to push before the next window is ready (no more audio comes before it, unless
+        the segment ends first): a scheduler's deadline, as a window holds up to 1.5 s of audio."""
+        config = self.config
+        segment = self._segment
+        if segment is None:  # the next segment's first window
+            chunk = config.decoder_chunk_size if self._reply_has_tokens else config.decoder_first_chunk_size
+            return chunk + config.decoder_chunk_overlap_size
+        left = config.decoder_chunk_overlap_size if segment.decoded_once else 0
+        return left + segment.chunk_size + config.decoder_chunk_overlap_size - len(segment.tokens)
+
     def ready_windows(self) -> list[DecodeWindow]:
         """Hand out the windows that became ready since the last call, oldest first."""
         windows, self._queued = self._queued, []
