@@ -135,10 +135,15 @@ class TurnMaker:
         feats = chunk_features(samples)
         return Turn(feats, chunk_labels(len(feats), end, ANSWER), qa.answer, question=said)
 
-    def out_of_domain(self, min_trail: float = 0.1) -> Turn:
-        """Speech that is none of the questions (long sentences with pauses too): SORRY."""
+    def out_of_domain(self, min_trail: float = 0.1, long_only: bool = False) -> Turn:
+        """Speech that is none of the questions (long sentences with pauses too): SORRY.
+        `long_only`: one of the long sentences, whose pauses the state head must sit through."""
         assert self.ood is not None, "run training.make_data first (ood.npz)"
-        index = int(self.rng.integers(len(self.ood)))
+        if long_only:
+            long_ones = np.nonzero(self.ood.columns["label"] >= len(domain.OUT_OF_DOMAIN_TRAIN))[0]
+            index = int(self.rng.choice(long_ones))
+        else:
+            index = int(self.rng.integers(len(self.ood)))
         said = (domain.OUT_OF_DOMAIN_TRAIN + domain.LONG_SENTENCES_TRAIN)[
             int(self.ood.columns["label"][index])
         ]
