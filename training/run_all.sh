@@ -62,6 +62,21 @@ stage export --out training/runs/shipped_v2 --codec-from "$base"
 cp "$base/domain.json" training/runs/shipped_v2/  # it knows no SORRY answer
 cp "$base/checkpoints/codec/final.pt" training/runs/shipped_v2/checkpoints/codec/  # the same bytes
 stage heldout_eval --model training/runs/shipped_v2 --out training/runs/heldout_shipped_v2.json
+
+# Round 2 (shipped_v3): a way to say no and greetings without moving the LLM under the audio side.
+# The LLM's top 2 layers, norm and output layer learn SORRY and greetings while distillation keeps its
+# hidden states and outputs on in-domain typed and spoken input (made by shipped_v2's frozen audio
+# side) equal to the committed LLM's; then the listening side continues (out-of-domain speech, long
+# sentences with pauses) and the speech decoder learns SORRY's three segments.
+stage distill_llm --teacher "$base" --audio-from training/runs/shipped_v2 --steps 400 --spoken 480
+stage codec_invert "Sorry," "I only know a few questions." "Ask me what I can do." --model "$base"
+stage train_audio --resume --augmented --augment-share 0.5 --live-cut 0.5 --ood 0.12 --long-pauses 0.06 \
+    --lr 2e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 20
+stage train_decoder --init-from training/runs/shipped_v2 --minutes 5 --lr 5e-4 --spoken-per-pair 2
+stage export --out training/runs/shipped_v3 --codec-from "$base"
+cp "$base/checkpoints/codec/final.pt" training/runs/shipped_v3/checkpoints/codec/  # the same bytes
+stage heldout_eval --model training/runs/shipped_v3 --out training/runs/heldout_shipped_v3.json
+stage live_eval --model training/runs/shipped_v3 --out training/runs/live_shipped_v3.json
 [ "${CANDIDATE:-0}" = 1 ] || exit 0
 
 # The SORRY candidate (not shipped: see training/README.md).
