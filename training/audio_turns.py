@@ -120,14 +120,20 @@ class TurnMaker:
         )
         return placed.samples, placed.end
 
-    def question(self, pair: int | None = None, min_trail: float = 0.1) -> Turn:
+    def question(self, pair: int | None = None, min_trail: float = 0.1, greeting: bool = False) -> Turn:
+        """One of the questions (`greeting`: one of the other greetings, answered like "Hello.")."""
         pair = int(self.rng.integers(len(domain.PAIRS))) if pair is None else pair
+        pair = domain.GREETING_PAIR if greeting else pair
         qa = domain.PAIRS[pair]
         clip = self.questions[int(self.rng.choice(self.by_pair[pair]))]
         said = qa.question
         if self.paused is not None and self.rng.random() < 0.15:
             clip = self.paused[int(self.rng.choice(self.paused_by_pair[pair]))]
-        if self.greetings is not None and pair == domain.GREETING_PAIR and self.rng.random() < 0.6:
+        if (
+            self.greetings is not None
+            and pair == domain.GREETING_PAIR
+            and (greeting or self.rng.random() < 0.6)
+        ):
             index = int(self.rng.integers(len(self.greetings)))
             clip = self.greetings[index]
             said = domain.TRAIN_GREETINGS[int(self.greetings.columns["label"][index])]
