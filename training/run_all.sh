@@ -73,6 +73,8 @@ stage codec_invert "Sorry," "I only know a few questions." "Ask me what I can do
 stage train_audio --resume --augmented --augment-share 0.5 --live-cut 0.5 --ood 0.12 --long-pauses 0.06 \
     --lr 2e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 20
 stage train_decoder --init-from training/runs/shipped_v2 --minutes 5 --lr 5e-4 --spoken-per-pair 2
+stage train_audio --resume --augmented --augment-share 0.6 --live-cut 0.5 --ood 0.1 --long-pauses 0.03 \
+    --greetings 0.06 --lr 1.5e-4 --ctc-weight 0.1 --state-weight 1.0 --ignorable 0.25 --minutes 10
 stage export --out training/runs/shipped_v3 --codec-from "$base"
 cp "$base/checkpoints/codec/final.pt" training/runs/shipped_v3/checkpoints/codec/  # the same bytes
 stage heldout_eval --model training/runs/shipped_v3 --out training/runs/heldout_shipped_v3.json
