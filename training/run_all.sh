@@ -4,11 +4,13 @@
 # and the measurements. Each stage is nice'd and single-threaded; logs: training/runs/<stage>.log.
 # Stages with a time budget are not bit-reproducible (steps depend on the machine's speed).
 #
-# Then issue 19's fine-tune of that model (rooms, babble, phone lines, levels, pauses, live-cut
-# answers, the SORRY answer, greetings) into training/runs/candidate, and the held-out per-condition
-# figures of both (training/runs/heldout_*.json; training/README.md). The candidate is not copied
-# into models/trained: it does not yet measure better (see training/README.md). Skip this part with
-# ISSUE19=0.
+# Then issue 19's two fine-tunes of that model: round 1 (the listening side only, against the frozen
+# LLM: rooms, babble, phone lines, levels, pauses, live-cut answers) into training/runs/shipped_v2,
+# and round 2 (the LLM distilled to say SORRY and answer greetings without moving under the audio
+# side, then the listening side and the speech decoder) into training/runs/shipped_v3, which is what
+# models/trained holds; with their held-out per-condition and live figures (training/runs/heldout_*.json,
+# live_*.json; training/README.md). CANDIDATE=1 also reruns the first SORRY candidate, which was not
+# shipped. Skip all of it with ISSUE19=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
