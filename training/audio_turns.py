@@ -120,14 +120,20 @@ class TurnMaker:
         )
         return placed.samples, placed.end
 
-    def question(self, pair: int | None = None, min_trail: float = 0.1) -> Turn:
+    def question(self, pair: int | None = None, min_trail: float = 0.1, greeting: bool = False) -> Turn:
+        """One of the questions (`greeting`: one of the other greetings, answered like "Hello.")."""
         pair = int(self.rng.integers(len(domain.PAIRS))) if pair is None else pair
+        pair = domain.GREETING_PAIR if greeting else pair
         qa = domain.PAIRS[pair]
         clip = self.questions[int(self.rng.choice(self.by_pair[pair]))]
         said = qa.question
         if self.paused is not None and self.rng.random() < 0.15:
             clip = self.paused[int(self.rng.choice(self.paused_by_pair[pair]))]
-        if self.greetings is not None and pair == domain.GREETING_PAIR and self.rng.random() < 0.6:
+        if (
+            self.greetings is not None
+            and pair == domain.GREETING_PAIR
+            and (greeting or self.rng.random() < 0.6)
+        ):
             index = int(self.rng.integers(len(self.greetings)))
             clip = self.greetings[index]
             said = domain.TRAIN_GREETINGS[int(self.greetings.columns["label"][index])]
@@ -135,10 +141,15 @@ class TurnMaker:
         feats = chunk_features(samples)
         return Turn(feats, chunk_labels(len(feats), end, ANSWER), qa.answer, question=said)
 
-    def out_of_domain(self, min_trail: float = 0.1) -> Turn:
-        """Speech that is none of the questions (long sentences with pauses too): SORRY."""
+    def out_of_domain(self, min_trail: float = 0.1, long_only: bool = False) -> Turn:
+        """Speech that is none of the questions (long sentences with pauses too): SORRY.
+        `long_only`: one of the long sentences, whose pauses the state head must sit through."""
         assert self.ood is not None, "run training.make_data first (ood.npz)"
-        index = int(self.rng.integers(len(self.ood)))
+        if long_only:
+            long_ones = np.nonzero(self.ood.columns["label"] >= len(domain.OUT_OF_DOMAIN_TRAIN))[0]
+            index = int(self.rng.choice(long_ones))
+        else:
+            index = int(self.rng.integers(len(self.ood)))
         said = (domain.OUT_OF_DOMAIN_TRAIN + domain.LONG_SENTENCES_TRAIN)[
             int(self.ood.columns["label"][index])
         ]

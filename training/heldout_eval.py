@@ -207,15 +207,15 @@ async def live_answers(model, recordings: list[tuple[np.ndarray, int, str]]) -> 
         for samples, end_chunk, answer in recordings:
             sid = await engine.open_session(seed=0)
             padded = np.concatenate([samples, np.zeros((-len(samples)) % CHUNK, dtype=np.float32)])
-            fired = None
+            fired, stream = None, None
             for index in range(0, len(padded) // CHUNK):
                 decision = await engine.feed_chunk(sid, padded[index * CHUNK : (index + 1) * CHUNK], act=True)
                 if decision.state == ListenState.ANSWER:
-                    fired = index
+                    fired, stream = index, decision.stream
                     break
             text = ""
-            if fired is not None:
-                async for event in engine.answer_stream(sid):
+            if stream is not None:
+                async for event in stream:
                     if isinstance(event, TextDelta):
                         text += event.text
             await engine.close_session(sid)

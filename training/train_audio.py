@@ -207,6 +207,18 @@ def main() -> None:
     parser.add_argument(
         "--ignorable", type=float, default=0.3, help="share of ignorable sounds when --state-weight > 0"
     )
+    parser.add_argument(
+        "--long-pauses",
+        type=float,
+        default=0.0,
+        help="share of long sentences with pauses between words (answered SORRY at their end only)",
+    )
+    parser.add_argument(
+        "--greetings",
+        type=float,
+        default=0.0,
+        help='share of other greetings ("Hello world.", answered like "Hello."; needs --augmented)',
+    )
     add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
@@ -266,6 +278,12 @@ def main() -> None:
                 turn = maker.ignorable(min_trail=0.5)
             elif draw < args.ignorable * (args.state_weight > 0) + args.ood:
                 turn = maker.out_of_domain(min_trail=0.5 if args.state_weight > 0 else 0.1)
+            elif draw < args.ignorable * (args.state_weight > 0) + args.ood + args.long_pauses:
+                turn = maker.out_of_domain(min_trail=0.5, long_only=True)
+            elif (
+                draw < args.ignorable * (args.state_weight > 0) + args.ood + args.long_pauses + args.greetings
+            ):
+                turn = maker.question(min_trail=0.5 if args.state_weight > 0 else 0.1, greeting=True)
             else:
                 turn = maker.question(min_trail=0.5 if args.state_weight > 0 else 0.1)
             if turn.answer is not None and rng.random() < args.live_cut:
