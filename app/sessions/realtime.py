@@ -46,6 +46,9 @@ PENDING_TEXT_CHARS_PER_TOKEN = 8  # typed text waiting for response.create: this
 # A response on the wire that has sent nothing for this long (not paused by an interruption, not waiting
 # on its first audio) is logged once with where it stands: a diagnosis, no action.
 STALLED_RESPONSE_LOG_S = 10.0
+STALLED_RESPONSE_FORMAT = (  # benchmarks/soak.py reads these lines (see its `RESPONSE_STALL`)
+    "session %s: response %s sent nothing for %.1f s (cause=%s); streamer %s; outbound %s; turn %s; engine %s"
+)
 
 
 class RealtimeSession:
@@ -630,8 +633,7 @@ class RealtimeSession:
         else:
             cause = "unexplained"
         log.warning(
-            "session %s: response %s sent nothing for %.1f s (cause=%s); streamer %s; outbound %s; turn %s; "
-            "engine %s",
+            STALLED_RESPONSE_FORMAT,
             self.session_id,
             streamer.response_id,
             quiet_s,
