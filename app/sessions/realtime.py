@@ -618,8 +618,8 @@ class RealtimeSession:
         streamer = self.responses.current
         if streamer is None or streamer.paused or streamer.response_id == self._stall_logged:
             return
-        if streamer.audio_ms_sent_total <= 0 and not streamer.text_only:
-            return  # its first audio is late (a busy engine), not stalled
+        if streamer.audio_ms_sent_total <= 0 and not streamer.transcript_sent:
+            return  # nothing of it has gone out yet: its first audio or text is late (a busy engine)
         quiet_s = time.monotonic() - max(self.outbound.last_sent_at, streamer.started_monotonic)
         if quiet_s < STALLED_RESPONSE_LOG_S:
             return
