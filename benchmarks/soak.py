@@ -33,7 +33,11 @@ The server keeps its default admission (`FREEZE_OMNI_ADMISSION_MAX_LOAD`): on a 
 sessions that would push it past real time (1013), as it would in production; pass
 `--server-env FREEZE_OMNI_ADMISSION_MAX_LOAD=0` to admit up to `--sessions` regardless.
 Each ending is reported by category (`endings`); anything a behaviour does not document is
-"unexplained", with the events the client saw. At the end, once every session is gone, the server's
+"unexplained", with the events the client saw, unless the server's log explains it: a stall of its
+event loop, or an answer that went quiet while the engine still worked on it behind real time (the
+server logs such a response with `cause=engine_behind_real_time`: on an overloaded engine, and on the
+tiny model whose audio leaves once per text segment, an answer can be silent for 30 s and more; that
+is late, not stuck, and is counted apart). At the end, once every session is gone, the server's
 /metrics are read against the start (after a warm-up): resident memory, open file descriptors,
 asyncio tasks, tasks of live sessions, KV-cache slots in use, and where the server reports them, the
 bytes Python objects hold (`FREEZE_OMNI_TRACE_PYTHON_MEMORY`) and what `malloc_trim` gave back
