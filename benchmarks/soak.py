@@ -734,8 +734,11 @@ RESPONSE_STALL = re.compile(r"response (resp_\w+) sent nothing for [\d.]+ s \(ca
 RESPONSE_IN_DETAIL = re.compile(r"in response (resp_\w+)")
 # What the server says held a quiet response (see `RealtimeSession._log_stalled_response`) that explains
 # the client's wait: the engine still working on it behind real time (an overloaded engine: on the tiny
-# model a segment's audio leaves in one piece at its end, so a slow engine leaves long gaps).
-EXPLAINED_STALLS = {"engine_behind_real_time"}
+# model a segment's audio leaves in one piece at its end, so a slow engine leaves long gaps), or a pause
+# for the user's interruption that the engine has not yet decided on.
+# An answer paused by the user's speech stays silent until the engine has heard that turn (on an engine
+# behind real time, long after the speech): documented, and late, not stuck.
+EXPLAINED_STALLS = {"engine_behind_real_time", "paused_by_interruption"}
 
 
 def judge_off_path(result: dict[str, Any], off_path: list[tuple], server_log: str) -> None:

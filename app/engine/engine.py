@@ -221,8 +221,9 @@ class Engine:
         if session is None:
             return {"session": "closed"}
         answer = session.answer
+        listen_pending = len(session.listen.pending) if session.listen is not None else 0
         if answer is None:
-            return {"answer": None, "listening": session.listen is not None}
+            return {"answer": None, "listening": session.listen is not None, "listen_pending": listen_pending}
         now = time.perf_counter()
         return {
             "answer": answer.answer_id,
@@ -238,6 +239,7 @@ class Engine:
             "ahead_s": round(answer.audio_ahead_s(now, OUTPUT_RATE), 2),
             "age_s": round(now - answer.started_at, 1),
             "listening": session.listen is not None,
+            "listen_pending": listen_pending,  # chunks of the user's speech waiting to be heard
             "has_work": not answer.speech_done,
         }
 

@@ -612,11 +612,13 @@ class RealtimeSession:
 
     def _log_stalled_response(self) -> None:
         """Log, once per response, one that has begun and then sent nothing for a while, with its likely
-        cause: `client_not_reading` (our send waits on the client), `engine_behind_real_time` (the engine
-        still works on it and its audio runs behind playback: an overloaded engine, answers come late),
-        or `unexplained` (nothing waits on the engine or the client: a bug)."""
+        cause: `client_not_reading` (our send waits on the client), `paused_by_interruption` (the user
+        spoke into it and the engine has not yet decided on that turn: `listen_pending` chunks wait to be
+        heard), `engine_behind_real_time` (the engine still works on it and its audio runs behind
+        playback: an overloaded engine, answers come late), or `unexplained` (nothing waits on the
+        engine or the client: a bug)."""
         streamer = self.responses.current
-        if streamer is None or streamer.paused or streamer.response_id == self._stall_logged:
+        if streamer is None or streamer.response_id == self._stall_logged:
             return
         if streamer.audio_ms_sent_total <= 0 and not streamer.transcript_sent:
             return  # nothing of it has gone out yet: its first audio or text is late (a busy engine)
@@ -628,6 +630,8 @@ class RealtimeSession:
         outbound = self.outbound.describe()
         if outbound["sending_for_s"] > quiet_s / 2:
             cause = "client_not_reading"
+        elif streamer.paused:
+            cause = "paused_by_interruption"
         elif engine.get("answer") == streamer.response_id and engine["has_work"] and engine["ahead_s"] <= 0:
             cause = "engine_behind_real_time"
         else:

@@ -42,5 +42,5 @@ def test_a_running_answer_is_described_until_it_is_done(tiny_model) -> None:
     assert {"phase", "ahead_s", "held_audio_s", "segment_tokens", "codec_tokens"} <= set(running[0])
     # Mid-segment the decoder has made tokens the client has not heard yet: audio leaves per segment.
     assert any(d["segment_tokens"] for d in running), running
-    assert after == {"answer": None, "listening": False}
+    assert after == {"answer": None, "listening": False, "listen_pending": 0}
     assert packets and sum(packets) > 0
