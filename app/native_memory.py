@@ -3,9 +3,9 @@
 On a CPU, torch runs convolutions (the codec's, the speech encoder's) through oneDNN, which compiles a
 kernel (JIT code) for every distinct tensor shape and keeps it in a process-wide cache of, by default,
 1024 kernels. A server sees new shapes all the time (codec windows of every length, batches of every
-size), so the cache fills with kernels used once, each holding its code and buffers: tens of MB of
-resident memory that grows with every new shape until the cache is full (measured: the soak's server
-grew 36 MB less in 12 minutes with a small cache, see `benchmarks/RESULTS.md`).
+size), so the cache fills with kernels used once, each holding its code: measured up to 100 MB of
+JIT code for the tiny model's codec alone, and 34 to 36 MB in soak servers after six minutes, against
+about 5 MB with 64 kernels, at no measured cost in throughput (see `benchmarks/RESULTS.md`, soak).
 
 oneDNN reads its capacity from the environment (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`) the first time it
 needs it, so the server sets it (`FREEZE_OMNI_ONEDNN_PRIMITIVE_CACHE_CAPACITY`) before any model loads;
