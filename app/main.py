@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings
 from app.model import set_torch_threads
+from app.native_memory import ONEDNN_CACHE_ENV, bound_onednn_cache
 from app.routes import health, realtime, turns
 from app.routes.deps import ApiError, api_error_handler
 from app.server_state import ServerState
@@ -31,6 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.server = state
         if not settings.api_keys:
             log.warning("no API keys configured: the server is open to anyone who can reach it")
+        # Before any model runs (the CLI has set it before torch loaded; this covers other launchers).
+        capacity = bound_onednn_cache(settings.onednn_primitive_cache_capacity)
+        log.info(
+            "oneDNN keeps at most %d compiled kernels (FREEZE_OMNI_ONEDNN_PRIMITIVE_CACHE_CAPACITY, or %s)",
+            capacity,
+            ONEDNN_CACHE_ENV,
+        )
         threads = set_torch_threads(settings.torch_threads)
         log.info(
             "torch uses %d CPU thread(s) (FREEZE_OMNI_TORCH_THREADS=%d)", threads, settings.torch_threads

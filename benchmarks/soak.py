@@ -33,7 +33,11 @@ The server keeps its default admission (`FREEZE_OMNI_ADMISSION_MAX_LOAD`): on a 
 sessions that would push it past real time (1013), as it would in production; pass
 `--server-env FREEZE_OMNI_ADMISSION_MAX_LOAD=0` to admit up to `--sessions` regardless.
 Each ending is reported by category (`endings`); anything a behaviour does not document is
-"unexplained", with the events the client saw. At the end, once every session is gone, the server's
+"unexplained", with the events the client saw, unless the server's log explains it: a stall of its
+event loop, or an answer that went quiet while the engine still worked on it behind real time (the
+server logs such a response with `cause=engine_behind_real_time`: on an overloaded engine, and on the
+tiny model whose audio leaves once per text segment, an answer can be silent for 30 s and more; that
+is late, not stuck, and is counted apart). At the end, once every session is gone, the server's
 /metrics are read against the start (after a warm-up): resident memory, open file descriptors,
 asyncio tasks, tasks of live sessions, KV-cache slots in use, and where the server reports them, the
 bytes Python objects hold (`FREEZE_OMNI_TRACE_PYTHON_MEMORY`) and what `malloc_trim` gave back
@@ -190,6 +194,7 @@ class Session:
         self.tally = tally
         self.types: list[str] = []
         self.created: dict[str, Any] = {}
+        self.response_id: str | None = None  # the latest response.created (the server logs it by id)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(event))
@@ -201,6 +206,8 @@ class Session:
             self.tally.errors[event["error"].get("code") or "none"] += 1
         if event["type"] == "response.done":
             self.tally.responses[event["response"]["status"]] += 1
+        if event["type"] == "response.created":
+            self.response_id = event["response"]["id"]
         return event
 
     async def wait_for(
@@ -223,8 +230,8 @@ class Session:
             except TimeoutError:
                 waited = time.monotonic() - started
                 raise Unexpected(
-                    f"no {event_type} after {waited:.0f} s (nothing for {left:.0f} s); "
-                    f"last events: {self.types[-8:]}"
+                    f"no {event_type} after {waited:.0f} s (nothing for {left:.0f} s) in response "
+                    f"{self.response_id}; last events: {self.types[-8:]}"
                 ) from None
             begun = begun or event["type"].endswith(".delta")
             if event["type"] == event_type:
@@ -723,24 +730,45 @@ SERVER_STALL = re.compile(
 )
 
 
+RESPONSE_STALL = re.compile(r"response (resp_\w+) sent nothing for [\d.]+ s \(cause=(\w+)\)")
+RESPONSE_IN_DETAIL = re.compile(r"in response (resp_\w+)")
+# What the server says held a quiet response (see `RealtimeSession._log_stalled_response`) that explains
+# the client's wait: the engine still working on it behind real time (an overloaded engine: on the tiny
+# model a segment's audio leaves in one piece at its end, so a slow engine leaves long gaps), or a pause
+# for the user's interruption that the engine has not yet decided on.
+# An answer paused by the user's speech stays silent until the engine has heard that turn (on an engine
+# behind real time, long after the speech): documented, and late, not stuck.
+EXPLAINED_STALLS = {"engine_behind_real_time", "paused_by_interruption"}
+
+
 def judge_off_path(result: dict[str, Any], off_path: list[tuple], server_log: str) -> None:
     """Endings off the documented path that overlap a stall of the server's event loop of at least
-    `LoopLag.STALL_S` (the server could not keep its side) are counted apart; the rest are unexplained."""
+    `LoopLag.STALL_S` (the server could not keep its side), or whose response the server logged as
+    waiting on an engine running behind real time, are counted apart; the rest are unexplained."""
     stalls = [
         (time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000, float(m[3]))
         for m in SERVER_STALL.finditer(server_log)
     ]
+    causes = {m[1]: m[2] for m in RESPONSE_STALL.finditer(server_log)}
     result["server_stalls_over_2s"] = sum(1 for _, late in stalls if late >= LoopLag.STALL_S)
     result["server_worst_stall_s"] = max((late for _, late in stalls), default=0.0)
+    result["server_quiet_responses_by_cause"] = dict(Counter(causes.values()))
     unexplained: Counter = Counter()
     server_stalled: Counter = Counter()
-    examples, stalled_examples = [], []
+    overloaded: Counter = Counter()
+    examples, stalled_examples, overloaded_examples = [], [], []
     for behaviour, what, detail, start, end in off_path:
         worst = max(
             (late for at, late in stalls if late >= LoopLag.STALL_S and at >= start and at - late <= end),
             default=0.0,
         )
-        if worst > 0:
+        response = RESPONSE_IN_DETAIL.search(detail)
+        cause = causes.get(response[1]) if response else None
+        if cause in EXPLAINED_STALLS:
+            overloaded[f"{behaviour}: {what}"] += 1
+            if len(overloaded_examples) < 5:
+                overloaded_examples.append(f"{behaviour} (server: {cause}): {detail}"[:500])
+        elif worst > 0:
             server_stalled[f"{behaviour}: {what}"] += 1
             if len(stalled_examples) < 10:
                 stalled_examples.append(f"{behaviour} (server stalled {worst:.1f} s): {detail}"[:500])
@@ -752,6 +780,8 @@ def judge_off_path(result: dict[str, Any], off_path: list[tuple], server_log: st
     result["unexpected_examples"] = examples
     result["server_stalled"] = dict(server_stalled)
     result["server_stalled_examples"] = stalled_examples
+    result["engine_behind"] = dict(overloaded)
+    result["engine_behind_examples"] = overloaded_examples
 
 
 def report(result: dict[str, Any]) -> None:
@@ -781,6 +811,14 @@ def report(result: dict[str, Any]) -> None:
     )
     for example in result.get("server_stalled_examples", [])[:5]:
         print(f"  e.g. {example}")
+    behind = result.get("engine_behind", {})
+    print(
+        "off the documented path while the server's engine ran behind real time on that answer (its log, "
+        f"cause=engine_behind_real_time: late, not stuck): {sum(behind.values())} {behind}"
+    )
+    for example in result.get("engine_behind_examples", [])[:5]:
+        print(f"  e.g. {example}")
+    print(f"server's quiet-response log lines by cause: {result.get('server_quiet_responses_by_cause', {})}")
     print("after the last close, against the start (after warm-up):")
     print(f"  {'figure':<36}{'start':>12}{'end':>12}{'growth':>12}")
     for label, f in result["leaks"].items():

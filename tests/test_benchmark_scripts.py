@@ -78,3 +78,23 @@ def test_bench_server_without_matplotlib_says_what_to_install(tmp_path, capsys, 
     write_curve_png(_curve_rows(), str(path), 100.0)
     assert not path.exists()
     assert "pip install -e '.[bench]'" in capsys.readouterr().out
+
+
+def test_the_soak_reads_the_servers_quiet_response_lines() -> None:
+    """The soak judges an answer that went quiet by the server's log line for it: the two must agree."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from app.sessions.realtime import STALLED_RESPONSE_FORMAT
+
+    line = STALLED_RESPONSE_FORMAT % ("sess_1", "resp_ab12", 10.4, "engine_behind_real_time", {}, {}, {}, {})
+    late = "no response.done after 38 s (nothing for 30 s) in response resp_ab12; last events: []"
+    other = "no response.done after 40 s (nothing for 30 s) in response resp_cd34; last events: []"
+    result: dict = {}
+    off_path = [("audio", "Unexpected", late, 0.0, 1.0), ("audio", "Unexpected", other, 0.0, 1.0)]
+    soak.judge_off_path(result, off_path, f"2026-11-30 03:27:37,342 WARNING app.sessions.realtime: {line}\n")
+    assert result["engine_behind"] == {"audio: Unexpected": 1}
+    assert result["unexpected"] == {"audio: Unexpected": 1}  # no server line for it: unexplained
+    assert result["server_quiet_responses_by_cause"] == {"engine_behind_real_time": 1}

@@ -214,6 +214,35 @@ class Engine:
             lambda: self.scheduler.cut_history(self.scheduler.session(session_id), answer_id, heard_text)
         )
 
+    def describe_answer(self, session_id: str) -> dict[str, Any]:
+        """Where the session's running answer stands, for a log line (read between steps; may be a step
+        stale): its phase, text tokens, audio made and how far ahead of playback, speech work left."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return {"session": "closed"}
+        answer = session.answer
+        listen_pending = len(session.listen.pending) if session.listen is not None else 0
+        if answer is None:
+            return {"answer": None, "listening": session.listen is not None, "listen_pending": listen_pending}
+        now = time.perf_counter()
+        return {
+            "answer": answer.answer_id,
+            "phase": answer.phase.name,
+            "text_tokens": len(answer.token_ids),
+            "last_token_waiting": answer.last_token is not None,
+            "segment_tokens": None if answer.segment is None else len(answer.segment.tokens),
+            "pending_segments": len(answer.pending_segments),
+            "codec_tokens": sum(len(ids) for ids in answer.codec_ids),
+            "chunker_idle": answer.chunker.idle,
+            "held_audio_s": round(answer.chunker.held_samples / OUTPUT_RATE, 2),
+            "audio_s": round(answer.audio_samples / OUTPUT_RATE, 2),
+            "ahead_s": round(answer.audio_ahead_s(now, OUTPUT_RATE), 2),
+            "age_s": round(now - answer.started_at, 1),
+            "listening": session.listen is not None,
+            "listen_pending": listen_pending,  # chunks of the user's speech waiting to be heard
+            "has_work": not answer.speech_done,
+        }
+
     def conversation_text(self, session_id: str) -> list[tuple[str, str]]:
         """The conversation as the model will read it next: (kind, text) per entry, kind "answer" with the
         text of its tokens, or "user" (audio or typed). For tests and debugging."""

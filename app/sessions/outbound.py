@@ -88,6 +88,7 @@ class Outbound:
     _closed: bool = False
     _detached: bool = False
     emitting: _Item | None = None  # the item being sent right now (its lane, audio and offset)
+    last_sent_at: float = field(default_factory=time.monotonic)  # when the last event went out
 
     def put(
         self, event: ServerEvent, response_id: str | None = None, on_sent: Callable[[], None] | None = None
@@ -278,8 +279,30 @@ class Outbound:
             finally:
                 self._sending_since = None
                 self.emitting = None
+            self.last_sent_at = time.monotonic()
         if item.on_sent is not None:
             item.on_sent()
+
+    def describe(self) -> dict:
+        """What the queues hold and what the next response item waits for, for a log line."""
+        head = self._responses[0] if self._responses else None
+        return {
+            "control": len(self._control),
+            "responses": len(self._responses),
+            "queued_audio_s": round(self.queued_audio_s(), 2),
+            "head": None
+            if head is None
+            else {
+                "event": head.event.type if head.event is not None else "(callback)",
+                "response": head.response_id,
+                "audio_s": head.audio_seconds,
+                "wait_s": round(self._wait_for(head), 2),
+            },
+            "held": sorted(self._held),
+            "detached": self._detached,
+            "closed": self._closed,
+            "sending_for_s": round(self.stalled_s(), 2),
+        }
 
     def _wait_for(self, item: _Item) -> float:
         if item.audio_seconds <= 0:

@@ -43,6 +43,12 @@ from app.sessions.vad import SpeechStarted, SpeechStopped, VadAudio, VadGate, Va
 log = logging.getLogger(__name__)
 KNOWN_ITEMS_KEPT = 4096  # item ids a session remembers for truncate/delete; older ones are forgotten
 PENDING_TEXT_CHARS_PER_TOKEN = 8  # typed text waiting for response.create: this many chars per cache token
+# A response on the wire that has sent nothing for this long (not paused by an interruption, not waiting
+# on its first audio) is logged once with where it stands: a diagnosis, no action.
+STALLED_RESPONSE_LOG_S = 10.0
+STALLED_RESPONSE_FORMAT = (  # benchmarks/soak.py reads these lines (see its `RESPONSE_STALL`)
+    "session %s: response %s sent nothing for %.1f s (cause=%s); streamer %s; outbound %s; turn %s; engine %s"
+)
 
 
 class RealtimeSession:
@@ -88,6 +94,7 @@ class RealtimeSession:
             on_closed=self._fail,
         )
         self._pending_text: list[str] = []
+        self._stall_logged: str | None = None  # the response a stall was last logged for
         self._last_item_id: str | None = None
         self._known_items = RecentIds(KNOWN_ITEMS_KEPT)
         self.responses = SessionResponses(
@@ -603,9 +610,48 @@ class RealtimeSession:
             CloseCode.CLIENT_TOO_SLOW, "client too slow", notice=ev.ErrorEvent(error=notice)
         )
 
+    def _log_stalled_response(self) -> None:
+        """Log, once per response, one that has begun and then sent nothing for a while, with its likely
+        cause: `client_not_reading` (our send waits on the client), `paused_by_interruption` (the user
+        spoke into it and the engine has not yet decided on that turn: `listen_pending` chunks wait to be
+        heard), `engine_behind_real_time` (the engine still works on it and its audio runs behind
+        playback: an overloaded engine, answers come late), or `unexplained` (nothing waits on the
+        engine or the client: a bug)."""
+        streamer = self.responses.current
+        if streamer is None or streamer.response_id == self._stall_logged:
+            return
+        if streamer.audio_ms_sent_total <= 0 and not streamer.transcript_sent:
+            return  # nothing of it has gone out yet: its first audio or text is late (a busy engine)
+        quiet_s = time.monotonic() - max(self.outbound.last_sent_at, streamer.started_monotonic)
+        if quiet_s < STALLED_RESPONSE_LOG_S:
+            return
+        self._stall_logged = streamer.response_id
+        engine = self.ref.engine.describe_answer(self.ref.session_id) if self.ref is not None else {}
+        outbound = self.outbound.describe()
+        if outbound["sending_for_s"] > quiet_s / 2:
+            cause = "client_not_reading"
+        elif streamer.paused:
+            cause = "paused_by_interruption"
+        elif engine.get("answer") == streamer.response_id and engine["has_work"] and engine["ahead_s"] <= 0:
+            cause = "engine_behind_real_time"
+        else:
+            cause = "unexplained"
+        log.warning(
+            STALLED_RESPONSE_FORMAT,
+            self.session_id,
+            streamer.response_id,
+            quiet_s,
+            cause,
+            streamer.describe(),
+            outbound,
+            self.turns.describe(),
+            engine,
+        )
+
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(min(0.5, self.settings.idle_timeout_s / 4))
+            self._log_stalled_response()
             if self._not_reading():
                 await self._close_slow_client()
                 return

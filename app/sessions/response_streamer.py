@@ -76,11 +76,23 @@ class ResponseStreamer:
     _produced_ms: float = 0.0  # answer audio received from the engine so far
     _furthest_ms: float = 0.0
     _paused_at_s: float | None = None  # the client's playback position when paused
+    started_monotonic: float = field(default_factory=time.monotonic)
 
     @property
     def paused(self) -> bool:
         """Whether the response is paused (held by an interruption)."""
         return self._paused_at_s is not None
+
+    def describe(self) -> dict:
+        """Where this response stands, for a log line."""
+        return {
+            "engine_done": self.engine_done,
+            "finished": self.finished,
+            "audio_made_s": round(self._produced_ms / 1000, 2),
+            "audio_sent_s": round(self.audio_ms_sent / 1000, 2),
+            "pending_bytes": len(self._pending_bytes),
+            "text_only": self.text_only,
+        }
 
     @property
     def played_at_pause_s(self) -> float | None:

@@ -114,6 +114,17 @@ class TurnTaking:
         """Whether the user is speaking or a committed turn waits for its response."""
         return self.phase != TurnPhase.IDLE
 
+    def describe(self) -> dict:
+        """The turn state, for a log line."""
+        interruption = self.interruption
+        return {
+            "phase": self.phase.value,
+            "answering": self.answering,
+            "interruption": None
+            if interruption is None
+            else {"paused": interruption.paused, "answer_over": interruption.answer_over},
+        }
+
     def handle(self, event: TurnInput) -> list[TurnCommand]:
         """Apply one input; return what the session must do, in order."""
         handler = self._handlers.get(type(event))

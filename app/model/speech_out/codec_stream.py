@@ -188,6 +188,11 @@ class CodecChunker:
         """True when no window waits to be handed out, decoded or turned into packets."""
         return not (self._queued or self._outstanding or self._decoded)
 
+    @property
+    def held_samples(self) -> int:
+        """Decoded samples held back until a quiet seam (or the segment's end) lets them out."""
+        return len(self._carry) + sum(len(audio) for _, audio in self._decoded.values())
+
     def push(self, token_id: int) -> None:
         """Add one speech token of the current segment (opening a segment if none is open)."""
         segment = self._segment or self._open_segment()
