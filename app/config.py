@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         0.9, ge=0, description="refuse a session that would take more of the real-time budget; 0: off"
     )
     admission_window_steps: int = Field(50, ge=1, description="engine steps the load measure remembers")
+    admission_unmeasured_sessions: int = Field(
+        2,
+        ge=1,
+        description="sessions admitted beyond the most answers measured speaking together in one step",
+    )
     llm_max_len: int = Field(4096, ge=256, description="tokens of conversation per session")
     max_answer_tokens: int = Field(500, ge=1)
     max_turn_seconds: float = Field(60.0, gt=0, description="a longer user turn is answered")
@@ -215,6 +220,7 @@ class Settings(BaseSettings):
             max_sessions=self.max_sessions,
             admission_max_load=self.admission_max_load,
             admission_window_steps=self.admission_window_steps,
+            admission_unmeasured_sessions=self.admission_unmeasured_sessions,
             llm_max_len=self.llm_max_len,
             max_answer_tokens=self.max_answer_tokens,
             max_turn_chunks=max(1, int(self.max_turn_seconds / CHUNK_SECONDS)),

@@ -873,7 +873,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def engine_settings(args: argparse.Namespace, questions: list[np.ndarray]) -> EngineSettings:
     """The engine's settings for the sweep, with cache room for every turn of a window."""
     base = EngineSettings(
-        max_answer_tokens=args.max_answer_tokens, max_segment_tokens=args.segment_tokens, seed=0
+        max_answer_tokens=args.max_answer_tokens,
+        max_segment_tokens=args.segment_tokens,
+        seed=0,
+        admission_max_load=0.0,  # every asked session is served: this measures serving, not admission
     )
     # A turn holds its opening (~30 positions), two per chunk, and the answer; a window holds at
     # most one turn per (shortest question + pause). Past the room the engine would re-read the

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1005,7 +1005,9 @@ def main(argv: list[str] | None = None) -> None:
             dtype=args.dtype,
             codec_dtype=settings.codec_dtype,
         )
-        engine_factory = lambda: Engine(model, settings.engine_settings(), name="bench")  # noqa: E731
+        # Every asked session is served: the engine-only side measures serving, not admission.
+        engine_settings = replace(settings.engine_settings(), admission_max_load=0.0)
+        engine_factory = lambda: Engine(model, engine_settings, name="bench")  # noqa: E731
     lengths = [len(q) / (2 * WIRE_RATE) for q in questions_pcm]
     print(
         f"server {url} ({'started here, head ' + args.head if child else 'given'}); {len(QUESTIONS)} questions of "

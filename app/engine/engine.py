@@ -58,6 +58,7 @@ class Engine:
             max_load=settings.admission_max_load,
             window_steps=settings.admission_window_steps,
             tokens_per_step=settings.speech_tokens_per_step,
+            unmeasured_sessions=settings.admission_unmeasured_sessions,
         )
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
@@ -128,9 +129,8 @@ class Engine:
         def admit() -> str:
             if len(self.sessions) < self.settings.max_sessions and not self.meter.admits(self.load):
                 raise CapacityError(
-                    f"{self.name} has no real-time headroom for another session: {self.load} session(s) "
-                    f"would take {self.meter.predicted_load(self.load + 1):.0%} of the real-time budget "
-                    f"(limit {self.meter.max_load:.0%})"
+                    f"{self.name} has no real-time headroom for another session: "
+                    f"{self.meter.refusal(self.load)}"
                 )
             return self.scheduler.open_session(role, seed)
 
@@ -324,6 +324,7 @@ class Engine:
                     outcome.seconds,
                     codec_tokens=outcome.batch_sizes.get("decoder", 0),
                     listening=outcome.batch_sizes.get("encoder", 0),
+                    speaking=outcome.speaking_sessions,
                 )
                 if self.settings.codec_thread:  # inline, the codec's time is in the step's
                     self.meter.record_codec(outcome.codec_seconds, outcome.codec_audio_seconds)

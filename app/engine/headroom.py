@@ -12,6 +12,14 @@ audio it gives is measured too: `n` answers need `n` seconds of audio a second f
 predicted load is the worst of the three. Admission refuses a session whose admission would push that past
 `max_load`: everyone talking at once must still keep real time.
 
+The fit only knows the steps it has seen. Before any step made speech it predicts nothing (a cold
+server, or one whose sessions have only listened), and a fit made of steps where one or two answers
+spoke extrapolates to many: a burst of connections, all decided within a second on one frozen
+estimate before any of them speaks, was admitted far past what the machine keeps (16 asked, 11
+admitted where 5 was the measured limit). So admission also counts the sessions beyond the most
+answers ever measured speaking together in one step: at most `unmeasured_sessions` of those. A cold
+server admits that many; each time more answers speak at once and are measured, the bound moves up.
+
 Tests drive the measure with `step_seconds_hook` (a function from the measured seconds of a step to
 the seconds recorded), never with a timer.
 """
@@ -72,6 +80,7 @@ class Headroom:
     step_ms: float  # mean time of the steps that made speech, over the window
     budget_ms: float  # what a step may take in which every answer catches up (tokens per step x 25 ms)
     listen_load: float  # the same prediction for steps that only hear users (160 ms budget)
+    measured_speaking: int  # the most answers measured speaking together in one step (since start)
 
 
 @dataclass
@@ -83,12 +92,14 @@ class RealtimeMeter:
     max_load: float = 0.9
     window_steps: int = 50
     tokens_per_step: int = 1  # codec tokens an answer behind its playback gets per step
+    unmeasured_sessions: int = 2  # sessions admitted beyond the most measured speaking together
     step_seconds_hook: Callable[[float], float] | None = None
     speech_fit: LoadFit = field(init=False)  # step seconds against codec tokens made in the step
     listen_fit: LoadFit = field(init=False)  # step load (of 160 ms) against sessions heard
     speech_step_s: float = 0.0
     codec_s_per_audio_s: float = 0.0  # codec lane: seconds of decoding per second of audio (0: not measured)
     codec_batches: int = 0
+    most_speaking: int = 0  # the most answers that made speech in one measured step
 
     def __post_init__(self) -> None:
         self.speech_fit = LoadFit(1.0 / self.window_steps)
@@ -99,12 +110,14 @@ class RealtimeMeter:
         """What a step in which every answer catches up may take: the audio it makes per answer."""
         return self.tokens_per_step * self.token_period_s
 
-    def record(self, seconds: float, codec_tokens: int, listening: int) -> None:
-        """One step took `seconds`, made `codec_tokens` codec tokens (all answers together) and heard
-        `listening` sessions' chunks. Steps that did neither (text only) are not real-time bound."""
+    def record(self, seconds: float, codec_tokens: int, listening: int, speaking: int) -> None:
+        """One step took `seconds`, made `codec_tokens` codec tokens (all answers together, `speaking`
+        answers) and heard `listening` sessions' chunks. Steps that did neither (text only) are not
+        real-time bound."""
         if self.step_seconds_hook is not None:
             seconds = self.step_seconds_hook(seconds)
         if codec_tokens > 0:
+            self.most_speaking = max(self.most_speaking, speaking)
             weight = max(self.speech_fit.weight, 1.0 / (self.speech_fit.steps + 1))
             self.speech_step_s += weight * (seconds - self.speech_step_s)
             ceiling = MAX_STEP_LOAD * self.token_period_s * codec_tokens
@@ -137,11 +150,31 @@ class RealtimeMeter:
         listen = self.listen_fit.predict(sessions) if sessions else 0.0
         return max(self.speech_load(sessions), listen, self.codec_load(sessions))
 
+    @property
+    def measured_limit(self) -> int:
+        """The most sessions admission lets in before more answers have been measured speaking at once."""
+        return self.most_speaking + self.unmeasured_sessions
+
     def admits(self, open_sessions: int) -> bool:
         """Whether one more session keeps every session in real time, as measured."""
         if self.max_load <= 0 or open_sessions == 0:
             return True  # one session is always let in: nothing else can tell what it costs
+        if open_sessions + 1 > self.measured_limit:
+            return False  # past what has been measured: wait until more answers have spoken together
         return self.predicted_load(open_sessions + 1) <= self.max_load
+
+    def refusal(self, open_sessions: int) -> str:
+        """Why `admits(open_sessions)` said no, for the client and the log."""
+        if open_sessions + 1 > self.measured_limit:
+            return (
+                f"{open_sessions} session(s) open and at most {self.most_speaking} answer(s) measured "
+                f"speaking together; admission goes at most {self.unmeasured_sessions} beyond what it has "
+                "measured"
+            )
+        return (
+            f"{open_sessions} session(s) would take {self.predicted_load(open_sessions + 1):.0%} of the "
+            f"real-time budget (limit {self.max_load:.0%})"
+        )
 
     def headroom(self, open_sessions: int, free_places: int) -> Headroom:
         room = free_places
@@ -157,4 +190,5 @@ class RealtimeMeter:
             step_ms=round(self.speech_step_s * 1000, 3),
             budget_ms=round(self.speech_budget_s * 1000, 3),
             listen_load=round(self.listen_fit.predict(open_sessions) if open_sessions else 0.0, 4),
+            measured_speaking=self.most_speaking,
         )

@@ -61,6 +61,7 @@ class StepOutcome:
     codec_seconds: float = 0.0  # wall time of the codec decodes delivered in this step (on their lane)
     codec_audio_seconds: float = 0.0  # answer audio those decodes give (overlaps not counted)
     llm_forward_seconds: float = 0.0  # wall time of the step's first LLM round (0: no LLM work)
+    speaking_sessions: int = 0  # answers that made codec tokens in this step
 
 
 def batches(items: Sequence[Item], size: int) -> list[Sequence[Item]]:
@@ -309,6 +310,8 @@ class StepRunner:
             ]
             if not sessions:
                 break
+            if round_index == 0:  # every answer that gets tokens this step takes part in the first round
+                outcome.speaking_sessions = len(sessions)
             rows += self._speech(sessions, outcome, failed)
         outcome.batch_sizes["decoder"] = rows
 

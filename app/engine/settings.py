@@ -28,6 +28,7 @@ class EngineSettings:
     codec_max_windows: int = 4  # windows per decode on that thread, the most urgent first; 0: all waiting
     admission_max_load: float = 0.9  # refuse a session whose admission predicts more load; 0: off
     admission_window_steps: int = 50  # steps the load measure remembers
+    admission_unmeasured_sessions: int = 2  # sessions admitted beyond the most measured speaking together
     state_threshold: float = 0.5
     sampling: LLMSampling = field(default_factory=LLMSampling)
     decoder_top_k: int | None = None  # None: server.json

@@ -6,10 +6,12 @@ steps are fast again, it admits. Step times are injected through the meter's hoo
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import numpy as np
 import pytest
+import websockets
 
 from app.model import wav_bytes
 from tests.conftest import LiveServer
@@ -79,4 +81,48 @@ def test_a_server_out_of_real_time_refuses_then_admits_again(measured_server: Li
     assert still["response"]["status"] == "completed"  # the admitted session goes on
     assert len(again) == 1
     (after,) = ready_after["headroom"].values()
-    assert after["headroom_sessions"] == 3 and after["load"] < 0.9
+    # One answer measured speaking: two beyond it may come in (FREEZE_OMNI_ADMISSION_UNMEASURED_SESSIONS).
+    assert after["measured_speaking"] == 1
+    assert after["headroom_sessions"] == 2 and after["load"] < 0.9
+
+
+async def connect_and_hold(url: str, all_answered: asyncio.Event) -> tuple[dict, int | None]:
+    """Connect; return the first event and, if the server closed, its close code. An admitted session
+    stays open until every attempt of the burst has its answer, so that each one counts."""
+    async with websockets.connect(url, proxy=None, open_timeout=10) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if first["type"] == "session.created":
+            await all_answered.wait()
+            return first, None
+        client = RealtimeClient(ws)
+        closed = await client.wait_closed(timeout=10)
+        return first, closed.rcvd.code if closed.rcvd else None
+
+
+def test_a_burst_of_connections_on_a_fresh_server_gets_the_allowance_and_1013_for_the_rest(
+    start_server,
+) -> None:
+    # A fresh server has measured no speech: its fit predicts nothing, which used to admit the whole
+    # burst up to the fixed cap. Now two sessions come in (the default allowance) and the rest get 1013.
+    server = start_server(max_sessions=6, admission_max_load=0.9)
+
+    async def main():
+        all_answered = asyncio.Event()
+        attempts = [asyncio.create_task(connect_and_hold(server.ws_url, all_answered)) for _ in range(6)]
+        deadline = asyncio.get_running_loop().time() + 30  # a wrong admission must fail, not hang
+        while sum(task.done() for task in attempts) < 4 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        readyz = (await asyncio.to_thread(httpx.get, server.base_url + "/readyz")).json()
+        all_answered.set()
+        return await asyncio.gather(*attempts), readyz
+
+    results, readyz = run(main())
+    admitted = [first for first, code in results if first["type"] == "session.created"]
+    refusals = [(first, code) for first, code in results if first["type"] == "error"]
+    assert len(admitted) == 2 and len(refusals) == 4
+    for first, code in refusals:
+        assert first["error"]["code"] == "capacity_exceeded" and code == CLOSE_TRY_AGAIN
+        assert "measured speaking together" in first["error"]["message"]
+    assert readyz["active_sessions"] == 2
+    (headroom,) = readyz["headroom"].values()
+    assert headroom["measured_speaking"] == 0 and headroom["headroom_sessions"] == 0
