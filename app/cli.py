@@ -35,6 +35,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16"
     )
     group.add_argument(
+        "--llm-weights",
+        choices=("auto", "dtype", "bfloat16", "int8"),
+        help="the LLM's linear layers: dtype (as loaded), bfloat16, int8 (weight-only, per channel; a "
+        "CPU's LLM reads a quarter of the bytes), auto (int8 on a CPU with native bf16 running fp32, else "
+        "dtype). Default: dtype for infer (the reference path), FREEZE_OMNI_LLM_WEIGHTS (auto) for serve",
+    )
+    group.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default 1, or FREEZE_OMNI_TORCH_THREADS; 0: torch's default, one per "
@@ -102,7 +109,12 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     set_torch_threads(_torch_threads(args))
     try:
         model = load_freeze_omni(
-            model_path, llm_path, device=args.device, dtype=args.dtype, strict=bool(args.strict_load)
+            model_path,
+            llm_path,
+            device=args.device,
+            dtype=args.dtype,
+            llm_weights=args.llm_weights or "dtype",
+            strict=bool(args.strict_load),
         )
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         raise SystemExit(f"error: cannot load the model: {error}") from error
@@ -181,6 +193,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "llm_path": args.llm_path,
             "devices": devices,
             "dtype": args.dtype,
+            "llm_weights": args.llm_weights,
             "strict_load": args.strict_load,
             "torch_threads": args.threads,
             "max_sessions": args.max_sessions,

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     codec_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the codec's dtype; auto: bf16 on CUDA and CPUs with native bf16, else fp32"
     )
+    llm_weights: Literal["auto", "dtype", "bfloat16", "int8"] = Field(
+        "auto",
+        description="the LLM's linear weights; auto: int8 on CPUs with native bf16 (fp32 model), else dtype",
+    )
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op CPU threads; 0: torch's default (one per core)"
     )

@@ -99,6 +99,7 @@ class ServerState:
                     device=device,
                     dtype=settings.dtype,
                     codec_dtype=settings.codec_dtype,
+                    llm_weights=settings.llm_weights,
                     strict=settings.strict_load,
                 )
                 engines.append(Engine(model, settings.engine_settings(), name=f"replica-{index}-{device}"))

@@ -51,6 +51,7 @@ from app.model.checkpoint_io.layout import FreezeOmni, load_freeze_omni, resolve
 from app.model.checkpoint_io.weights import assert_materialized  # noqa: E402
 from app.model.fixtures.tiny import CHAT_TEMPLATE  # noqa: E402
 from app.model.fixtures.tiny_llm import write_tokenizer  # noqa: E402
+from app.model.llm.compact_linear import LINEAR_WEIGHTS, compact_linears, resolve_linear_weights  # noqa: E402
 from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens  # noqa: E402
 from app.model.llm.qwen2 import Qwen2Config, Qwen2Runtime  # noqa: E402
 from app.model.llm.transformer import RMSNorm  # noqa: E402
@@ -103,11 +104,15 @@ VARIANTS: dict[str, dict[str, object]] = {
         "overload_priority": False,
         "window_deadline": False,
     },
+    # The LLM's linear weights (a model setting): as loaded (fp32 on a CPU) against bf16 and int8.
+    "llm-dtype": {"llm_weights": "dtype"},
+    "llm-bf16": {"llm_weights": "bfloat16"},
+    "llm-int8": {"llm_weights": "int8"},
     "text-1": {"first_text_tokens_per_step": 1},  # the defaults but one text token a step
     "no-deadline": {"window_deadline": False},  # the defaults but the bare pace (no codec-window deadline)
 }
 # Keys of VARIANTS that change the model, not the engine's settings.
-MODEL_KEYS = ("codec_dtype",)
+MODEL_KEYS = ("codec_dtype", "llm_weights")
 MODES = ("batched", "batch-1")  # the default comparison
 # Runner stages timed per run: (name shown, StepRunner method).
 STAGES = (("encoder", "_encode"), ("llm", "_llm"), ("decoder", "_speech"), ("codec", "_codec"))
@@ -541,13 +546,31 @@ def warm_up(
 
 
 _codecs: dict[tuple[int, torch.dtype], torch.nn.Module] = {}
+_llms: dict[tuple[int, str], Qwen2Runtime] = {}
+_plain_llm: dict[int, Qwen2Runtime] = {}  # id of a compacted copy -> the LLM as loaded
+
+
+def with_llm_weights(model: FreezeOmni, weights: str) -> FreezeOmni:
+    """The model with its LLM's linear layers in `weights` (`FREEZE_OMNI_LLM_WEIGHTS`): a copy of the LLM
+    as loaded, compacted once per kind; `dtype` gives the LLM as loaded."""
+    plain = _plain_llm.get(id(model.llm), model.llm)
+    kind = resolve_linear_weights(weights, model.device, model.dtype)
+    if kind == "dtype":
+        return replace(model, llm=plain)
+    key = (id(plain), kind)
+    if key not in _llms:
+        _llms[key] = copy.deepcopy(plain)
+        compact_linears(_llms[key], kind)
+        _plain_llm[id(_llms[key])] = plain
+    return replace(model, llm=_llms[key])
 
 
 def variant(
     model: FreezeOmni, base: EngineSettings, mode: str, count: int
 ) -> tuple[EngineSettings, FreezeOmni]:
     """The engine settings and the model of one mode: a `codec_dtype` key gives the model a copy of its
-    codec in that dtype (made once), the other keys override the engine's settings."""
+    codec in that dtype (made once), an `llm_weights` key a copy of its LLM with those linear weights
+    (made once), the other keys override the engine's settings."""
     overrides = dict(VARIANTS[mode])
     model_keys = {key: overrides.pop(key) for key in MODEL_KEYS if key in overrides}
     if "codec_dtype" in model_keys:
@@ -556,6 +579,8 @@ def variant(
         if key not in _codecs:
             _codecs[key] = copy.deepcopy(model.codec).to(dtype)
         model = replace(model, codec=_codecs[key])
+    if "llm_weights" in model_keys:
+        model = with_llm_weights(model, str(model_keys["llm_weights"]))
     return replace(base, max_sessions=count, **overrides), model
 
 
@@ -813,6 +838,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "native bf16, else fp32), float32, bfloat16; modes codec-fp32 / codec-bf16 compare the two",
     )
     parser.add_argument(
+        "--llm-weights",
+        default="auto",
+        choices=LINEAR_WEIGHTS,
+        help="the LLM's linear layers, as the server's FREEZE_OMNI_LLM_WEIGHTS: auto (int8 on a CPU with "
+        "native bf16, else as loaded), dtype, bfloat16, int8; modes llm-dtype / llm-bf16 / llm-int8 compare them",
+    )
+    parser.add_argument(
         "--random-7b", action="store_true", help="Qwen2-7B-shaped random weights, no checkpoint"
     )
     parser.add_argument("--shrink", type=int, default=1, help="with --random-7b: divide every width by this")
@@ -911,6 +943,8 @@ def main(argv: list[str] | None = None) -> None:
     codec_dtype = resolve_codec_dtype(args.codec_dtype, device)
     model = replace(model, codec=model.codec.to(codec_dtype))
     what += f", codec in {codec_dtype}"
+    model = with_llm_weights(model, args.llm_weights)
+    what += f", LLM linear weights {resolve_linear_weights(args.llm_weights, device, model.dtype)}"
     if device.type == "cpu":
         what += f", {torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}"
     params = sum(

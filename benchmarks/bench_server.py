@@ -1004,6 +1004,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             dtype=args.dtype,
             codec_dtype=settings.codec_dtype,
+            llm_weights=settings.llm_weights,
         )
         # Every asked session is served: the engine-only side measures serving, not admission.
         engine_settings = replace(settings.engine_settings(), admission_max_load=0.0)

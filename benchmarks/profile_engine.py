@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch", action="store_true", help="also torch's operator profile")
     parser.add_argument("--speech-tokens", type=int, default=None, help="speech_tokens_per_step override")
     parser.add_argument("--codec-dtype", default="auto", help="auto, float32 or bfloat16 (as the server's)")
+    parser.add_argument(
+        "--llm-weights",
+        default="auto",
+        help="the LLM's linear layers: auto, dtype, bfloat16 or int8 (as the server's)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bench_args = argparse.Namespace(
@@ -104,13 +109,21 @@ def main(argv: list[str] | None = None) -> None:
     questions, source = spoken_questions(16)
     paths = ensure_default_model()
     model = load_freeze_omni(
-        str(paths.model_path), str(paths.llm_path), device=torch.device("cpu"), codec_dtype=args.codec_dtype
+        str(paths.model_path),
+        str(paths.llm_path),
+        device=torch.device("cpu"),
+        codec_dtype=args.codec_dtype,
+        llm_weights=args.llm_weights,
     )
     base = engine_settings(bench_args, questions)
     if args.speech_tokens is not None:
         base = replace(base, speech_tokens_per_step=args.speech_tokens)
     codec_dtype = next(model.codec.parameters()).dtype
-    print(f"model {paths.model_path}; questions from {source}; 1 torch thread; codec in {codec_dtype}")
+    linear = type(model.llm.lm_head).__name__
+    print(
+        f"model {paths.model_path}; questions from {source}; 1 torch thread; codec in {codec_dtype}; "
+        f"LLM linear layers {linear} (--llm-weights {args.llm_weights})"
+    )
     asyncio.run(run_sessions(model, replace(base, max_sessions=2), questions, "warm-up", bench_args))
     for count in (int(n) for n in args.sessions.split(",")):
         profiler = StepProfiler(args.torch)

@@ -11,7 +11,8 @@ Missing or mis-shaped tensors always fail with a precise message; content the mo
 `weights.load_state_dict_checked`). CMVN, the configs and server.json are checked the same way in
 both modes. Device and dtype are options; the codec has a dtype of its own (`codec_dtype`: fp32 unless
 asked; the server asks for `auto`, bf16 where the hardware computes it natively, as the published code
-ran it under bf16 autocast).
+ran it under bf16 autocast). The LLM's linear layers may hold compact weights (`llm_weights`: bf16 or
+int8 in place of fp32 on a CPU, `llm/compact_linear.py`; as loaded unless asked, the server asks for `auto`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from app.model.checkpoint_io.weights import (
     read_torch_checkpoint,
     unwrap_model_key,
 )
+from app.model.llm.compact_linear import compact_linears, resolve_linear_weights
 from app.model.llm.duplex import IM_END, ChatTemplate, PromptTokens
 from app.model.llm.qwen2 import Qwen2Runtime, load_qwen2
 from app.model.speech_in.audio_llm import AudioLLM, AudioLLMConfig
@@ -161,6 +163,7 @@ def load_freeze_omni(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "auto",
     codec_dtype: str | torch.dtype = "float32",
+    llm_weights: str = "dtype",
     strict: bool = False,
 ) -> FreezeOmni:
     """Load every piece, logging what is loaded and how long it took.
@@ -171,9 +174,11 @@ def load_freeze_omni(
     model_path, llm_path = Path(model_path), Path(llm_path)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
+    llm_weights = resolve_linear_weights(llm_weights, device, dtype)
     total = time.perf_counter()
-    with _timed(f"LLM from {llm_path} ({dtype}, {device})"):
+    with _timed(f"LLM from {llm_path} ({dtype}, {device}, linear weights {llm_weights})"):
         llm = load_qwen2(llm_path, device=device, dtype=dtype)
+        compact_linears(llm, llm_weights)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(llm_path))
