@@ -943,13 +943,13 @@ def main(argv: list[str] | None = None) -> None:
     codec_dtype = resolve_codec_dtype(args.codec_dtype, device)
     model = replace(model, codec=model.codec.to(codec_dtype))
     what += f", codec in {codec_dtype}"
+    params = sum(
+        p.numel() for m in (model.llm, model.audio, model.decoder, model.codec) for p in m.parameters()
+    )
     model = with_llm_weights(model, args.llm_weights)
     what += f", LLM linear weights {resolve_linear_weights(args.llm_weights, device, model.dtype)}"
     if device.type == "cpu":
         what += f", {torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}"
-    params = sum(
-        p.numel() for m in (model.llm, model.audio, model.decoder, model.codec) for p in m.parameters()
-    )
     ready = time.perf_counter() - loading
     print(f"model: {what} ({params / 1e6:.1f} M parameters, {device}, {dtype}), ready in {ready:.1f} s")
     speech = (

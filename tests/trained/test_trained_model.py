@@ -144,3 +144,19 @@ def test_a_question_during_an_answer_barges_in(trained_model) -> None:
     assert running.done is not None and running.done.status == AnswerStatus.CANCELLED
     assert stream.done.status == AnswerStatus.COMPLETED
     assert text == second.answer
+
+
+def test_int8_llm_weights_say_what_fp32_says(trained_paths, held_out_questions, question_turns) -> None:
+    """The server's default on a CPU with native bf16 (`FREEZE_OMNI_LLM_WEIGHTS=auto`) is int8 LLM weights:
+    on held-out recordings its greedy answers, state decisions and speech tokens must be fp32's."""
+    from app.model.checkpoint_io.layout import load_freeze_omni
+    from app.model.pipeline import InferOptions, OfflinePipeline
+
+    model = load_freeze_omni(trained_paths.model_path, trained_paths.llm_path, llm_weights="int8")
+    pipeline = OfflinePipeline(model)
+    for rec, fp32 in question_turns:
+        int8 = pipeline.run(rec.samples, InferOptions.greedy())
+        assert (int8.text, int8.states) == (fp32.text, fp32.states), rec.description
+        assert int8.codec_ids == fp32.codec_ids, rec.description
+        probs = np.array(int8.state_probs) - np.array(fp32.state_probs)
+        assert np.abs(probs).max() < 0.02, rec.description

