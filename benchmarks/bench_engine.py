@@ -369,6 +369,7 @@ class RunResult:
     cpu_per_step_ms: float = 0.0  # engine thread CPU time per step (a busy machine: wall > CPU)
     codec_cpu_per_s_ms: float = 0.0  # codec decoding CPU per second of window (in the step when in-step)
     cores_used: float = 0.0  # process CPU time / wall: the engine, its codec lane and the clients
+    engine_cpu_per_audio_s: float = 0.0  # engine thread + codec lane CPU s per s of answer audio made
     failures: list[str] = field(default_factory=list)
 
 
@@ -507,6 +508,9 @@ async def run_sessions(
         cpu_per_step_ms=1000 * clock.step_cpu / max(clock.steps, 1),
         codec_cpu_per_s_ms=1000 * clock.codec_cpu / wall,
         cores_used=cores,
+        # A lane's codec CPU is not in the step's; in the step it is (counted once either way).
+        engine_cpu_per_audio_s=(clock.step_cpu + (clock.codec_cpu if settings.codec_thread else 0.0))
+        / max(audio, 1e-9),
         failures=sorted(set(problems)),
     )
 
@@ -735,7 +739,8 @@ def _progress_line(run: RunResult) -> str:
         f"{_ms(run.latency_p50_ms)} / p95 {_ms(run.latency_p95_ms)} ms; audio {run.audio_s:.1f} s in "
         f"{run.window_s:.0f} s = {run.audio_per_s:.2f} s/s; engine busy {100 * run.busy:.0f}%, step "
         f"{run.mean_step_ms:.1f} ms (longest {run.longest_step_ms:.0f} ms, CPU {run.cpu_per_step_ms:.1f} ms); "
-        f"codec CPU {run.codec_cpu_per_s_ms:.0f} ms/s; {run.cores_used:.2f} cores; rows/step {rows}; "
+        f"codec CPU {run.codec_cpu_per_s_ms:.0f} ms/s; engine CPU {run.engine_cpu_per_audio_s:.3f} s per s of "
+        f"audio; {run.cores_used:.2f} cores; rows/step {rows}; "
         f"step time {shares}"
     )
 
@@ -772,13 +777,17 @@ def summarize(runs: list[RunResult], modes: tuple[str, ...] = MODES) -> dict:
     print(
         "\nmost real-time sessions: " + ", ".join(f"{m} {best[m]}{'+' if capped[m] else ''}" for m in modes)
     )
-    print("CPU per step (engine thread) / codec lane CPU per second of window, ms: ")
+    print(
+        "CPU per step (engine thread) / codec lane CPU per second of window, ms; engine CPU per second of "
+        "answer audio made, s: "
+    )
     for count in counts:
         cells = [by_key.get((m, count)) for m in modes]
         print(
             f"  N={count:<3} "
             + " | ".join(
-                f"{m}: {r.cpu_per_step_ms:.1f} / {r.codec_cpu_per_s_ms:.0f} ({r.cores_used:.2f} cores)"
+                f"{m}: {r.cpu_per_step_ms:.1f} / {r.codec_cpu_per_s_ms:.0f}; {r.engine_cpu_per_audio_s:.3f} "
+                f"({r.cores_used:.2f} cores)"
                 for m, r in zip(modes, cells, strict=True)
                 if r is not None
             )

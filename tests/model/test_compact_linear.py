@@ -85,7 +85,12 @@ def test_compact_llm_stays_close_to_fp32(fp32_runtime, compact_runtime) -> None:
 def _steps(runtime: Qwen2Runtime, seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 500, (12,), generator=generator)
-    return [runtime.embed(ids[:7]), runtime.embed(ids[7:9]), runtime.embed(ids[9:10]), runtime.embed(ids[10:])]
+    return [
+        runtime.embed(ids[:7]),
+        runtime.embed(ids[7:9]),
+        runtime.embed(ids[9:10]),
+        runtime.embed(ids[10:]),
+    ]
 
 
 def test_compact_llm_rows_batched_equal_each_alone(compact_runtime) -> None:
