@@ -9,11 +9,16 @@ variant of `FREEZE_OMNI_LLM_WEIGHTS`. Printed per variant: turns whose answer te
 per-chunk state decisions and codec tokens equal fp32's; the largest state-probability difference;
 the answers that are right (the expected text) in each; and the LLM's CPU time per turn (listening and answering).
 A variant that changes decisions says so here; the setting's default follows from these figures.
+
+Then the cost of one LLM forward as the engine runs it (`--rows`: decode rows of one token each, every row
+over `--cached` tokens of its own conversation, logits for each), the variants interleaved round by round
+in one process (`--rounds`), thread CPU time: median and best per variant, and the ratio to fp32's.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.model import InferOptions, OfflinePipeline, TurnResult, ensure_default_model  # noqa: E402
+from app.model import InferOptions, LLMRow, OfflinePipeline, TurnResult, ensure_default_model  # noqa: E402
 from app.model.checkpoint_io.layout import load_freeze_omni  # noqa: E402
 from app.model.llm.compact_linear import compact_linears  # noqa: E402
 from training import domain  # noqa: E402
@@ -87,24 +92,76 @@ def compare(base: list[TurnResult], other: list[TurnResult], recordings: list[Re
     return result
 
 
+def forward_costs(
+    weights: list[str], rows: list[int], cached: int, rounds: int, calls: int = 40
+) -> dict[tuple[str, int], list[float]]:
+    """CPU ms of one LLM forward of `rows` one-token rows over `cached` tokens, per variant, interleaved."""
+    paths = ensure_default_model()
+    plain = load_freeze_omni(paths.model_path, paths.llm_path).llm
+    llms = {}
+    for kind in weights:
+        llms[kind] = load_freeze_omni(paths.model_path, paths.llm_path, llm_weights=kind).llm
+    llms["dtype"] = plain
+    hidden = plain.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    costs: dict[tuple[str, int], list[float]] = {}
+    for index in range(rounds):
+        order = list(llms) if index % 2 == 0 else list(reversed(llms))
+        for kind in order:
+            llm = llms[kind]
+            for count in rows:
+                cache = llm.new_cache(count, cached + calls + 8)
+                slots = [cache.allocate() for _ in range(count)]
+                llm.forward_rows(
+                    [LLMRow(s, torch.randn(cached, hidden, generator=generator)) for s in slots], cache
+                )
+                steps = [torch.randn(count, 1, hidden, generator=generator) for _ in range(calls)]
+                began = time.thread_time()
+                for step in steps:
+                    llm.forward_rows(
+                        [LLMRow(s, step[i], want_logits=True) for i, s in enumerate(slots)], cache
+                    )
+                costs.setdefault((kind, count), []).append(1000 * (time.thread_time() - began) / calls)
+    return costs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="bfloat16,int8", help="variants compared with float32")
     parser.add_argument("--count", type=int, default=50, help="held-out questions (the domain has 50)")
     parser.add_argument("--ignorables", action="store_true", help="also the backchannels and noises")
+    parser.add_argument("--rows", default="1,4,8,16", help="decode rows per timed LLM forward")
+    parser.add_argument("--cached", type=int, default=300, help="tokens each row's conversation holds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the forward timing")
+    parser.add_argument("--forwards-only", action="store_true", help="only the forward timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pairs = range(min(args.count, len(domain.PAIRS)))
     recordings = [held_out_question(i, p, seed=290_000 + i) for i, p in enumerate(pairs)]
     if args.ignorables:
         recordings += ignorable_sounds(seed=280_000)
+    variants = [w.strip() for w in args.weights.split(",") if w.strip()]
+    rows = [int(r) for r in args.rows.split(",") if r.strip()]
+    costs = forward_costs(variants, rows, args.cached, args.rounds)
+    print(
+        f"one LLM forward, thread CPU ms, median / best of {args.rounds} interleaved rounds ({args.cached} cached):"
+    )
+    for count in rows:
+        base = statistics.median(costs[("dtype", count)])
+        cells = [f"dtype {base:.2f} / {min(costs[('dtype', count)]):.2f}"]
+        for kind in variants:
+            median = statistics.median(costs[(kind, count)])
+            cells.append(f"{kind} {median:.2f} / {min(costs[(kind, count)]):.2f} ({median / base:.2f}x)")
+        print(f"  {count:>2} rows: " + ", ".join(cells))
+    if args.forwards_only:
+        return
     print(f"{len(recordings)} held-out recordings, greedy, 1 torch thread")
     base, base_cpu = run_turns("dtype", recordings)
     base_right = sum(
         rec.answer is not None and t.text == rec.answer for rec, t in zip(recordings, base, strict=True)
     )
     print(f"float32: {base_right} right; LLM CPU {1000 * base_cpu / len(recordings):.1f} ms per turn")
-    for weights in (w.strip() for w in args.weights.split(",") if w.strip()):
+    for weights in variants:
         turns, cpu = run_turns(weights, recordings)
         c = compare(base, turns, recordings)
         n = len(recordings)

@@ -309,6 +309,17 @@ def test_adapter_streaming_equals_causal_conv_over_whole_sequence() -> None:
     torch.testing.assert_close(torch.cat(outs, dim=1), whole, atol=1e-5, rtol=1e-5)
 
 
+def test_adapter_forward_equals_its_conv1d_layers() -> None:
+    """The forward runs the convolution as a matmul over unfolded windows: the same as nn.Conv1d."""
+    adapter = _adapter()
+    for frames in (8, 9, 40):
+        x = torch.randn(2, frames, 16)
+        with torch.no_grad():
+            conv = adapter.conv1d2(x.transpose(1, 2)).transpose(1, 2)
+            want = adapter.project(adapter.relu2(adapter.bn2(conv)))
+            torch.testing.assert_close(adapter(x), want, atol=1e-5, rtol=1e-5)
+
+
 def test_adapter_batched_equals_alone() -> None:
     adapter = _adapter()
     chunks = torch.randn(3, 4, 16)
