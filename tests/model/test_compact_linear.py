@@ -47,6 +47,29 @@ def test_int8_linear_is_the_product_with_its_dequantized_weight() -> None:
     assert compact.weight_int8.dtype == torch.int8 and compact.weight_int8.abs().max() <= 127
 
 
+@pytest.mark.parametrize("in_features", [16, 48, 80, 96, 384, 3584])
+def test_int8_is_right_for_input_widths_that_are_multiples_of_16(in_features: int) -> None:
+    torch.manual_seed(in_features)
+    linear = nn.Linear(in_features, 7)
+    compact = Int8Linear(linear)
+    for rows in (1, 3, 17):
+        x = torch.randn(rows, in_features)
+        want = nn.functional.linear(x, compact.dequantized(), linear.bias)
+        torch.testing.assert_close(compact(x), want, atol=0.03 * want.abs().max().item(), rtol=0.01)
+
+
+def test_layers_the_int8_kernel_cannot_take_keep_their_weights(caplog) -> None:
+    """The kernel gives wrong numbers or crashes for input widths that are not multiples of 16."""
+    model = nn.Sequential(nn.Linear(96, 90), nn.Linear(90, 8), nn.Linear(8, 32))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Int8Linear(model[1])
+    assert compact_linears(model, "int8") == 1
+    assert isinstance(model[0], Int8Linear)
+    assert type(model[1]) is nn.Linear and type(model[2]) is nn.Linear
+    assert "90 wide" in caplog.text and "8 wide" in caplog.text
+    assert model(torch.randn(2, 96)).shape == (2, 32)
+
+
 def test_bf16_linear_is_close_to_fp32_and_keeps_the_input_dtype() -> None:
     linear = _linear(bias=False)
     compact = BF16Linear(linear)

@@ -12,6 +12,7 @@ depend on the other rows in its batch.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -20,7 +21,12 @@ from torch import nn
 
 from app.model.speech_out.codec import cpu_has_native_bf16
 
+log = logging.getLogger(__name__)
+
 LinearWeights = Literal["auto", "dtype", "bfloat16", "int8"]
+# `aten._weight_int8pack_mm` on a CPU needs the input width to be a multiple of this (tried on torch 2.13:
+# other widths return wrong numbers or crash the process); a layer of another width keeps its weights.
+INT8_IN_MULTIPLE = 16
 # `dtype`: the linear layers as loaded, in the model's dtype (fp32 on a CPU by default).
 LINEAR_WEIGHTS: tuple[str, ...] = ("auto", "dtype", "bfloat16", "int8")
 
@@ -43,11 +49,17 @@ class Int8Linear(nn.Module):
     """Weight-only int8: W = scale[o] * q[o, i] with q in int8 (symmetric, per output channel).
 
     The product runs in bf16 on the int8 weights (`aten._weight_int8pack_mm`, unit scales) and the
-    fp32 scales are applied to its output, so the scales are not rounded to bf16.
+    fp32 scales are applied to its output, so the scales are not rounded to bf16. The input width must
+    be a multiple of `INT8_IN_MULTIPLE` (`int8_fits`).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
+        if not int8_fits(linear):
+            raise ValueError(
+                f"int8 weights need an input width that is a multiple of {INT8_IN_MULTIPLE}, "
+                f"not {linear.in_features}"
+            )
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
@@ -69,6 +81,11 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)
+
+
+def int8_fits(linear: nn.Linear) -> bool:
+    """Whether the int8 kernel computes this layer correctly (its input width)."""
+    return linear.in_features % INT8_IN_MULTIPLE == 0
 
 
 def resolve_linear_weights(name: str, device: torch.device | str, model_dtype: torch.dtype) -> str:
@@ -93,7 +110,8 @@ def compact_linears(module: nn.Module, weights: str) -> int:
     """Replace every `nn.Linear` under `module` by its compact form, in place; returns how many.
 
     `dtype` leaves the module as it is. Tied weights (an LM head sharing the embedding table) are
-    copied, not shared, by the compact layer; the embedding table itself stays as loaded.
+    copied, not shared, by the compact layer; the embedding table itself stays as loaded. With `int8`, a
+    layer whose input width the kernel cannot take (`int8_fits`) keeps its weights, with a log line.
     """
     if weights == "dtype":
         return 0
@@ -101,9 +119,21 @@ def compact_linears(module: nn.Module, weights: str) -> int:
     if weights not in kinds:
         raise ValueError(f"cannot compact linear layers to {weights!r}; use dtype, bfloat16 or int8")
     replaced = 0
+    kept: list[str] = []
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, kinds[weights](child))
-                replaced += 1
+            if not isinstance(child, nn.Linear):
+                continue
+            if weights == "int8" and not int8_fits(child):
+                kept.append(f"{name} ({child.in_features} wide)")
+                continue
+            setattr(parent, name, kinds[weights](child))
+            replaced += 1
+    if kept:
+        log.warning(
+            "%d linear layers keep their weights: int8 needs input widths that are multiples of %d: %s",
+            len(kept),
+            INT8_IN_MULTIPLE,
+            ", ".join(sorted(set(kept))),
+        )
     return replaced
