@@ -75,7 +75,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.unit_scale)
         out = out.to(x.dtype) * self.scale
         if self.bias is not None:
