@@ -88,6 +88,7 @@ class TurnMaker:
         self.rng = rng
         self.augmented = augmented
         self.augment_share = augment_share  # of recordings through training.augment; the rest: light recipe
+        self.babble_share = 0.3  # of augmented recordings with other talkers behind
         self.questions = Clips(DATA_DIR / "questions.npz")
         self.ignore = Clips(DATA_DIR / "ignore.npz")
         labels, splits = self.questions.columns["label"], self.questions.columns["split"]
@@ -108,7 +109,10 @@ class TurnMaker:
             lead = float(rng.uniform(1.0, 3.0) if long_lead else rng.uniform(0.0, 1.0))
             trail = float(rng.uniform(1.2, 3.0) if long_trail else rng.uniform(min_trail, 1.2))
             placed = place(sound, rng, lead_s=lead, trail_s=trail, snr_db=None)
-            return augment(placed.samples, placed.start, placed.end, rng, self.babble), placed.end
+            return (
+                augment(placed.samples, placed.start, placed.end, rng, self.babble, self.babble_share),
+                placed.end,
+            )
         placed = place(
             sound,
             rng,
