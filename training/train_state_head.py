@@ -255,7 +255,7 @@ def fit(args) -> None:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if epoch % 5 == 0 or epoch == args.epochs - 1:
             log.info("epoch %d loss %.4f", epoch, total / len(order))
     new_weight = torch.cat([weight.detach(), weight0[3:]])
@@ -267,7 +267,11 @@ def fit(args) -> None:
         trial[ANSWER] += float(shift)
         fig = figures(head_states(new_weight, trial, val["hidden"]), val)
         shifts[round(float(shift), 2)] = (score(fig), fig)
-    best = max(shifts, key=lambda s: (shifts[s][0], -abs(s)))
+    best = max(shifts, key=lambda s: (shifts[s][0], -abs(s))) if args.shift is None else args.shift
+    if best not in shifts:
+        trial = new_bias.clone()
+        trial[ANSWER] += best
+        shifts[best] = (0.0, figures(head_states(new_weight, trial, val["hidden"]), val))
     new_bias[ANSWER] += best
     after = shifts[best][1]
     log.info("new head (answer bias shift %+.2f) on validation: %s", best, json.dumps(after))
@@ -331,6 +335,9 @@ def main() -> None:
         "--onset-weight", type=float, default=2.0, help="loss weight of the 2 chunks after the end"
     )
     parser.add_argument("--anchor", type=float, default=1e-3, help="L2 pull towards the shipped head")
+    parser.add_argument(
+        "--shift", type=float, default=None, help="answer-bias shift to use (default: the best on validation)"
+    )
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "state_head_model")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
