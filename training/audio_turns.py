@@ -88,6 +88,7 @@ class TurnMaker:
         self.rng = rng
         self.augmented = augmented
         self.augment_share = augment_share  # of recordings through training.augment; the rest: light recipe
+        self.babble_share = 0.3  # of augmented recordings with other talkers behind
         self.questions = Clips(DATA_DIR / "questions.npz")
         self.ignore = Clips(DATA_DIR / "ignore.npz")
         labels, splits = self.questions.columns["label"], self.questions.columns["split"]
@@ -108,7 +109,10 @@ class TurnMaker:
             lead = float(rng.uniform(1.0, 3.0) if long_lead else rng.uniform(0.0, 1.0))
             trail = float(rng.uniform(1.2, 3.0) if long_trail else rng.uniform(min_trail, 1.2))
             placed = place(sound, rng, lead_s=lead, trail_s=trail, snr_db=None)
-            return augment(placed.samples, placed.start, placed.end, rng, self.babble), placed.end
+            return (
+                augment(placed.samples, placed.start, placed.end, rng, self.babble, self.babble_share),
+                placed.end,
+            )
         placed = place(
             sound,
             rng,
@@ -156,6 +160,29 @@ class TurnMaker:
         samples, end = self._place(self.ood[index], min_trail)
         feats = chunk_features(samples)
         return Turn(feats, chunk_labels(len(feats), end, ANSWER), domain.SORRY, question=said)
+
+    def stretched(self, long_sentence: bool, min_trail: float = 0.5) -> Turn:
+        """A question, or one of the long sentences (SORRY), with 1-3 extra pauses of 80-400 ms
+        between words: the state head must keep listening through them."""
+        from training.augment import insert_pauses
+
+        rng = self.rng
+        if long_sentence:
+            assert self.ood is not None, "run training.make_data first (ood.npz)"
+            long_ones = np.nonzero(self.ood.columns["label"] >= len(domain.OUT_OF_DOMAIN_TRAIN))[0]
+            index = int(rng.choice(long_ones))
+            clip, answer = self.ood[index], domain.SORRY
+            said = domain.LONG_SENTENCES_TRAIN[
+                int(self.ood.columns["label"][index]) - len(domain.OUT_OF_DOMAIN_TRAIN)
+            ]
+        else:
+            pair = int(rng.integers(len(domain.PAIRS)))
+            clip = self.questions[int(rng.choice(self.by_pair[pair]))]
+            answer, said = domain.PAIRS[pair].answer, domain.PAIRS[pair].question
+        clip = insert_pauses(clip, rng, int(rng.integers(1, 4)), float(rng.uniform(0.2, 0.4)))
+        samples, end = self._place(clip, min_trail)
+        feats = chunk_features(samples)
+        return Turn(feats, chunk_labels(len(feats), end, ANSWER), answer, question=said)
 
     def ignorable(self, min_trail: float = 0.1) -> Turn:
         if self.rng.random() < 0.5:

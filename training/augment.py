@@ -114,14 +114,21 @@ def insert_pauses(x: np.ndarray, rng: np.random.Generator, count: int, longest_s
     return np.concatenate(pieces).astype(np.float32)
 
 
-def augment(dry: np.ndarray, start: int, end: int, rng: np.random.Generator, babble_pool=None) -> np.ndarray:
+def augment(
+    dry: np.ndarray,
+    start: int,
+    end: int,
+    rng: np.random.Generator,
+    babble_pool=None,
+    babble_share: float = 0.3,
+) -> np.ndarray:
     """A placed recording (speech in [start, end) of zeros) through a random room, noise, babble,
     channel and level. Labels stay with the dry speech's end."""
     x = dry.astype(np.float32)
     speech = rms(x[start:end])
     if rng.random() < 0.4:
         x = reverberate(x, room_impulse(rng))
-    if babble_pool is not None and rng.random() < 0.3:
+    if babble_pool is not None and rng.random() < babble_share:
         snr = float(rng.uniform(0, 18))
         x = x + speech * 10 ** (-snr / 20) * babble(babble_pool, len(x), rng, int(rng.integers(1, 5)))
     if rng.random() < 0.9:

@@ -36,14 +36,18 @@ from training.train_decoder import decoder_config
 log = logging.getLogger("export")
 
 
-def trained_audio_path() -> Path:
+def trained_audio_path(audio_from: Path | None = None) -> Path:
+    if audio_from is not None:
+        return audio_from
     for path in (RUNS_DIR / "state" / "audio.pt", RUNS_DIR / "audio" / "audio.pt"):
         if path.exists():
             return path
     raise FileNotFoundError("no trained audio stage: run training.train_audio (and train_state) first")
 
 
-def write_model(out: Path, dtype: torch.dtype, codec_dir: Path | None = None) -> None:
+def write_model(
+    out: Path, dtype: torch.dtype, codec_dir: Path | None = None, audio_from: Path | None = None
+) -> None:
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     hf = RUNS_DIR / "llm" / "hf"
@@ -52,7 +56,7 @@ def write_model(out: Path, dtype: torch.dtype, codec_dir: Path | None = None) ->
     AutoTokenizer.from_pretrained(str(hf)).save_pretrained(out / LLM_DIR)
     im_end = AutoTokenizer.from_pretrained(str(hf)).convert_tokens_to_ids("<|im_end|>")
     audio = build_audio(llm.config.hidden_size, im_end)
-    audio.load_state_dict(torch.load(trained_audio_path(), weights_only=True))
+    audio.load_state_dict(torch.load(trained_audio_path(audio_from), weights_only=True))
     decoder = SpeechDecoder(decoder_config(llm.config.hidden_size))
     decoder.load_state_dict(torch.load(RUNS_DIR / "decoder" / "decoder.pt", weights_only=True))
     codec = load_codec(codec_dir or RUNS_DIR / "codec" / "codec")
@@ -100,6 +104,12 @@ def main() -> None:
         default=None,
         help="take the codec from an exported model (e.g. a copy of models/trained) instead of training.train_codec's",
     )
+    parser.add_argument(
+        "--audio-from",
+        type=Path,
+        default=None,
+        help="the listening side's audio.pt (default: training/runs/state, else training/runs/audio)",
+    )
     args = parser.parse_args()
     setup_logging()
     setup_threads(1)
@@ -111,7 +121,7 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    write_model(args.out, torch.float16, codec_dir)
+    write_model(args.out, torch.float16, codec_dir, args.audio_from)
     (args.out / "domain.json").write_text(
         json.dumps(
             {
@@ -126,7 +136,7 @@ def main() -> None:
         + "\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        write_model(Path(tmp), torch.float32, codec_dir)
+        write_model(Path(tmp), torch.float32, codec_dir, args.audio_from)
         log.info(
             "fp16 files give the same text and codec tokens as fp32 on %s held-out turns",
             compare(args.out, Path(tmp), args.check),

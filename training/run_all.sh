@@ -9,8 +9,8 @@
 # and round 2 (the LLM distilled to say SORRY and answer greetings without moving under the audio
 # side, then the listening side and the speech decoder) into training/runs/shipped_v3, which is what
 # models/trained holds; with their held-out per-condition and live figures (training/runs/heldout_*.json,
-# live_*.json; training/README.md). CANDIDATE=1 also reruns the first SORRY candidate and ROUND3_TRY=1 the
-# round-3 tries, which were not shipped. Skip all of it with ISSUE19=0.
+# live_*.json; training/README.md). CANDIDATE=1 also reruns the first SORRY candidate, ROUND3_TRY=1 the
+# round-3 tries and ROUND4_TRY=1 the round-4 tries, none of them shipped. Skip all of it with ISSUE19=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -97,6 +97,27 @@ if [ "${ROUND3_TRY:-0}" = 1 ]; then
         stage live_eval --model "training/runs/$name" --out "training/runs/live_$name.json"
     done
     rm -rf training/runs/audio && mv training/runs/audio_shipped training/runs/audio
+fi
+# Round 4 (ROUND4_TRY=1; not shipped, see training/README.md): the state head alone on the frozen
+# shipped model's hidden states, a state round (head, prompts, adapter), and a longer audio run from a
+# copy of the shipped audio state; each exported next to models/trained and measured.
+if [ "${ROUND4_TRY:-0}" = 1 ]; then
+    stage train_state_head collect --init-from models/trained --shards 16 --val-shards 6
+    stage train_state_head fit --init-from models/trained --lr 3e-3 --epochs 60 --fit-batch 1024 --anchor 0 --shift -1.0
+    stage train_state_head export --init-from models/trained --out training/runs/state_head_probe
+    stage train_state --init-from models/trained --run-name state_r5 --augmented --augment-share 0.7 --babble 0.5 \
+        --ood 0.08 --long-pauses 0.15 --stretched 0.1 --greetings 0.04 --history 0.35 --lr 5e-4 --adapter-lr 1e-4 --minutes 32
+    rm -rf training/runs/audio_r4 && cp -r training/runs/audio training/runs/audio_r4
+    stage train_audio --run-name audio_r4 --resume --augmented --augment-share 0.45 --live-cut 0.6 --ood 0.1 \
+        --long-pauses 0.04 --greetings 0.06 --ignorable 0.2 --lr 8e-5 --ctc-weight 0.1 --state-weight 1.0 --minutes 58
+    for run in state_r5 audio_r4; do
+        stage export --out "training/runs/${run}_model" --codec-from "$base" --audio-from "training/runs/$run/audio.pt"
+        cp "$base/checkpoints/codec/final.pt" "training/runs/${run}_model/checkpoints/codec/"
+        stage heldout_eval --model "training/runs/${run}_model" --out "training/runs/heldout_${run}_model.json"
+        stage live_eval --model "training/runs/${run}_model" --out "training/runs/live_${run}_model.json"
+    done
+    stage heldout_eval --model training/runs/state_head_probe --out training/runs/heldout_state_head_probe.json \
+        --only long_pauses,live,live_babble,ignorable
 fi
 [ "${CANDIDATE:-0}" = 1 ] || exit 0
 

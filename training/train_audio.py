@@ -219,6 +219,11 @@ def main() -> None:
         default=0.0,
         help='share of other greetings ("Hello world.", answered like "Hello."; needs --augmented)',
     )
+    parser.add_argument(
+        "--run-name",
+        default="audio",
+        help="folder under training/runs for the checkpoint (copy the shipped `audio` there to resume a try)",
+    )
     add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
@@ -245,7 +250,7 @@ def main() -> None:
     audio.encoder.global_cmvn.requires_grad_(False)
     trained = [p for p in trained if p.requires_grad]
     optimiser = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
-    ckpt = Checkpointer("audio", args.save_every)
+    ckpt = Checkpointer(args.run_name, args.save_every)
     step = 0
     if state := ckpt.load(args.resume):
         audio.load_state_dict(state["audio"])

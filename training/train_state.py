@@ -39,7 +39,7 @@ from training.common import (
     add_run_args,
     start_run,
 )
-from training.train_audio import add_finetune_args, build_audio, load_llm
+from training.train_audio import add_finetune_args, build_audio, load_exported_audio, load_llm
 from training.turns import IGNORE
 
 log = logging.getLogger("state")
@@ -52,7 +52,12 @@ def make_examples(
     history_share: float,
     ood_share: float = 0.0,
     cut_share: float = 0.0,
+    long_share: float = 0.0,
+    stretched_share: float = 0.0,
+    greeting_share: float = 0.0,
 ) -> list[Example]:
+    """Questions, ignorable sounds (40 %) and, with issue 19's options, out-of-domain speech, long
+    sentences and questions with extra pauses between words, and greetings (shares of all turns)."""
     examples = []
     for _ in range(count):
         history = []
@@ -61,9 +66,16 @@ def make_examples(
             past.answer_cut = None if rng.random() < 0.3 else int(rng.integers(0, 8))
             history.append(past)
         draw = rng.random()
-        if draw < ood_share:
+        bounds = np.cumsum([ood_share, long_share, stretched_share, greeting_share])
+        if draw < bounds[0]:
             turn = maker.out_of_domain(min_trail=0.5)
-        elif draw < 0.6:
+        elif draw < bounds[1]:
+            turn = maker.stretched(long_sentence=True)
+        elif draw < bounds[2]:
+            turn = maker.stretched(long_sentence=False)
+        elif draw < bounds[3]:
+            turn = maker.question(min_trail=0.5, greeting=True)
+        elif draw < max(0.6, bounds[3] + 0.2):
             turn = maker.question(min_trail=0.5)
         else:
             turn = maker.ignorable(min_trail=0.5)
@@ -129,14 +141,28 @@ def main() -> None:
     parser.add_argument(
         "--history", type=float, default=0.35, help="share of turns heard after an earlier one"
     )
+    parser.add_argument("--long-pauses", type=float, default=0.0, help="share of long sentences with pauses")
+    parser.add_argument(
+        "--stretched", type=float, default=0.0, help="share of questions with extra pauses between words"
+    )
+    parser.add_argument("--greetings", type=float, default=0.0, help="share of other greetings")
+    parser.add_argument(
+        "--babble", type=float, default=0.3, help="with --augmented: share of augmented turns with babble"
+    )
+    parser.add_argument(
+        "--run-name", default="state", help="folder under training/runs for the checkpoint and audio.pt"
+    )
     add_finetune_args(parser)
     add_run_args(parser)
     args = parser.parse_args()
     start_run(args)
     llm_folder = RUNS_DIR / "llm" / "hf"
     llm, pieces = load_llm(llm_folder)
-    audio = build_audio(llm.config.hidden_size, pieces.im_end)
-    audio.load_state_dict(torch.load(RUNS_DIR / "audio" / "audio.pt", weights_only=True))
+    if args.init_from is not None:  # an exported model's listening side, head included
+        audio = load_exported_audio(args.init_from, llm.config.hidden_size, pieces.im_end)
+    else:
+        audio = build_audio(llm.config.hidden_size, pieces.im_end)
+        audio.load_state_dict(torch.load(RUNS_DIR / "audio" / "audio.pt", weights_only=True))
     if args.init_from is None:
         with torch.no_grad():  # start from "listen", the safe state (a resumed run loads its own head below)
             audio.predictor_head.weight.mul_(0.1)
@@ -144,19 +170,21 @@ def main() -> None:
             audio.predictor_head.bias[0] = 2.0
     # else: the audio stage's output already carries the exported (trained) head; keep it.
     audio.encoder.requires_grad_(False)
-    groups = [
-        {"params": [*audio.predictor_head.parameters(), audio.prompt_embeddings.weight], "lr": args.lr},
-        {"params": list(audio.adpter.parameters()), "lr": args.adapter_lr},
-    ]
+    groups = [{"params": [*audio.predictor_head.parameters(), audio.prompt_embeddings.weight], "lr": args.lr}]
+    if args.adapter_lr > 0:
+        groups.append({"params": list(audio.adpter.parameters()), "lr": args.adapter_lr})
+    else:  # the adapter stays as it is
+        audio.adpter.requires_grad_(False)
     optimiser = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in groups]
-    ckpt = Checkpointer("state", args.save_every)
+    ckpt = Checkpointer(args.run_name, args.save_every)
     step = 0
     if state := ckpt.load(args.resume):
         audio.load_state_dict(state["audio"]), optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
     rng = np.random.default_rng(1000 + step)
     maker = TurnMaker(rng, augmented=args.augmented, augment_share=args.augment_share)
+    maker.babble_share = args.babble
     budget = args.minutes * 60
     budget_end = time.perf_counter() + budget
     progress = Progress("state", 0, every=20)
@@ -167,7 +195,20 @@ def main() -> None:
         for group, base in zip(optimiser.param_groups, base_lrs, strict=True):
             group["lr"] = base * min(1.0, step / 20) * max(0.1, 1.0 - spent)
         batch = build_batch(
-            audio, llm, pieces, make_examples(maker, rng, args.batch, args.history, args.ood, args.live_cut)
+            audio,
+            llm,
+            pieces,
+            make_examples(
+                maker,
+                rng,
+                args.batch,
+                args.history,
+                args.ood,
+                args.live_cut,
+                args.long_pauses,
+                args.stretched,
+                args.greetings,
+            ),
         )
         hidden = run_llm(llm, batch)
         logits, labels = state_logits(audio, hidden, batch)

@@ -67,6 +67,23 @@ def test_augment_keeps_length_and_spreads_levels() -> None:
     assert max(peaks) / min(peaks) > 5  # levels from -36 to -1 dBFS
 
 
+def test_babble_share_sets_how_often_other_talkers_are_mixed_in() -> None:
+    """The state-head round asks for more babble than the default 30 %; 0 must mean none."""
+    speech = np.concatenate([np.zeros(RATE // 2), _tone(500, 1.0), np.zeros(RATE // 2)]).astype(np.float32)
+    pool = [_tone(2000, 0.8)]
+    freqs = np.fft.rfftfreq(RATE // 2, 1 / RATE)
+
+    def babble_heard(share: float, seed: int) -> bool:
+        out = augment(
+            speech, RATE // 2, RATE // 2 + RATE, np.random.default_rng(seed), pool, babble_share=share
+        )
+        lead = np.abs(np.fft.rfft(out[: RATE // 2]))  # only the babble can put a 2 kHz tone here
+        return bool(lead[np.abs(freqs - 2000) < 10].max() > 60 * np.median(lead))
+
+    assert sum(babble_heard(0.0, seed) for seed in range(20)) == 0
+    assert sum(babble_heard(1.0, seed) for seed in range(20)) >= 16
+
+
 def test_the_held_out_telephone_condition_is_band_limited_and_keeps_length() -> None:
     from training.heldout_eval import telephone
 
