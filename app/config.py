@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     trace_python_memory: bool = Field(
         False, description="trace Python allocations (tracemalloc) and report them in /metrics; slower"
     )
+    memory_census_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="log a census of held memory (heap in use, tensors, object types) this often; 0: never",
+    )
     onednn_primitive_cache_capacity: int = Field(
         ONEDNN_CACHE_DEFAULT,
         ge=0,

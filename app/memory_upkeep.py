@@ -22,6 +22,7 @@ import ctypes.util
 import logging
 import tracemalloc
 
+from app.memory_census import log_census_periodically
 from app.process_stats import resident_bytes
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,11 @@ def _glibc_malloc_trim():  # noqa: ANN202 - a ctypes function or None
 class MemoryUpkeep:
     """Periodic `malloc_trim`, optional `tracemalloc`, and their gauges."""
 
-    def __init__(self, trim_interval_s: float, trace_python: bool) -> None:
+    def __init__(self, trim_interval_s: float, trace_python: bool, census_interval_s: float = 0.0) -> None:
         self.trim_interval_s = trim_interval_s
         self.trace_python = trace_python
+        self.census_interval_s = census_interval_s
+        self._census: asyncio.Task | None = None
         self.trims = 0
         self.released_bytes_total = 0.0
         self.last_released_bytes = 0.0
@@ -54,6 +57,10 @@ class MemoryUpkeep:
         self._report: asyncio.Task | None = None
 
     def start(self) -> None:
+        if self.census_interval_s > 0:
+            self._census = asyncio.create_task(
+                log_census_periodically(self.census_interval_s), name="memory-census"
+            )
         if self.trace_python and not tracemalloc.is_tracing():
             tracemalloc.start()
             log.info("tracing Python memory (FREEZE_OMNI_TRACE_PYTHON_MEMORY): allocations are slower")
@@ -65,7 +72,7 @@ class MemoryUpkeep:
             self._task = asyncio.create_task(self._trim_periodically(), name="malloc-trim")
 
     async def stop(self) -> None:
-        for task in (self._task, self._report):
+        for task in (self._task, self._report, self._census):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
