@@ -22,7 +22,7 @@ import ctypes.util
 import logging
 import tracemalloc
 
-from app.memory_census import log_census_periodically
+from app.memory_census import heap_figures, log_census_periodically
 from app.process_stats import resident_bytes
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,15 @@ class MemoryUpkeep:
             )
 
     def gauges(self) -> dict[str, float]:
-        """/metrics figures: trims made and what they gave back; Python-held bytes when traced."""
+        """/metrics figures: what the program holds from malloc and what malloc keeps free (glibc); trims
+        made and what they gave back; Python-held bytes when traced."""
         gauges: dict[str, float] = {}
+        heap = heap_figures()
+        if heap:
+            # In use: what the program holds (heap blocks and big mmapped blocks): a leak grows it.
+            # Free: what the allocator keeps in its heaps for reuse (resident unless trimmed).
+            gauges["malloc_in_use_bytes"] = heap["heap_in_use"] + heap["mmapped"]
+            gauges["malloc_free_bytes"] = heap["heap_free"]
         if self._malloc_trim is not None:
             gauges["malloc_trims"] = float(self.trims)
             gauges["malloc_trim_released_bytes"] = self.released_bytes_total

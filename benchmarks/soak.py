@@ -651,6 +651,8 @@ LEAK_FIGURES = {
     "engine_sessions": "engine sessions",
     "llm_cache_slots_in_use": "LLM cache slots in use",
     "decoder_cache_slots_in_use": "speech decoder cache slots in use",
+    "malloc_in_use_bytes": "held from malloc by the program (MB)",
+    "malloc_free_bytes": "kept free by malloc (MB)",
     "python_traced_bytes": "Python-held memory, tracemalloc (MB)",
     "malloc_trim_released_bytes": "given back by malloc_trim (MB)",
 }

@@ -41,3 +41,15 @@ def test_traced_python_memory_is_reported_while_tracing() -> None:
     assert during["python_traced_bytes"] > 10 * 2**20 * 0.9
     assert "python_traced_bytes" not in after
     assert "malloc_trims" not in during  # trimming off
+
+
+def test_what_the_program_holds_from_malloc_is_reported() -> None:
+    upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+    before = upkeep.gauges()
+    if "malloc_in_use_bytes" not in before:
+        pytest.skip("no glibc mallinfo2 here")
+    held = [bytearray(64 * 1024) for _ in range(400)]  # 25 MB the program holds
+    during = upkeep.gauges()
+    assert during["malloc_in_use_bytes"] - before["malloc_in_use_bytes"] > 20 * 2**20
+    assert during["malloc_free_bytes"] >= 0
+    del held
