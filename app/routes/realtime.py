@@ -215,6 +215,8 @@ async def _open(
     def ended(held: ResumableSession) -> None:
         server.sessions.discard(held)
         server.key_sessions.release(key)
+        if not server.sessions:
+            server.memory.trim_when_idle()
 
     held = ResumableSession(
         session, link, server.resumable, session_key, server.instance_id, key, on_ended=ended

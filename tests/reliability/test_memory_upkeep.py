@@ -53,3 +53,31 @@ def test_what_the_program_holds_from_malloc_is_reported() -> None:
     assert during["malloc_in_use_bytes"] - before["malloc_in_use_bytes"] > 20 * 2**20
     assert during["malloc_free_bytes"] >= 0
     del held
+
+
+def test_an_idle_server_trims_once_at_once() -> None:
+    """When the last session ends the server gives back what the load freed, without waiting for the
+    periodic trim; a second request while one runs is not queued."""
+
+    async def main() -> float:
+        upkeep = MemoryUpkeep(trim_interval_s=3600.0, trace_python=False)
+        if upkeep._malloc_trim is None:
+            pytest.skip("no glibc here")
+        upkeep.start()
+        upkeep.trim_when_idle()
+        upkeep.trim_when_idle()  # one is under way: nothing more
+        await asyncio.wait_for(upkeep._idle_trim, 10)
+        trims = upkeep.gauges()["malloc_trims"]
+        await upkeep.stop()
+        return trims
+
+    assert asyncio.run(main()) == 1
+
+
+def test_no_idle_trim_when_trimming_is_off() -> None:
+    async def main() -> None:
+        upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+        upkeep.trim_when_idle()
+        assert upkeep._idle_trim is None
+
+    asyncio.run(main())
