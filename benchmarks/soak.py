@@ -698,7 +698,8 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
     warm_tally, runner.tally = runner.tally, Tally()
     started = time.monotonic()
     deadline = started + args.duration
-    timeline: list[tuple[float, float, float | None, float | None]] = []  # (s, RSS MB, Python MB, trimmed MB)
+    # (s, RSS MB, Python MB, trimmed MB, MB held from malloc, MB malloc keeps free)
+    timeline: list[tuple[float, float, float | None, float | None, float | None, float | None]] = []
 
     async def sample() -> None:
         while time.monotonic() < deadline:
@@ -710,8 +711,10 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
                 megabytes(now, "python_traced_bytes"),
                 megabytes(now, "malloc_trim_released_bytes"),
             )
-            timeline.append((round(time.monotonic() - started), rss, python, trimmed))
+            in_use, kept_free = megabytes(now, "malloc_in_use_bytes"), megabytes(now, "malloc_free_bytes")
+            timeline.append((round(time.monotonic() - started), rss, python, trimmed, in_use, kept_free))
             extra = "" if python is None else f", Python-held {python} MB"
+            extra += "" if in_use is None else f", held from malloc {in_use} MB, kept free {kept_free} MB"
             extra += "" if trimmed is None else f", malloc_trim gave back {trimmed} MB so far"
             print(
                 f"  {timeline[-1][0]:>6} s: {sum(runner.tally.sessions.values())} sessions, "
