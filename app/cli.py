@@ -210,9 +210,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             "error: give both --model-path and --llm-path, or neither (to use the embedded default)"
         )
-    from app.native_memory import bound_onednn_cache
+    from app.native_memory import bound_mkldnn_lru_cache, bound_onednn_cache
 
     bound_onednn_cache(settings.onednn_primitive_cache_capacity)  # before torch loads (run_server)
+    bound_mkldnn_lru_cache(settings.mkldnn_lru_cache_capacity)
     run_server(settings)
     return 0
 

@@ -18,6 +18,7 @@ from app.sessions.vad import VadSettings
 _SAMPLING = LLMSampling()
 # oneDNN's own default is 1024 kernels: tens of MB of JIT code on a server that sees new shapes all the time.
 ONEDNN_CACHE_DEFAULT = 64
+MKLDNN_LRU_CACHE_DEFAULT = 64
 # The VAD's defaults live with the VAD; the settings (and through them the CLI) take theirs from there.
 _VAD = VadSettings()
 _NOISE_GATE = NoiseGateSettings()
@@ -89,10 +90,20 @@ class Settings(BaseSettings):
     trace_python_memory: bool = Field(
         False, description="trace Python allocations (tracemalloc) and report them in /metrics; slower"
     )
+    memory_census_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="log a census of held memory (heap in use, tensors, object types) this often; 0: never",
+    )
     onednn_primitive_cache_capacity: int = Field(
         ONEDNN_CACHE_DEFAULT,
         ge=0,
         description="compiled oneDNN kernels (one per tensor shape) kept per process; bounds native memory",
+    )
+    mkldnn_lru_cache_capacity: int = Field(
+        MKLDNN_LRU_CACHE_DEFAULT,
+        ge=0,
+        description="oneDNN computations (one per tensor shape) torch's ideep keeps per thread; bounds native memory",
     )
     ws_close_timeout_s: float = Field(
         5.0, gt=0, description="a peer that has not answered our close frame within this is disconnected"

@@ -13,7 +13,12 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings
 from app.model import set_torch_threads
-from app.native_memory import ONEDNN_CACHE_ENV, bound_onednn_cache
+from app.native_memory import (
+    MKLDNN_LRU_CACHE_ENV,
+    ONEDNN_CACHE_ENV,
+    bound_mkldnn_lru_cache,
+    bound_onednn_cache,
+)
 from app.routes import health, realtime, turns
 from app.routes.deps import ApiError, api_error_handler
 from app.server_state import ServerState
@@ -38,6 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "oneDNN keeps at most %d compiled kernels (FREEZE_OMNI_ONEDNN_PRIMITIVE_CACHE_CAPACITY, or %s)",
             capacity,
             ONEDNN_CACHE_ENV,
+        )
+        lru = bound_mkldnn_lru_cache(settings.mkldnn_lru_cache_capacity)
+        log.info(
+            "torch keeps at most %d oneDNN computations per thread (FREEZE_OMNI_MKLDNN_LRU_CACHE_CAPACITY, or %s)",
+            lru,
+            MKLDNN_LRU_CACHE_ENV,
         )
         threads = set_torch_threads(settings.torch_threads)
         log.info(

@@ -4,7 +4,8 @@ glibc's malloc keeps memory freed by the program in its arenas (one per thread t
 8 per core) and returns it to the system only now and then: after a load peak, resident memory stays
 up although nothing holds it. `malloc_trim(0)` returns the free pages of every arena. With
 `FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S` the server calls it periodically (in a worker thread: it takes
-each arena's lock in turn, briefly) and counts what it gave back, so /metrics tells memory the
+each arena's lock in turn, briefly), and once more whenever its last session ends (an idle server then
+holds what it uses, not what its last load left free) and counts what it gave back, so /metrics tells memory the
 allocator held from memory something still uses. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
 `tracemalloc` (slower: every Python allocation is recorded) and reports the bytes Python objects
 hold (and every 2 minutes logs the allocation sites that grew most): if those stay flat while resident
@@ -20,8 +21,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import threading
 import tracemalloc
 
+from app.memory_census import heap_figures, log_census_periodically
 from app.process_stats import resident_bytes
 
 log = logging.getLogger(__name__)
@@ -43,17 +46,25 @@ def _glibc_malloc_trim():  # noqa: ANN202 - a ctypes function or None
 class MemoryUpkeep:
     """Periodic `malloc_trim`, optional `tracemalloc`, and their gauges."""
 
-    def __init__(self, trim_interval_s: float, trace_python: bool) -> None:
+    def __init__(self, trim_interval_s: float, trace_python: bool, census_interval_s: float = 0.0) -> None:
         self.trim_interval_s = trim_interval_s
         self.trace_python = trace_python
+        self.census_interval_s = census_interval_s
+        self._census: asyncio.Task | None = None
         self.trims = 0
         self.released_bytes_total = 0.0
         self.last_released_bytes = 0.0
         self._malloc_trim = _glibc_malloc_trim() if trim_interval_s > 0 else None
+        self._trimming = threading.Lock()  # the periodic and the idle trim may run at once
+        self._idle_trim: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._report: asyncio.Task | None = None
 
     def start(self) -> None:
+        if self.census_interval_s > 0:
+            self._census = asyncio.create_task(
+                log_census_periodically(self.census_interval_s), name="memory-census"
+            )
         if self.trace_python and not tracemalloc.is_tracing():
             tracemalloc.start()
             log.info("tracing Python memory (FREEZE_OMNI_TRACE_PYTHON_MEMORY): allocations are slower")
@@ -65,7 +76,7 @@ class MemoryUpkeep:
             self._task = asyncio.create_task(self._trim_periodically(), name="malloc-trim")
 
     async def stop(self) -> None:
-        for task in (self._task, self._report):
+        for task in (self._task, self._report, self._census, self._idle_trim):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -77,13 +88,21 @@ class MemoryUpkeep:
         """Give free heap pages back to the system now; returns the resident bytes that went."""
         if self._malloc_trim is None:
             return 0.0
-        before = resident_bytes() or 0.0
-        self._malloc_trim(0)
-        released = max(0.0, before - (resident_bytes() or before))
-        self.trims += 1
-        self.last_released_bytes = released
-        self.released_bytes_total += released
+        with self._trimming:
+            before = resident_bytes() or 0.0
+            self._malloc_trim(0)
+            released = max(0.0, before - (resident_bytes() or before))
+            self.trims += 1
+            self.last_released_bytes = released
+            self.released_bytes_total += released
         return released
+
+    def trim_when_idle(self) -> None:
+        """The server has just gone idle (its last session ended): give back what the load freed now,
+        not at the next periodic trim (when trimming is on; one at a time, in a worker thread)."""
+        if self._malloc_trim is None or (self._idle_trim is not None and not self._idle_trim.done()):
+            return
+        self._idle_trim = asyncio.create_task(asyncio.to_thread(self.trim), name="malloc-trim-idle")
 
     async def _trim_periodically(self) -> None:
         while True:
@@ -106,8 +125,15 @@ class MemoryUpkeep:
             )
 
     def gauges(self) -> dict[str, float]:
-        """/metrics figures: trims made and what they gave back; Python-held bytes when traced."""
+        """/metrics figures: what the program holds from malloc and what malloc keeps free (glibc); trims
+        made and what they gave back; Python-held bytes when traced."""
         gauges: dict[str, float] = {}
+        heap = heap_figures()
+        if heap:
+            # In use: what the program holds (heap blocks and big mmapped blocks): a leak grows it.
+            # Free: what the allocator keeps in its heaps for reuse (resident unless trimmed).
+            gauges["malloc_in_use_bytes"] = heap["heap_in_use"] + heap["mmapped"]
+            gauges["malloc_free_bytes"] = heap["heap_free"]
         if self._malloc_trim is not None:
             gauges["malloc_trims"] = float(self.trims)
             gauges["malloc_trim_released_bytes"] = self.released_bytes_total

@@ -62,7 +62,11 @@ class ServerState:
     def __post_init__(self) -> None:
         self.key_sessions = KeySessionLimiter(self.settings.max_sessions_per_key)
         self.resumable = ResumeRegistry(self.settings.resume_grace_s)
-        self.memory = MemoryUpkeep(self.settings.malloc_trim_interval_s, self.settings.trace_python_memory)
+        self.memory = MemoryUpkeep(
+            self.settings.malloc_trim_interval_s,
+            self.settings.trace_python_memory,
+            census_interval_s=self.settings.memory_census_interval_s,
+        )
 
     @property
     def ready(self) -> bool:

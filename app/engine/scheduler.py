@@ -160,6 +160,10 @@ class Scheduler:
         self.name = name
         self.sessions: dict[str, SessionState] = {}
         self._closed_reasons: dict[str, str] = {}
+        # Why a session closed, for a call that races its close (it comes moments later): a few times
+        # the sessions that can be open at once is plenty. (It was 10 000: a table that filled over the
+        # first thousands of sessions, its small entries scattered over the heap.)
+        self._closed_reasons_kept = max(64, 4 * settings.max_sessions)
         self._ids = itertools.count()
         self._answer_start = answer_start_embeds(model)
         system_len = system_prefill_embeds(model, None).shape[0]
@@ -515,7 +519,7 @@ class Scheduler:
         session.closed = True
         del self.sessions[session_id]
         self._closed_reasons[session_id] = reason
-        if len(self._closed_reasons) > 10000:
+        if len(self._closed_reasons) > self._closed_reasons_kept:
             self._closed_reasons.pop(next(iter(self._closed_reasons)))
 
     def close_all(self) -> None:

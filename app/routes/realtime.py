@@ -13,7 +13,8 @@ to reconnect with its key (the balancer then picks a live process) before closin
 Resume: `session.created` also carries a resume token. A connection that drops without a close
 frame parks its session for `FREEZE_OMNI_RESUME_GRACE_S`; `?session=KEY&resume=TOKEN[&received=N]`
 gets it back (see `app.sessions.resumable`). An unknown, used, expired or other key's token gets an
-`error` of code `session_not_found` and a fresh session.
+`error` of code `session_not_found` and a fresh session; for a token whose session expired within the
+last grace time, the error's message says so (the client came back too late).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ SESSION_NOT_FOUND = (
     "no session to resume with this token here: it is unknown, already used, expired "
     "(FREEZE_OMNI_RESUME_GRACE_S) or another API key's; this is a new session"
 )
+
+
+def expired_message(grace_s: float, late_s: float) -> str:
+    """The refusal of a resume that came after its session's grace time (it was ended meanwhile)."""
+    return (
+        f"the session expired {late_s:.1f} s before this resume: it was kept {grace_s:g} s after its "
+        "connection was lost (FREEZE_OMNI_RESUME_GRACE_S); this is a new session"
+    )
 
 
 class _Socket:
@@ -168,6 +177,11 @@ async def realtime(
             await _pump(websocket, server, socket, held)
             return
         server.metrics.count_error("session_not_found")
+        refusal = server.resumable.refusal(token)
+        not_found = SESSION_NOT_FOUND
+        if refusal.expired:
+            not_found = expired_message(server.resumable.grace_s, refusal.late_s)
+            log.info("a resume came %.1f s after its session's grace time had ended", refusal.late_s)
     if not server.key_sessions.acquire(key):
         server.metrics.sessions_refused += 1
         await _refuse_after_accept(
@@ -183,7 +197,7 @@ async def realtime(
     if held is None:
         return
     if token:  # after the new session's session.created
-        detail = ErrorDetail(code="session_not_found", message=SESSION_NOT_FOUND, param=RESUME_PARAM)
+        detail = ErrorDetail(code="session_not_found", message=not_found, param=RESUME_PARAM)
         held.session.outbound.put(ErrorEvent(error=detail))
     await _pump(websocket, server, socket, held)
 
@@ -201,6 +215,8 @@ async def _open(
     def ended(held: ResumableSession) -> None:
         server.sessions.discard(held)
         server.key_sessions.release(key)
+        if not server.sessions:
+            server.memory.trim_when_idle()
 
     held = ResumableSession(
         session, link, server.resumable, session_key, server.instance_id, key, on_ended=ended

@@ -7,6 +7,11 @@ next connection. A session whose connection was lost is parked: it keeps its eng
 its answer still generating) and its key's place, so it counts in capacity, for `grace_s`; then it is
 ended and its token forgotten. Tokens are looked up by their SHA-256, so lookups take no time that
 depends on how much of a guess was right.
+
+An expired token is remembered (its digest) for another `grace_s`, so that a client that comes back
+late is told so (`refusal`) rather than that its token is unknown: on a loaded machine a reconnect
+can reach the server after the grace time although the client dialled within it. At most the sessions
+that can be parked within one grace time are remembered, so the table is bounded by capacity.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ResumeRegistry:
         self._by_digest: dict[str, _Entry] = {}
         self._by_holder: dict[int, _Entry] = {}
         self._expiring: set[asyncio.Task] = set()
+        self._expired: dict[str, float] = {}  # digest -> when its session expired (kept for grace_s)
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +100,19 @@ class ResumeRegistry:
         self._unpark(entry)
         return entry.holder
 
+    def refusal(self, token: str) -> Refusal:
+        """Why `claim` found nothing for `token`: its session expired `late_s` ago, or it is not known
+        (never issued, already used, another key's, or expired longer ago than the grace time)."""
+        self._forget_old_expiries()
+        digest = _digest(token)
+        entry = self._by_digest.get(digest)
+        if entry is not None and entry.parked_until is not None and self._clock() >= entry.parked_until:
+            return Refusal(expired=True, late_s=self._clock() - entry.parked_until)  # expiry on its way
+        expired_at = self._expired.get(digest)
+        if expired_at is not None:
+            return Refusal(expired=True, late_s=self._clock() - expired_at)
+        return Refusal(expired=False)
+
     def park(self, holder: Parkable) -> bool:
         """Keep `holder` for `grace_s`, then end it; False (nothing kept) if it has no token."""
         entry = self._by_holder.get(id(holder))
@@ -124,11 +143,30 @@ class ResumeRegistry:
     def _expire(self, entry: _Entry) -> None:
         if self._by_holder.get(id(entry.holder)) is not entry or entry.parked_until is None:
             return
+        self._forget_old_expiries()
+        self._expired[entry.digest] = entry.parked_until
         self.forget(entry.holder)
         log.info("a parked session was not resumed within %.1f s: ending it", self.grace_s)
         task = asyncio.create_task(_quietly(entry.holder.expire), name="resume-expired")
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
+
+    def _forget_old_expiries(self) -> None:
+        """Drop expired digests older than the grace time (oldest first: the dict keeps expiry order)."""
+        oldest_kept = self._clock() - self.grace_s
+        while self._expired:
+            digest, expired_at = next(iter(self._expired.items()))
+            if expired_at >= oldest_kept:
+                break
+            del self._expired[digest]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a token found no session: `expired` (its session ended `late_s` before the claim) or not."""
+
+    expired: bool
+    late_s: float = 0.0
 
 
 def _digest(token: str) -> str:

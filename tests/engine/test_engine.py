@@ -424,3 +424,31 @@ def test_an_interrupted_answer_keeps_only_what_was_heard_before_the_next_answer(
             await engine.stop()
 
     asyncio.run(main())
+
+
+def test_the_reasons_of_closed_sessions_are_kept_for_a_bounded_number(tiny_model) -> None:
+    """A call that races a session's close is told why it closed; the table of reasons stays bounded
+    (a few times the sessions one replica holds), however many sessions come and go."""
+
+    async def main() -> tuple[int, str, str]:
+        engine = Engine(tiny_model, greedy_settings(max_sessions=2))
+        await engine.start()
+        try:
+            ids = []
+            for _ in range(100):
+                session_id = await engine.open_session()
+                await engine.close_session(session_id)
+                ids.append(session_id)
+            kept = len(engine.scheduler._closed_reasons)
+            with pytest.raises(SessionClosedError) as latest:
+                await engine.text_turn(ids[-1], "hello")
+            with pytest.raises(SessionClosedError) as oldest:
+                await engine.text_turn(ids[0], "hello")
+            return kept, str(latest.value), str(oldest.value)
+        finally:
+            await engine.stop()
+
+    kept, latest, oldest = asyncio.run(main())
+    assert kept == 64
+    assert "no such session" not in latest
+    assert "no such session" in oldest

@@ -41,3 +41,43 @@ def test_traced_python_memory_is_reported_while_tracing() -> None:
     assert during["python_traced_bytes"] > 10 * 2**20 * 0.9
     assert "python_traced_bytes" not in after
     assert "malloc_trims" not in during  # trimming off
+
+
+def test_what_the_program_holds_from_malloc_is_reported() -> None:
+    upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+    before = upkeep.gauges()
+    if "malloc_in_use_bytes" not in before:
+        pytest.skip("no glibc mallinfo2 here")
+    held = [bytearray(64 * 1024) for _ in range(400)]  # 25 MB the program holds
+    during = upkeep.gauges()
+    assert during["malloc_in_use_bytes"] - before["malloc_in_use_bytes"] > 20 * 2**20
+    assert during["malloc_free_bytes"] >= 0
+    del held
+
+
+def test_an_idle_server_trims_once_at_once() -> None:
+    """When the last session ends the server gives back what the load freed, without waiting for the
+    periodic trim; a second request while one runs is not queued."""
+
+    async def main() -> float:
+        upkeep = MemoryUpkeep(trim_interval_s=3600.0, trace_python=False)
+        if upkeep._malloc_trim is None:
+            pytest.skip("no glibc here")
+        upkeep.start()
+        upkeep.trim_when_idle()
+        upkeep.trim_when_idle()  # one is under way: nothing more
+        await asyncio.wait_for(upkeep._idle_trim, 10)
+        trims = upkeep.gauges()["malloc_trims"]
+        await upkeep.stop()
+        return trims
+
+    assert asyncio.run(main()) == 1
+
+
+def test_no_idle_trim_when_trimming_is_off() -> None:
+    async def main() -> None:
+        upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+        upkeep.trim_when_idle()
+        assert upkeep._idle_trim is None
+
+    asyncio.run(main())

@@ -170,3 +170,40 @@ def test_a_count_beyond_what_was_sent_or_before_what_is_kept_is_a_gap() -> None:
     with pytest.raises(ReplayGapError, match="has sent 2"):
         log.after(3)
     assert log.oldest_kept == 2
+
+
+def test_a_claim_after_the_grace_time_is_told_it_expired_and_how_late() -> None:
+    """A client that dials in time can reach a loaded server late: the refusal says so, before the
+    expiry has run and for one grace time after it; after that (or for a token never issued) the
+    token is just unknown."""
+    now = [100.0]
+
+    async def main() -> None:
+        registry = ResumeRegistry(grace_s=0.2, clock=lambda: now[0])
+        held = Held()
+        token = registry.issue(held, None)
+        registry.park(held)
+        now[0] += 0.25  # late, and the loop's timer has not run yet: the expiry is on its way
+        assert registry.claim(token, None) is None
+        refusal = registry.refusal(token)
+        assert refusal.expired and refusal.late_s == pytest.approx(0.05)
+        await asyncio.wait_for(held.expired.wait(), 2)  # the timer runs (loop time)
+        now[0] += 0.1
+        refusal = registry.refusal(token)
+        assert refusal.expired and refusal.late_s == pytest.approx(0.15)
+        assert not registry.refusal("rt_" + "x" * 32).expired
+        now[0] += 0.1  # forgotten one grace time after the expiry: the table stays bounded
+        assert not registry.refusal(token).expired
+        assert len(registry._expired) == 0
+
+    asyncio.run(main())
+
+
+def test_a_refusal_of_a_live_or_used_token_is_not_an_expiry() -> None:
+    registry = ResumeRegistry(grace_s=3)
+    held = Held()
+    token = registry.issue(held, "key-a")
+    assert registry.claim(token, "key-b") is None  # another key's: the session is alive
+    assert not registry.refusal(token).expired
+    assert registry.claim(token, "key-a") is held
+    assert not registry.refusal(token).expired  # used
