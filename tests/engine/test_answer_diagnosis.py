@@ -38,9 +38,12 @@ def test_a_running_answer_is_described_until_it_is_done(tiny_model) -> None:
     seen, after, packets = asyncio.run(main())
     running = [d for d in seen if d.get("answer") is not None]
     assert running, seen
-    assert all(d["has_work"] for d in running[:-1]), running  # every event but the last: more to come
+    # The engine runs on its own thread, so a description read when an event arrives may already be
+    # a few steps past that event: near the end it can say the work is done. At the answer's first
+    # event the speech decoder has all its work ahead of it.
+    assert running[0]["has_work"], running
     assert {"phase", "ahead_s", "held_audio_s", "segment_tokens", "codec_tokens"} <= set(running[0])
     # Mid-segment the decoder has made tokens the client has not heard yet: audio leaves per segment.
-    assert any(d["segment_tokens"] for d in running), running
+    assert any(d["has_work"] and d["segment_tokens"] for d in running), running
     assert after == {"answer": None, "listening": False, "listen_pending": 0}
     assert packets and sum(packets) > 0
