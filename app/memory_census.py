@@ -52,13 +52,21 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _glibc_mallinfo2():  # noqa: ANN202 - a ctypes function or None
-    name = ctypes.util.find_library("c")
-    if name is None:
+def libc_function(name: str):  # noqa: ANN201 - a ctypes function or None
+    """The C library's function `name`, or None where there is no such library or function (not glibc,
+    or a glibc too old for it)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        function = ctypes.CDLL(name).mallinfo2
-    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def _glibc_mallinfo2():  # noqa: ANN202 - a ctypes function or None
+    function = libc_function("mallinfo2")  # glibc >= 2.33
+    if function is None:
         return None
     function.restype = _MallInfo2
     function.argtypes = []

@@ -19,24 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import threading
 import tracemalloc
 
-from app.memory_census import heap_figures, log_census_periodically
+from app.memory_census import heap_figures, libc_function, log_census_periodically
 from app.process_stats import resident_bytes
 
 log = logging.getLogger(__name__)
 
 
 def _glibc_malloc_trim():  # noqa: ANN202 - a ctypes function or None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    trim = libc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
