@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     max_upload_seconds: float = Field(60.0, gt=0, description="REST turn audio length limit")
     rest_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    failed_exit_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="after an engine dies, /readyz answers 503 'failed' this long before the process exits",
+    )
     resume_grace_s: float = Field(
         30.0, ge=0, description="a session whose connection dropped waits this long for a resume; 0: off"
     )

@@ -144,6 +144,9 @@ class ServerState:
         log.error("failing %d live session(s) with 1011, then exiting: %s", len(sessions), reason)
         message = "the server failed and cannot go on serving; reconnect to reach another one"
         await asyncio.gather(*(s.fail("engine_failed", message) for s in sessions), return_exceptions=True)
+        # Still listening for a moment: a probe or a client that reconnects reads why (/readyz 503
+        # "failed", a 1013 with "restarting") instead of a refused connection.
+        await asyncio.sleep(self.settings.failed_exit_delay_s)
         if self.on_fatal is not None:
             self.on_fatal()
 

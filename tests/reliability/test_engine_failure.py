@@ -12,13 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from app.engine.fault_injection import FAIL_AFTER_STEPS_ENV
 from tests.conftest import free_port, freeze_omni_command
-from tests.routes.conftest import realtime_client, run, send_text_turn
+from tests.routes.conftest import RealtimeClient, realtime_client, run, send_text_turn
 
 ROOT = Path(__file__).resolve().parents[2]
 FAIL_AFTER_STEPS = 15
+FAILED_EXIT_DELAY_S = 5.0  # generous: a loaded machine must still reach the server within it
 
 
 class ReadinessLog:
@@ -68,7 +70,12 @@ def test_dead_engine_loop_fails_readiness_closes_1011_and_exits_nonzero(
     tiny_model_dir, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), FAIL_AFTER_STEPS_ENV: str(FAIL_AFTER_STEPS)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        FAIL_AFTER_STEPS_ENV: str(FAIL_AFTER_STEPS),
+        "FREEZE_OMNI_FAILED_EXIT_DELAY_S": str(FAILED_EXIT_DELAY_S),
+    }
     env.pop("FREEZE_OMNI_API_KEYS", None)
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log_file:
@@ -101,18 +108,21 @@ def test_dead_engine_loop_fails_readiness_closes_1011_and_exits_nonzero(
             else:
                 pytest.fail(f"the server did not become ready:\n{log_path.read_text()}")
 
-            async def session() -> tuple[dict, int]:
+            async def session() -> tuple[dict, int, dict, int]:
                 async with realtime_client(f"ws://127.0.0.1:{port}/v1/realtime") as client:
                     await send_text_turn(client, "Hello.")
                     error = await client.wait_for("error", timeout=60)
-                    # Asked at once too: the poller's thread may not run in the short time between the
-                    # failure and the exit on a loaded machine.
-                    readiness.ask()
                     closed = await client.wait_closed(timeout=30)
-                    return error, closed.rcvd.code
+                # Within the exit delay the server still listens: it says why, to a probe and to a client.
+                readiness.ask()
+                async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime", proxy=None) as ws:
+                    late = RealtimeClient(ws)
+                    late_error = await late.wait_for("error", timeout=10)
+                    late_closed = await late.wait_closed(timeout=10)
+                return error, closed.rcvd.code, late_error, late_closed.rcvd.code
 
             with ReadinessLog(f"{base}/readyz") as readiness:
-                error, close_code = run(session())
+                error, close_code, late_error, late_close_code = run(session())
                 exit_code = process.wait(timeout=60)
         finally:
             if process.poll() is None:
@@ -124,5 +134,8 @@ def test_dead_engine_loop_fails_readiness_closes_1011_and_exits_nonzero(
     assert close_code == 1011
     assert (503, "failed") in readiness.seen, readiness.seen
     assert readiness.seen[0] == (200, "ready")
+    assert late_error["error"]["code"] == "server_not_ready", late_error
+    assert "restarting" in late_error["error"]["message"]
+    assert late_close_code == 1013
     assert exit_code != 0, output
     assert "InjectedEngineFault" in output and "exiting: the server cannot serve" in output
