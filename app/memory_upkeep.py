@@ -6,7 +6,10 @@ up although nothing holds it. `malloc_trim(0)` returns the free pages of every a
 `FREEZE_OMNI_MALLOC_TRIM_INTERVAL_S` the server calls it periodically (in a worker thread: it takes
 each arena's lock in turn, briefly), and once more whenever its last session ends (an idle server then
 holds what it uses, not what its last load left free) and counts what it gave back, so /metrics tells memory the
-allocator held from memory something still uses. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
+allocator held from memory something still uses. Before that idle trim, and whether or not trimming is on,
+a full garbage collection frees what ended sessions left in reference cycles (tasks, frames, tracebacks):
+Python collects its oldest generation only now and then, so without it an idle server holds tens of MB
+of garbage one moment and not the next. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
 `tracemalloc` (slower: every Python allocation is recorded) and reports the bytes Python objects
 hold (and every 2 minutes logs the allocation sites that grew most): if those stay flat while resident
 memory grows, the growth is not a Python-level leak.
@@ -19,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import threading
+import time
 import tracemalloc
 
 from app.memory_census import heap_figures, libc_function, log_census_periodically
@@ -52,6 +57,8 @@ class MemoryUpkeep:
         self._malloc_trim = _glibc_malloc_trim() if trim_interval_s > 0 else None
         self._trimming = threading.Lock()  # the periodic and the idle trim may run at once
         self._idle_trim: asyncio.Task | None = None
+        self.idle_collections = 0
+        self.idle_collected_objects = 0
         self._task: asyncio.Task | None = None
         self._report: asyncio.Task | None = None
 
@@ -92,9 +99,20 @@ class MemoryUpkeep:
             self.released_bytes_total += released
         return released
 
-    def trim_when_idle(self) -> None:
-        """The server has just gone idle (its last session ended): give back what the load freed now,
-        not at the next periodic trim (when trimming is on; one at a time, in a worker thread)."""
+    def release_when_idle(self) -> None:
+        """The server has just gone idle (its last session ended): collect the garbage its sessions left
+        in reference cycles, then give back what the load freed now, not at the next periodic trim (when
+        trimming is on; one at a time, in a worker thread)."""
+        started = time.perf_counter()
+        # On the event loop's thread: finalizers of asyncio objects must not run on another.
+        collected = gc.collect()
+        self.idle_collections += 1
+        self.idle_collected_objects += collected
+        log.debug(
+            "idle: collected %d unreachable objects in %.0f ms",
+            collected,
+            (time.perf_counter() - started) * 1e3,
+        )
         if self._malloc_trim is None or (self._idle_trim is not None and not self._idle_trim.done()):
             return
         self._idle_trim = asyncio.create_task(asyncio.to_thread(self.trim), name="malloc-trim-idle")
@@ -129,6 +147,8 @@ class MemoryUpkeep:
             # Free: what the allocator keeps in its heaps for reuse (resident unless trimmed).
             gauges["malloc_in_use_bytes"] = heap["heap_in_use"] + heap["mmapped"]
             gauges["malloc_free_bytes"] = heap["heap_free"]
+        gauges["idle_gc_collections"] = float(self.idle_collections)
+        gauges["idle_gc_collected_objects"] = float(self.idle_collected_objects)
         if self._malloc_trim is not None:
             gauges["malloc_trims"] = float(self.trims)
             gauges["malloc_trim_released_bytes"] = self.released_bytes_total

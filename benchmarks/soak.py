@@ -655,6 +655,7 @@ LEAK_FIGURES = {
     "malloc_free_bytes": "kept free by malloc (MB)",
     "python_traced_bytes": "Python-held memory, tracemalloc (MB)",
     "malloc_trim_released_bytes": "given back by malloc_trim (MB)",
+    "idle_gc_collected_objects": "garbage objects collected when idle",
 }
 
 

@@ -216,7 +216,7 @@ async def _open(
         server.sessions.discard(held)
         server.key_sessions.release(key)
         if not server.sessions:
-            server.memory.trim_when_idle()
+            server.memory.release_when_idle()
 
     held = ResumableSession(
         session, link, server.resumable, session_key, server.instance_id, key, on_ended=ended

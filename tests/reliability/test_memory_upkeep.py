@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -64,8 +66,8 @@ def test_an_idle_server_trims_once_at_once() -> None:
         if upkeep._malloc_trim is None:
             pytest.skip("no glibc here")
         upkeep.start()
-        upkeep.trim_when_idle()
-        upkeep.trim_when_idle()  # one is under way: nothing more
+        upkeep.release_when_idle()
+        upkeep.release_when_idle()  # one is under way: nothing more
         await asyncio.wait_for(upkeep._idle_trim, 10)
         trims = upkeep.gauges()["malloc_trims"]
         await upkeep.stop()
@@ -77,7 +79,35 @@ def test_an_idle_server_trims_once_at_once() -> None:
 def test_no_idle_trim_when_trimming_is_off() -> None:
     async def main() -> None:
         upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
-        upkeep.trim_when_idle()
+        upkeep.release_when_idle()
         assert upkeep._idle_trim is None
 
     asyncio.run(main())
+
+
+def test_an_idle_server_collects_what_sessions_left_in_cycles() -> None:
+    """Garbage in reference cycles waits for Python's rare full collections; going idle collects it,
+    with trimming off too."""
+
+    class Ended:
+        def __init__(self) -> None:
+            self.me = self  # a cycle, as a finished task and its frames make
+
+    async def main() -> tuple[bool, dict[str, float]]:
+        upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+        ended = Ended()
+        gone = weakref.ref(ended)
+        del ended
+        alive_before = gone() is not None
+        upkeep.release_when_idle()
+        assert gone() is None
+        return alive_before, upkeep.gauges()
+
+    gc.disable()
+    try:
+        alive_before, gauges = asyncio.run(main())
+    finally:
+        gc.enable()
+    assert alive_before
+    assert gauges["idle_gc_collections"] == 1
+    assert gauges["idle_gc_collected_objects"] >= 1
