@@ -111,6 +111,7 @@ class ServerState:
             await pool.start()
             self.pool = pool
             self._watch_task = asyncio.create_task(self._watch_engines(pool), name="watch-engines")
+            self.memory.freeze_what_is_loaded()
             log.info(
                 "ready: %d replica(s), %d session places, %.1f s after start",
                 len(engines),

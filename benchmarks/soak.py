@@ -656,6 +656,7 @@ LEAK_FIGURES = {
     "python_traced_bytes": "Python-held memory, tracemalloc (MB)",
     "malloc_trim_released_bytes": "given back by malloc_trim (MB)",
     "idle_gc_collected_objects": "garbage objects collected when idle",
+    "idle_gc_last_seconds": "last idle collection took (ms)",
 }
 
 
@@ -733,7 +734,7 @@ async def soak(args: argparse.Namespace, base: str) -> dict[str, Any]:
         before, after = start.get(f"freeze_omni_{key}"), end.get(f"freeze_omni_{key}")
         if before is None or after is None:
             continue
-        scale = 1 / 2**20 if key.endswith("_bytes") else 1
+        scale = 1 / 2**20 if key.endswith("_bytes") else 1e3 if key.endswith("_seconds") else 1
         figures[label] = {"start": before * scale, "end": after * scale, "growth": (after - before) * scale}
     return {
         "sessions_concurrent": args.sessions,

@@ -111,3 +111,34 @@ def test_an_idle_server_collects_what_sessions_left_in_cycles() -> None:
     assert alive_before
     assert gauges["idle_gc_collections"] == 1
     assert gauges["idle_gc_collected_objects"] >= 1
+
+
+def test_what_is_loaded_stays_out_of_collections_until_the_server_stops() -> None:
+    """Objects alive when the model is loaded are frozen out of the collector; garbage made afterwards is
+    still collected when idle; stopping makes the loaded objects collectable again."""
+
+    class Ended:
+        def __init__(self) -> None:
+            self.me = self
+
+    async def main() -> tuple[int, int, bool]:
+        upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
+        upkeep.start()
+        upkeep.freeze_what_is_loaded()
+        frozen = gc.get_freeze_count()
+        ended = Ended()
+        gone = weakref.ref(ended)
+        del ended
+        upkeep.release_when_idle()
+        await upkeep.stop()
+        return frozen, gc.get_freeze_count(), gone() is None
+
+    gc.disable()
+    try:
+        frozen, frozen_after_stop, collected = asyncio.run(main())
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert frozen > 1000  # this interpreter's modules, classes and functions at least
+    assert collected
+    assert frozen_after_stop == 0
