@@ -10,8 +10,8 @@ allocator held from memory something still uses. Before that idle trim, and whet
 a full garbage collection frees what ended sessions left in reference cycles (tasks, frames, tracebacks):
 Python collects its oldest generation only now and then, so without it an idle server holds tens of MB
 of garbage one moment and not the next. Once the model is loaded, everything that exists is frozen out of
-the collector (`gc.freeze`): it lives as long as the process, and a full collection that walks only what
-sessions made takes a few ms instead of a few hundred. `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
+the collector (`gc.freeze`): it lives as long as the process, so a full collection walks only what sessions
+made, not the few hundred thousand objects of the model and its libraries (200-300 ms on a 2-core CPU). `FREEZE_OMNI_TRACE_PYTHON_MEMORY` starts
 `tracemalloc` (slower: every Python allocation is recorded) and reports the bytes Python objects
 hold (and every 2 minutes logs the allocation sites that grew most): if those stay flat while resident
 memory grows, the growth is not a Python-level leak.
