@@ -16,6 +16,7 @@ from app.model.llm.compact_linear import (
     resolve_linear_weights,
 )
 from app.model.llm.qwen2 import LLMRow, Qwen2Runtime, load_qwen2
+from tests.model.llm_rows import assert_lockstep_equals_alone
 
 
 @pytest.fixture(scope="module")
@@ -119,20 +120,7 @@ def _steps(runtime: Qwen2Runtime, seed: int) -> list[torch.Tensor]:
 def test_compact_llm_rows_batched_equal_each_alone(compact_runtime) -> None:
     """A row's result must not depend on the rows beside it (the compact kernels work row by row)."""
     plans = {name: _steps(compact_runtime, seed) for seed, name in enumerate(("a", "b", "c"))}
-    alone = {}
-    for name, steps in plans.items():
-        cache = compact_runtime.new_cache(num_slots=1, max_len=64)
-        slot = cache.allocate()
-        alone[name] = [
-            compact_runtime.forward_rows([LLMRow(slot, s, want_logits=True)], cache).logits[0] for s in steps
-        ]
-    cache = compact_runtime.new_cache(num_slots=3, max_len=64)
-    slots = {name: cache.allocate() for name in plans}
-    for step in range(4):
-        rows = [LLMRow(slots[name], plans[name][step], want_logits=True) for name in plans]
-        out = compact_runtime.forward_rows(rows, cache)
-        for i, name in enumerate(plans):
-            torch.testing.assert_close(out.logits[i], alone[name][step], atol=1e-5, rtol=0)
+    assert_lockstep_equals_alone(compact_runtime, plans, steps=4)
 
 
 def test_auto_is_int8_on_a_cpu_with_native_bf16_running_fp32(monkeypatch) -> None:

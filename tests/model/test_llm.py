@@ -9,6 +9,7 @@ import torch
 
 from app.model.llm.kv_cache import CacheFullError
 from app.model.llm.qwen2 import LLMRow, Qwen2Runtime, load_qwen2
+from tests.model.llm_rows import assert_lockstep_equals_alone, run_alone
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,6 @@ def test_matches_transformers_over_prefill_and_20_decode_steps(runtime, referenc
     assert cache.lengths[slot] == 29
 
 
-def _run_alone(runtime: Qwen2Runtime, steps: list[torch.Tensor]) -> list[torch.Tensor]:
-    cache = runtime.new_cache(num_slots=1, max_len=64)
-    slot = cache.allocate()
-    return [runtime.forward_rows([LLMRow(slot, s, want_logits=True)], cache).logits[0] for s in steps]
-
-
 def test_mixed_batch_of_three_sessions_equals_each_alone(runtime) -> None:
     embed = runtime.embed
     # Session a: prefill 7 then decode; b: prefill 3 then a 5-token chunk; c: joins late with 12.
@@ -66,7 +61,7 @@ def test_mixed_batch_of_three_sessions_equals_each_alone(runtime) -> None:
         "b": [embed(_prompt(3, 3)), embed(_prompt(5, 4)), embed([7]), embed([8])],
         "c": [embed(_prompt(12, 5)), embed([6]), embed(_prompt(2, 6))],
     }
-    alone = {name: _run_alone(runtime, steps) for name, steps in plans.items()}
+    alone = {name: run_alone(runtime, steps) for name, steps in plans.items()}
     cache = runtime.new_cache(num_slots=3, max_len=64)
     slots = {name: cache.allocate() for name in plans}
     batched: dict[str, list[torch.Tensor]] = {name: [] for name in plans}
@@ -95,20 +90,7 @@ def test_long_caches_read_per_row_equal_each_alone(runtime, monkeypatch, per_row
         "short": [embed(_prompt(3, 14)), embed(_prompt(6, 15)), embed([8])],
         "decode": [embed(_prompt(25, 16)), embed([9]), embed([10])],
     }
-
-    def alone(steps: list[torch.Tensor]) -> list[torch.Tensor]:
-        cache = runtime.new_cache(num_slots=1, max_len=64)
-        slot = cache.allocate()
-        return [runtime.forward_rows([LLMRow(slot, s, want_logits=True)], cache).logits[0] for s in steps]
-
-    expected = {name: alone(steps) for name, steps in plans.items()}
-    cache = runtime.new_cache(num_slots=3, max_len=64)
-    slots = {name: cache.allocate() for name in plans}
-    for step in range(3):
-        rows = [LLMRow(slots[n], plans[n][step], want_logits=True) for n in plans]
-        out = runtime.forward_rows(rows, cache)
-        for i, name in enumerate(plans):
-            torch.testing.assert_close(out.logits[i], expected[name][step], atol=1e-5, rtol=0)
+    assert_lockstep_equals_alone(runtime, plans, steps=3)
 
 
 def test_forked_cache_continues_exactly_like_the_original(runtime) -> None:

@@ -85,13 +85,16 @@ def test_no_idle_trim_when_trimming_is_off() -> None:
     asyncio.run(main())
 
 
+class Ended:
+    """Garbage in a reference cycle, as a finished session's task and its frames leave."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
 def test_an_idle_server_collects_what_sessions_left_in_cycles() -> None:
     """Garbage in reference cycles waits for Python's rare full collections; going idle collects it,
     with trimming off too."""
-
-    class Ended:
-        def __init__(self) -> None:
-            self.me = self  # a cycle, as a finished task and its frames make
 
     async def main() -> tuple[bool, dict[str, float]]:
         upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
@@ -116,10 +119,6 @@ def test_an_idle_server_collects_what_sessions_left_in_cycles() -> None:
 def test_what_is_loaded_stays_out_of_collections_until_the_server_stops() -> None:
     """Objects alive when the model is loaded are frozen out of the collector; garbage made afterwards is
     still collected when idle; stopping makes the loaded objects collectable again."""
-
-    class Ended:
-        def __init__(self) -> None:
-            self.me = self
 
     async def main() -> tuple[int, int, bool]:
         upkeep = MemoryUpkeep(trim_interval_s=0.0, trace_python=False)
