@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from app.model import SEGMENTATIONS, SERVER_SEGMENTATION
+from app.model.llm.compact_linear import LINEAR_WEIGHTS
 
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.
@@ -36,7 +37,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--llm-weights",
-        choices=("auto", "dtype", "bfloat16", "int8"),
+        choices=LINEAR_WEIGHTS,
         help="the LLM's linear layers: dtype (as loaded), bfloat16, int8 (weight-only, per channel; a "
         "CPU's LLM reads a quarter of the bytes), auto (int8 on a CPU with native bf16 running fp32, else "
         "dtype). Default: dtype for infer (the reference path), FREEZE_OMNI_LLM_WEIGHTS (auto) for serve",

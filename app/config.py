@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
 from app.model import CHUNK_SECONDS, LLMSampling
+from app.model.llm.compact_linear import LinearWeights
 from app.sessions.noise_floor import NoiseGateSettings
 from app.sessions.session_settings import SessionSettings
 from app.sessions.vad import VadSettings
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     codec_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the codec's dtype; auto: bf16 on CUDA and CPUs with native bf16, else fp32"
     )
-    llm_weights: Literal["auto", "dtype", "bfloat16", "int8"] = Field(
+    llm_weights: LinearWeights = Field(
         "auto",
         description="the LLM's linear weights; auto: int8 on CPUs with native bf16 (fp32 model), else dtype",
     )

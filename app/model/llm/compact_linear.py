@@ -13,7 +13,7 @@ depend on the other rows in its batch.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ LinearWeights = Literal["auto", "dtype", "bfloat16", "int8"]
 # other widths return wrong numbers or crash the process); a layer of another width keeps its weights.
 INT8_IN_MULTIPLE = 16
 # `dtype`: the linear layers as loaded, in the model's dtype (fp32 on a CPU by default).
-LINEAR_WEIGHTS: tuple[str, ...] = ("auto", "dtype", "bfloat16", "int8")
+LINEAR_WEIGHTS: tuple[str, ...] = get_args(LinearWeights)
 
 
 class BF16Linear(nn.Module):
