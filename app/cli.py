@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.model import SEGMENTATIONS, SERVER_SEGMENTATION
-from app.model.llm.compact_linear import LINEAR_WEIGHTS
+from app.model import LINEAR_WEIGHTS, SEGMENTATIONS, SERVER_SEGMENTATION
 
 DESCRIPTION = """\
 Real-time speech-to-speech serving for Freeze-Omni-family duplex voice models.

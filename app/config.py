@@ -10,8 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.settings import EngineSettings
-from app.model import CHUNK_SECONDS, LLMSampling
-from app.model.llm.compact_linear import LinearWeights
+from app.model import CHUNK_SECONDS, LinearWeights, LLMSampling
 from app.sessions.noise_floor import NoiseGateSettings
 from app.sessions.session_settings import SessionSettings
 from app.sessions.vad import VadSettings

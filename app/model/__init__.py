@@ -46,6 +46,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "speech_in.encoder": ("EncoderState",),
     "llm.duplex": ("ListenState", "decide_state"),
     "llm.kv_cache": ("SlotKVCache",),
+    "llm.linear_weights": ("LINEAR_WEIGHTS", "LinearWeights"),
     "llm.qwen2": ("LLMRow",),
     "llm.sampling": ("sample_llm_token", "sample_top_k"),
     "llm.sampling_settings": ("LLMSampling",),

@@ -13,22 +13,19 @@ depend on the other rows in its batch.
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.model.llm.linear_weights import LINEAR_WEIGHTS
 from app.model.speech_out.codec import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
-LinearWeights = Literal["auto", "dtype", "bfloat16", "int8"]
 # `aten._weight_int8pack_mm` on a CPU needs the input width to be a multiple of this (tried on torch 2.13:
 # other widths return wrong numbers or crash the process); a layer of another width keeps its weights.
 INT8_IN_MULTIPLE = 16
-# `dtype`: the linear layers as loaded, in the model's dtype (fp32 on a CPU by default).
-LINEAR_WEIGHTS: tuple[str, ...] = get_args(LinearWeights)
 
 
 class BF16Linear(nn.Module):
